@@ -1,0 +1,3 @@
+from bankgate.cli import main
+
+main()

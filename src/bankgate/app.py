@@ -1,0 +1,105 @@
+"""create_app(settings) -> the ASGI application: the OAuth endpoints, discovery, health."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from bankgate.config import Settings
+from bankgate.guard.whoami import WhoAmIEndpoint
+from bankgate.oauth.account import CertificateDownloadEndpoint, CertificateListEndpoint, PasswordResetEndpoint
+from bankgate.oauth.authorize import AuthorizeEndpoint
+from bankgate.oauth.discovery import jwks_endpoint, metadata_endpoint, openapi_endpoint
+from bankgate.oauth.introspect import IntrospectionEndpoint
+from bankgate.oauth.revoke import RevocationEndpoint
+from bankgate.oauth.token import TokenEndpoint
+from bankgate.runtime import Runtime
+
+__all__ = ["BankgateApp", "create_app"]
+
+
+async def health(request: Request) -> JSONResponse:
+    runtime: Runtime = request.app.state.runtime
+    return JSONResponse(
+        {"status": "ok", "environment": runtime.settings.environment, "signing_kid": runtime.keys.active.kid}
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        message = f"{request.method} is not allowed here; use {headers.get('Allow', 'another method')}"
+    elif exc.status_code == 404:
+        message = f"there is nothing at {request.url.path}; see /.well-known/oauth-authorization-server"
+    else:
+        message = str(exc.detail)
+    return JSONResponse({"error": "invalid_request", "error_description": message}, exc.status_code,
+                        headers=headers)
+
+
+class BankgateApp:
+    """The Starlette app, with requests to the token endpoints sent to them directly.
+
+    The token endpoints are plain ASGI apps and also registered as Starlette routes (so other methods get a
+    405 and the routing stays in one list); the direct dispatch only skips the framework layers on the hot paths.
+    """
+
+    def __init__(self, starlette: Starlette, direct: dict[tuple[str, str], ASGIApp]) -> None:
+        self.starlette = starlette
+        self.state = starlette.state
+        self._direct = direct
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoint = self._direct.get((scope["method"], scope["path"]))
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.starlette(scope, receive, send)
+
+
+def create_app(settings: Settings, *, issuer: str | None = None) -> ASGIApp:
+    """The bankgate server. `issuer` defaults to `settings.issuer`, else to http://host:port from settings."""
+    issuer_url = (issuer or settings.issuer_for(settings.host, settings.port)).rstrip("/")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        runtime = await Runtime.start(settings, issuer_url)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    starlette = Starlette(lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    state = starlette.state
+    direct: dict[tuple[str, str], ASGIApp] = {
+        ("POST", "/oauth/token"): TokenEndpoint(state),
+        ("POST", "/oauth/introspect"): IntrospectionEndpoint(state),
+        ("POST", "/oauth/revoke"): RevocationEndpoint(state),
+        ("GET", "/api/v1/authorizations/authorize"): AuthorizeEndpoint(state),
+        ("GET", "/api/v1/whoami"): WhoAmIEndpoint(state),
+    }
+    for (method, path), endpoint in direct.items():
+        starlette.router.routes.append(Route(path, endpoint, methods=[method]))
+    starlette.router.routes.extend(
+        [
+            Route("/api/v1/users/{username}/password", PasswordResetEndpoint(state), methods=["POST"]),
+            Route("/api/v1/users/{username}/certificates", CertificateListEndpoint(state), methods=["GET"]),
+            Route("/api/v1/users/{username}/certificates/{serial}", CertificateDownloadEndpoint(state),
+                  methods=["GET"]),
+            Route("/.well-known/jwks.json", jwks_endpoint, methods=["GET"]),
+            Route("/.well-known/oauth-authorization-server", metadata_endpoint, methods=["GET"]),
+            Route("/openapi.json", openapi_endpoint, methods=["GET"]),
+            Route("/healthz", health, methods=["GET"]),
+        ]
+    )
+    return BankgateApp(starlette, direct)

@@ -1,0 +1,189 @@
+"""Settings: one object, built once from flags, `BANKGATE_*` variables and an optional TOML file, passed down.
+
+Precedence, highest first: explicit values (command-line flags), environment variables, the TOML file
+(`BANKGATE_CONFIG`, else `<data_dir>/bankgate.toml` when it exists), defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Algorithm", "Environment", "Settings", "load_settings"]
+
+Environment = Literal["sandbox", "production"]
+Algorithm = Literal["RS256", "ES256", "EdDSA"]
+
+DEFAULT_DATA_DIR = ".bankgate"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BANKGATE_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(default=Path(DEFAULT_DATA_DIR), description="Where the SQLite file and keys live.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file in the data directory."
+    )
+    environment: Environment = "sandbox"
+    issuer: str | None = Field(
+        default=None, description="`iss` of issued tokens; default: the URL the server listens on."
+    )
+    audience: str = "bankgate-api"
+    token_ttl: int = Field(default=7200, ge=30, le=86400, description="Access-token lifetime in seconds.")
+    signing_alg: Algorithm = "RS256"
+    client_cache_ttl: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="Seconds a client record is cached by the token endpoint; a revoked client or secret "
+        "stops working within this time on every server process.",
+    )
+    key_refresh_interval: float = Field(
+        default=10.0, ge=0.5, description="Seconds between reloads of the signing keys from the database."
+    )
+    master_key: SecretStr | None = Field(
+        default=None,
+        description="Base64 32-byte key that encrypts signing keys and peppers secret hashes; "
+        "default: <data_dir>/master.key, created on first use with mode 0600.",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="CIDRs (comma-separated in the environment) whose X-Forwarded-For counts."
+    )
+    audit_flush_interval: float = Field(default=0.25, gt=0, le=10)
+    m2m_token_ttl: int = Field(default=300, ge=30, le=86400, description="Lifetime of certificate-bound tokens.")
+    passphrase_ttl: float = Field(default=7 * 86400, gt=0, description="Seconds an initial passphrase stays valid.")
+    client_cert_header: Literal["nginx", "envoy", "traefik", "alb", "caddy"] | None = Field(
+        default=None, description="The header a trusted TLS-terminating proxy forwards the client certificate in."
+    )
+    client_cert_header_name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$",
+        description="Another name for that header (nginx and Caddy let you choose it); default: the style's usual "
+        "name, e.g. X-SSL-Client-Cert for nginx, X-Client-Cert-Der for Caddy.",
+    )
+    issuance_rate_limit: int = Field(
+        default=1200, ge=0, description="Tokens per client (or user) per minute, over all processes; 0 turns it off."
+    )
+    # -- brute-force throttling and shared counters (throttle.py) --
+    throttle_ip_failures: int = Field(
+        default=20, ge=1, description="Failed authentications from one source address (an IPv4 address or an IPv6 "
+        "/64), whatever the account, after which that address is blocked with a growing back-off."
+    )
+    throttle_account_ip_failures: int = Field(
+        default=5, ge=1, description="Failed authentications of one account from one source address after which "
+        "that account is blocked from that address only; its owner elsewhere is not affected."
+    )
+    throttle_account_failures: int = Field(
+        default=50, ge=1, description="Failed authentications of one account from all addresses together after "
+        "which the account is blocked everywhere: the backstop against guessing spread over many addresses."
+    )
+    throttle_window: float = Field(
+        default=900.0, gt=0, description="Seconds without a failure after which a key's failure count starts again."
+    )
+    throttle_max_backoff: float = Field(
+        default=900.0, ge=1, description="Longest block in seconds; past its threshold a key is blocked 1 s, then "
+        "2 s, 4 s, ... doubling with every further failure, up to this."
+    )
+    throttle_sync_interval: float = Field(
+        default=1.0, gt=0, le=60, description="Seconds between reloads of the blocked keys, so that every server "
+        "process enforces blocks made by the others."
+    )
+    rate_limit_sync_interval: float = Field(
+        default=0.5, gt=0, le=60, description="Seconds between writes of the issuance counts to the database; "
+        "across processes the issuance limit is approximate by this much traffic."
+    )
+    max_body_bytes: int = Field(default=16384, ge=1024)
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"trusted proxy {cidr!r} is not an IP address or CIDR") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _check_issuer(self) -> Settings:
+        if self.issuer is not None and not self.issuer.startswith(("http://", "https://")):
+            raise ValueError(f"issuer {self.issuer!r} must be an http:// or https:// URL")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = _toml_path(init_settings())
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    # Derived values: one place decides each.
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The async SQLAlchemy URL: plain `sqlite:`/`postgresql:` URLs get their async driver."""
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'bankgate.db').resolve()}"
+        if url.startswith("sqlite:"):
+            return "sqlite+aiosqlite:" + url.removeprefix("sqlite:")
+        for prefix in ("postgresql:", "postgres:"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg:" + url.removeprefix(prefix)
+        return url
+
+    @property
+    def key_prefix(self) -> str:
+        """`test` in the sandbox, `live` in production, as in `bk_live_…` / `sk_test_…`."""
+        return "live" if self.environment == "production" else "test"
+
+    def issuer_for(self, host: str, port: int, *, tls: bool = False) -> str:
+        if self.issuer:
+            return self.issuer.rstrip("/")
+        shown = f"[{host}]" if ":" in host else host
+        if host in ("0.0.0.0", "::"):  # noqa: S104 - a bind-all address is not a URL anyone can reach
+            shown = "127.0.0.1"
+        return f"{'https' if tls else 'http'}://{shown}:{port}"
+
+
+def _toml_path(init: dict[str, Any]) -> Path | None:
+    explicit = os.environ.get("BANKGATE_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise FileNotFoundError(f"BANKGATE_CONFIG={explicit} does not exist")
+        return path
+    data_dir = init.get("data_dir") or os.environ.get("BANKGATE_DATA_DIR") or DEFAULT_DATA_DIR
+    candidate = Path(data_dir) / "bankgate.toml"
+    return candidate if candidate.is_file() else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings; `None` overrides are dropped so that unset flags fall through to the environment."""
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})

@@ -1,0 +1,1 @@
+"""Credentials: API key pairs (clients), their secrets, and the scope rules."""

@@ -1,0 +1,278 @@
+"""API clients (key pairs): onboarding, lookup, authentication, secret rotation with overlap, revocation."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sqlalchemy import select, update
+
+from bankgate.cache import TtlCache
+from bankgate.config import Environment
+from bankgate.credentials.keys import new_api_key, new_secret_key
+from bankgate.credentials.scopes import check_application_ids
+from bankgate.store import Store, schema
+from bankgate.vault import Vault
+
+__all__ = [
+    "AuthMode",
+    "ClientAuthError",
+    "ClientNotFoundError",
+    "ClientRecord",
+    "ClientRegistry",
+    "IssuedSecret",
+]
+
+AuthMode = Literal["oauth2", "basic"]
+AUTH_MODES: tuple[AuthMode, ...] = ("oauth2", "basic")
+
+
+class ClientNotFoundError(LookupError):
+    pass
+
+
+class ClientAuthError(Exception):
+    """Authentication failed; `reason` is for the audit trail, never shown to the caller in detail."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class SecretHash:
+    digest: str = field(repr=False)
+    created_at: float
+    expires_at: float | None
+
+    def valid_at(self, now: float) -> bool:
+        return self.expires_at is None or now < self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRecord:
+    id: str
+    api_key: str
+    name: str
+    auth_mode: AuthMode
+    scopes: tuple[str, ...]
+    environment: Environment
+    status: Literal["active", "revoked"]
+    created_at: float
+    revoked_at: float | None = None
+    secrets: tuple[SecretHash, ...] = field(default=(), repr=False)
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+    def as_json(self) -> dict[str, object]:
+        now = time.time()
+        return {
+            "client_id": self.id,
+            "api_key": self.api_key,
+            "name": self.name,
+            "auth_mode": self.auth_mode,
+            "scopes": list(self.scopes),
+            "environment": self.environment,
+            "status": self.status,
+            "created_at": int(self.created_at),
+            "revoked_at": int(self.revoked_at) if self.revoked_at else None,
+            "secrets": [
+                {"created_at": int(s.created_at), "expires_at": int(s.expires_at) if s.expires_at else None}
+                for s in self.secrets
+                if s.valid_at(now)
+            ],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedSecret:
+    """A client with its secret in clear: exists only to be shown once."""
+
+    client: ClientRecord
+    secret_key: str = field(repr=False)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "client_id": self.client.id,
+            "api_key": self.client.api_key,
+            "secret_key": self.secret_key,
+            "scopes": list(self.client.scopes),
+            "auth_mode": self.client.auth_mode,
+            "environment": self.client.environment,
+        }
+
+
+class ClientRegistry:
+    """Clients in the store, with a short-lived cache for the token endpoint.
+
+    The cache keeps a client record (with its secret hashes) for `cache_ttl` seconds, so a revoked client or an
+    ended secret stops working on every server process within that time (at once on the process that did it).
+    """
+
+    def __init__(self, store: Store, vault: Vault, environment: Environment, *, cache_ttl: float = 5.0) -> None:
+        self._store = store
+        self._vault = vault
+        self._environment: Environment = environment
+        self._cache: TtlCache[str, ClientRecord | None] = TtlCache(cache_ttl)
+
+    # -- onboarding ---------------------------------------------------------------------------------------
+
+    async def create(self, name: str, scopes: list[str], auth_mode: str = "oauth2") -> IssuedSecret:
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise ValueError("a client needs a name of 1 to 200 characters (--name)")
+        if auth_mode not in AUTH_MODES:
+            raise ValueError(f"auth mode {auth_mode!r} is not one of: {', '.join(AUTH_MODES)}")
+        app_ids = check_application_ids(scopes)
+        prefix = "live" if self._environment == "production" else "test"
+        api_key, secret = new_api_key(prefix), new_secret_key(prefix)
+        now = time.time()
+        record = ClientRecord(
+            id=str(uuid.uuid4()),
+            api_key=api_key,
+            name=name,
+            auth_mode=auth_mode,  # type: ignore[arg-type]
+            scopes=app_ids,
+            environment=self._environment,
+            status="active",
+            created_at=now,
+            secrets=(SecretHash(self._vault.hash_secret(secret), now, None),),
+        )
+        async with self._store.begin() as conn:
+            await conn.execute(
+                schema.clients.insert().values(
+                    id=record.id,
+                    api_key=api_key,
+                    name=name,
+                    auth_mode=auth_mode,
+                    scopes=json.dumps(list(app_ids)),
+                    environment=self._environment,
+                    status="active",
+                    created_at=now,
+                )
+            )
+            await conn.execute(
+                schema.client_secrets.insert().values(
+                    client_id=record.id, secret_hash=record.secrets[0].digest, created_at=now
+                )
+            )
+        return IssuedSecret(record, secret)
+
+    # -- lookup -------------------------------------------------------------------------------------------
+
+    async def _load(self, api_key: str) -> ClientRecord | None:
+        async with self._store.connect() as conn:
+            row = (
+                (await conn.execute(select(schema.clients).where(schema.clients.c.api_key == api_key)))
+                .mappings()
+                .one_or_none()
+            )
+            if row is None:
+                return None
+            secret_rows = (
+                await conn.execute(
+                    select(schema.client_secrets)
+                    .where(schema.client_secrets.c.client_id == row["id"])
+                    .order_by(schema.client_secrets.c.id)
+                )
+            ).mappings()
+            secrets = tuple(SecretHash(s["secret_hash"], s["created_at"], s["expires_at"]) for s in secret_rows)
+        return ClientRecord(
+            id=row["id"],
+            api_key=row["api_key"],
+            name=row["name"],
+            auth_mode=row["auth_mode"],
+            scopes=tuple(json.loads(row["scopes"])),
+            environment=row["environment"],
+            status=row["status"],
+            created_at=row["created_at"],
+            revoked_at=row["revoked_at"],
+            secrets=secrets,
+        )
+
+    async def get(self, api_key: str) -> ClientRecord:
+        record = await self._load(api_key)
+        if record is None:
+            raise ClientNotFoundError(f"no client with API key {api_key}")
+        return record
+
+    async def list(self) -> list[ClientRecord]:
+        async with self._store.connect() as conn:
+            keys = (
+                await conn.execute(select(schema.clients.c.api_key).order_by(schema.clients.c.created_at))
+            ).scalars()
+            api_keys = list(keys)
+        return [record for key in api_keys if (record := await self._load(key)) is not None]
+
+    async def cached(self, api_key: str) -> ClientRecord | None:
+        """The client, possibly as it was up to the cache TTL ago; unknown keys are cached too."""
+        found, record = self._cache.lookup(api_key)
+        if found:
+            return record
+        return self._cache.store(api_key, await self._load(api_key))
+
+    def forget(self, api_key: str) -> None:
+        self._cache.forget(api_key)
+
+    # -- authentication -----------------------------------------------------------------------------------
+
+    async def authenticate(self, api_key: str, secret: str) -> ClientRecord:
+        """Check a key pair; raise `ClientAuthError` with the reason (for the audit trail) when it fails."""
+        record = await self.cached(api_key) if len(api_key) <= 80 else None
+        if record is None:
+            # Hash anyway so an unknown key costs the same time as a wrong secret.
+            self._vault.matches(secret, ())
+            raise ClientAuthError("unknown_api_key")
+        now = time.time()
+        if not self._vault.matches(secret, [s.digest for s in record.secrets if s.valid_at(now)]):
+            raise ClientAuthError("wrong_secret")
+        if not record.active:
+            raise ClientAuthError("client_revoked")
+        if record.environment != self._environment:
+            raise ClientAuthError("wrong_environment")
+        return record
+
+    # -- changes ------------------------------------------------------------------------------------------
+
+    async def revoke(self, api_key: str) -> ClientRecord:
+        record = await self.get(api_key)
+        if record.active:
+            async with self._store.begin() as conn:
+                await conn.execute(
+                    update(schema.clients)
+                    .where(schema.clients.c.id == record.id)
+                    .values(status="revoked", revoked_at=time.time())
+                )
+        self.forget(api_key)
+        return await self.get(api_key)
+
+    async def rotate_secret(self, api_key: str, overlap: float) -> IssuedSecret:
+        """A new secret; secrets valid now stay valid for `overlap` more seconds (0 ends them at once)."""
+        if overlap < 0:
+            raise ValueError("the overlap must be zero or positive")
+        record = await self.get(api_key)
+        if not record.active:
+            raise ValueError(f"client {api_key} is revoked; create a new client instead")
+        secret = new_secret_key("live" if record.environment == "production" else "test")
+        now = time.time()
+        ends = now + overlap
+        table = schema.client_secrets
+        async with self._store.begin() as conn:
+            await conn.execute(
+                update(table)
+                .where(table.c.client_id == record.id)
+                .where((table.c.expires_at.is_(None)) | (table.c.expires_at > ends))
+                .values(expires_at=ends)
+            )
+            await conn.execute(
+                table.insert().values(
+                    client_id=record.id, secret_hash=self._vault.hash_secret(secret), created_at=now
+                )
+            )
+        self.forget(api_key)
+        return IssuedSecret(await self.get(api_key), secret)

@@ -1,0 +1,314 @@
+"""M2M users of the certificate style: created by an integration manager with an initial passphrase that must be
+reset before anything else works; the new password is checked for strength and stored with argon2id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import string
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from bankgate.config import Environment
+from bankgate.store import Store, schema
+
+__all__ = [
+    "NewUser",
+    "PassphraseError",
+    "UserDirectory",
+    "UserNotFoundError",
+    "UserRecord",
+    "WeakPasswordError",
+    "check_password_strength",
+]
+
+#: The seed's tokens say `"userType": "4"` for API (M2M) users.
+M2M_USER_TYPE = "4"
+USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{2,63}")
+_PASSPHRASE_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # noqa: S105 - an alphabet; no 0/o, 1/l/i
+_COMMON = {"password", "passw0rd", "qwerty", "letmein", "welcome", "changeme", "administrator", "bankgate"}
+
+
+class UserNotFoundError(LookupError):
+    pass
+
+
+class PassphraseError(Exception):
+    """The initial passphrase is wrong, used already, or expired; `reason` is for the audit trail."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class WeakPasswordError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: str
+    username: str
+    name: str
+    user_type: str
+    environment: Environment
+    status: Literal["active", "disabled"]
+    created_at: float
+    passphrase_expires_at: float | None
+    password_changed_at: float | None
+    password_hash: str | None = field(default=None, repr=False)
+    passphrase_hash: str | None = field(default=None, repr=False)
+
+    @property
+    def must_reset(self) -> bool:
+        """True until the initial passphrase has been exchanged for a password."""
+        return self.password_hash is None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "user_id": self.id,
+            "username": self.username,
+            "name": self.name,
+            "user_type": self.user_type,
+            "environment": self.environment,
+            "status": self.status,
+            "must_reset_passphrase": self.must_reset,
+            "passphrase_expires_at": int(self.passphrase_expires_at) if self.passphrase_expires_at else None,
+            "password_changed_at": int(self.password_changed_at) if self.password_changed_at else None,
+            "created_at": int(self.created_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NewUser:
+    """A user with the initial passphrase in clear: exists only to be shown once to the manager."""
+
+    user: UserRecord
+    initial_passphrase: str = field(repr=False)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "user_id": self.user.id,
+            "username": self.user.username,
+            "name": self.user.name,
+            "initial_passphrase": self.initial_passphrase,
+            "passphrase_expires_at": int(self.user.passphrase_expires_at or 0),
+            "environment": self.user.environment,
+        }
+
+
+def new_passphrase() -> str:
+    """Five groups of five characters from a 31-letter alphabet: ~124 bits, easy to read out and type."""
+    return "-".join("".join(secrets.choice(_PASSPHRASE_ALPHABET) for _ in range(5)) for _ in range(5))
+
+
+def check_password_strength(password: str, *, username: str, passphrase: str | None = None) -> None:
+    """Raise WeakPasswordError saying what to change. At least 12 characters with 3 of lower case, upper case,
+    digits and symbols, or at least 20 characters of anything (a passphrase); never the username, a common
+    password, or the initial passphrase."""
+    if len(password) > 256:
+        raise WeakPasswordError("the new password is longer than 256 characters")
+    if passphrase is not None and password == passphrase:
+        raise WeakPasswordError("the new password must differ from the initial passphrase")
+    lowered = password.lower()
+    if username.lower() in lowered:
+        raise WeakPasswordError("the new password must not contain the username")
+    if any(word in lowered for word in _COMMON):
+        raise WeakPasswordError("the new password contains a common password; choose something unguessable")
+    if len(set(password)) < 6:
+        raise WeakPasswordError("the new password repeats too few different characters")
+    classes = sum(
+        any(test(c) for c in password)
+        for test in (str.islower, str.isupper, str.isdigit, lambda c: c in string.punctuation or c == " ")
+    )
+    if len(password) >= 20 or (len(password) >= 12 and classes >= 3):
+        return
+    raise WeakPasswordError(
+        "the new password is too weak: use at least 12 characters mixing three of lower case, upper case, digits "
+        "and symbols, or a passphrase of at least 20 characters"
+    )
+
+
+def _slug(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return (slug or "user")[:48]
+
+
+class UserDirectory:
+    """M2M users in the store. Password checks run argon2id in a worker thread, off the event loop."""
+
+    def __init__(
+        self, store: Store, environment: Environment, *, passphrase_ttl: float = 7 * 86400, hasher: PasswordHasher
+    ) -> None:
+        self._store = store
+        self._environment: Environment = environment
+        self._passphrase_ttl = passphrase_ttl
+        self._hasher = hasher
+
+    def __repr__(self) -> str:
+        return f"UserDirectory(environment={self._environment!r})"
+
+    # -- onboarding ---------------------------------------------------------------------------------------
+
+    async def create(self, name: str, username: str | None = None) -> NewUser:
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise ValueError("a user needs a name of 1 to 200 characters (--name)")
+        if username is not None and not USERNAME.fullmatch(username):
+            raise ValueError(
+                f"username {username!r} must be 3 to 64 characters: lower-case letters, digits, '.', '_', '-'"
+            )
+        passphrase = new_passphrase()
+        passphrase_hash = await asyncio.to_thread(self._hasher.hash, passphrase)
+        now = time.time()
+        candidates = [username] if username else [_slug(name)] + [f"{_slug(name)}-{n}" for n in range(2, 100)]
+        for candidate in candidates:
+            if len(candidate) < 3:
+                candidate = f"{candidate}-user"
+            record = UserRecord(
+                id=str(uuid.uuid4()),
+                username=candidate,
+                name=name,
+                user_type=M2M_USER_TYPE,
+                environment=self._environment,
+                status="active",
+                created_at=now,
+                passphrase_expires_at=now + self._passphrase_ttl,
+                password_changed_at=None,
+                passphrase_hash=passphrase_hash,
+            )
+            try:
+                async with self._store.begin() as conn:
+                    await conn.execute(
+                        schema.users.insert().values(
+                            id=record.id,
+                            username=record.username,
+                            name=name,
+                            user_type=record.user_type,
+                            environment=self._environment,
+                            status="active",
+                            passphrase_hash=passphrase_hash,
+                            passphrase_expires_at=record.passphrase_expires_at,
+                            created_at=now,
+                        )
+                    )
+            except IntegrityError:
+                if username:
+                    raise ValueError(f"username {username!r} is taken; choose another") from None
+                continue
+            return NewUser(record, passphrase)
+        raise ValueError("could not find a free username; pass --username")
+
+    async def new_passphrase(self, username: str) -> NewUser:
+        """Issue a fresh initial passphrase (e.g. the first expired); the user must reset again."""
+        user = await self.get(username)
+        passphrase = new_passphrase()
+        passphrase_hash = await asyncio.to_thread(self._hasher.hash, passphrase)
+        expires = time.time() + self._passphrase_ttl
+        async with self._store.begin() as conn:
+            await conn.execute(
+                update(schema.users)
+                .where(schema.users.c.id == user.id)
+                .values(passphrase_hash=passphrase_hash, passphrase_expires_at=expires, password_hash=None)
+            )
+        return NewUser(await self.get(username), passphrase)
+
+    # -- lookup -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _record(row: object) -> UserRecord:
+        r = row._mapping  # type: ignore[attr-defined]
+        return UserRecord(
+            id=r["id"],
+            username=r["username"],
+            name=r["name"],
+            user_type=r["user_type"],
+            environment=r["environment"],
+            status=r["status"],
+            created_at=r["created_at"],
+            passphrase_expires_at=r["passphrase_expires_at"],
+            password_changed_at=r["password_changed_at"],
+            password_hash=r["password_hash"],
+            passphrase_hash=r["passphrase_hash"],
+        )
+
+    async def find(self, username: str) -> UserRecord | None:
+        if len(username) > 64:
+            return None
+        async with self._store.connect() as conn:
+            row = (await conn.execute(select(schema.users).where(schema.users.c.username == username))).first()
+        return self._record(row) if row is not None else None
+
+    async def get(self, username: str) -> UserRecord:
+        user = await self.find(username)
+        if user is None:
+            raise UserNotFoundError(f"no user named {username}")
+        return user
+
+    async def get_by_id(self, user_id: str) -> UserRecord | None:
+        async with self._store.connect() as conn:
+            row = (await conn.execute(select(schema.users).where(schema.users.c.id == user_id))).first()
+        return self._record(row) if row is not None else None
+
+    async def list(self) -> list[UserRecord]:
+        async with self._store.connect() as conn:
+            rows = (await conn.execute(select(schema.users).order_by(schema.users.c.created_at))).all()
+        return [self._record(row) for row in rows]
+
+    # -- passwords ----------------------------------------------------------------------------------------
+
+    async def _verify(self, stored: str | None, candidate: str) -> bool:
+        if stored is None:
+            return False
+        try:
+            return await asyncio.to_thread(self._hasher.verify, stored, candidate)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    async def verify_password(self, user: UserRecord, password: str) -> bool:
+        """argon2id check of the user's password (False while the passphrase has not been reset)."""
+        return await self._verify(user.password_hash, password)
+
+    async def reset_password(self, username: str, passphrase: str, new_password: str) -> UserRecord:
+        """Exchange the single-use initial passphrase for a new password."""
+        user = await self.find(username)
+        if user is None or user.status != "active":
+            # Same answer as a wrong passphrase, so usernames cannot be probed.
+            raise PassphraseError("unknown_user", "the username or initial passphrase is wrong")
+        if user.passphrase_hash is None:
+            raise PassphraseError(
+                "passphrase_used", "the initial passphrase has been used already; ask your integration manager "
+                "for a new one if you lost the password"
+            )
+        if not await self._verify(user.passphrase_hash, passphrase):
+            raise PassphraseError("wrong_passphrase", "the username or initial passphrase is wrong")
+        if user.passphrase_expires_at is not None and time.time() >= user.passphrase_expires_at:
+            raise PassphraseError(
+                "passphrase_expired", "the initial passphrase has expired; ask your integration manager for a new one"
+            )
+        check_password_strength(new_password, username=user.username, passphrase=passphrase)
+        password_hash = await asyncio.to_thread(self._hasher.hash, new_password)
+        async with self._store.begin() as conn:
+            result = await conn.execute(
+                update(schema.users)
+                .where(schema.users.c.id == user.id)
+                .where(schema.users.c.passphrase_hash == user.passphrase_hash)  # single use, even when racing
+                .values(
+                    password_hash=password_hash,
+                    password_changed_at=time.time(),
+                    passphrase_hash=None,
+                    passphrase_expires_at=None,
+                )
+            )
+            if result.rowcount != 1:
+                raise PassphraseError("passphrase_used", "the initial passphrase has been used already")
+        return await self.get(username)

@@ -1,0 +1,167 @@
+"""The M2M user's own steps from the Banking Circle seed: reset the initial passphrase, then download the
+certificate that carries the thumbprint.
+
+* `POST /api/v1/users/{username}/password` with `{"passphrase": …, "new_password": …}` (JSON or form);
+* `GET /api/v1/users/{username}/certificates` (Basic username:password) lists the user's certificates;
+* `GET /api/v1/users/{username}/certificates/{serial}` downloads one as PEM (or JSON with `Accept: application/json`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import orjson
+from sqlalchemy.exc import SQLAlchemyError
+
+from bankgate.credentials.users import USERNAME, PassphraseError, WeakPasswordError
+from bankgate.oauth.errors import OAuthError
+from bankgate.oauth.http import Receive, Scope, Send, header, respond
+from bankgate.oauth.request import read_params
+from bankgate.oauth.userauth import UserAuthError, authenticate_user
+from bankgate.runtime import Runtime
+from bankgate.throttle import keys_for
+
+__all__ = ["CertificateDownloadEndpoint", "CertificateListEndpoint", "PasswordResetEndpoint"]
+
+log = logging.getLogger("bankgate.oauth")
+
+_JSON = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+
+
+class _AccountEndpoint:
+    event = "user.request"
+
+    def __init__(self, state: object) -> None:
+        self._state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime: Runtime = self._state.runtime  # type: ignore[attr-defined]
+        source_ip = runtime.proxies.client_ip(scope)
+        username = scope.get("path_params", {}).get("username", "")
+        try:
+            await self.handle(runtime, scope, receive, send, username, source_ip)
+        except UserAuthError as err:
+            actor = username if USERNAME.fullmatch(username) else err.actor
+            runtime.audit(self.event, actor, "failure", source_ip, {"reason": err.reason})
+            await err.send(send, scope.get("path", ""))
+        except (SQLAlchemyError, OSError, TimeoutError):
+            log.exception("%s failed: database unavailable", type(self).__name__)
+            await UserAuthError(503, "Service Unavailable", "the server cannot reach its database; retry shortly",
+                                reason="server_error", retry_after=2).send(send, scope.get("path", ""))
+        except Exception:
+            log.exception("%s failed", type(self).__name__)
+            await UserAuthError(500, "Internal Server Error", "the server failed to handle this request; retry "
+                                "later", reason="server_error").send(send, scope.get("path", ""))
+
+    async def handle(
+        self, runtime: Runtime, scope: Scope, receive: Receive, send: Send, username: str, source_ip: str | None
+    ) -> None:
+        raise NotImplementedError
+
+
+class PasswordResetEndpoint(_AccountEndpoint):
+    event = "user.password_reset"
+
+    async def handle(
+        self, runtime: Runtime, scope: Scope, receive: Receive, send: Send, username: str, source_ip: str | None
+    ) -> None:
+        try:
+            params = await read_params(scope, receive, runtime.settings.max_body_bytes)
+            passphrase = params.require("passphrase", "<the initial passphrase>")
+            new_password = params.require("new_password", "<your new password>")
+        except OAuthError as err:
+            raise UserAuthError(400, "Bad Request", err.description, reason="invalid_request") from None
+        throttle = runtime.services.throttle
+        keys = keys_for(username, source_ip)
+        retry_after = throttle.blocked(keys)
+        if retry_after is not None:
+            raise UserAuthError(429, "Too Many Requests", f"too many failed attempts; retry in "
+                                f"{max(1, round(retry_after))} s", reason="throttled", retry_after=retry_after)
+        user = await runtime.services.users.find(username)
+        if user is not None and not await runtime.services.allowlist.allows("user", user.id, source_ip):
+            raise UserAuthError(403, "Forbidden", f"requests from {source_ip} are not allowed for this user; ask "
+                                "your integration manager to allow-list the address", reason="ip_not_allowed")
+        try:
+            user = await runtime.services.users.reset_password(username, passphrase, new_password)
+        except PassphraseError as exc:
+            if exc.reason in ("unknown_user", "wrong_passphrase"):
+                retry_after = await throttle.failure(keys)
+                raise UserAuthError(401, "Unauthorized", str(exc), reason=exc.reason,
+                                    retry_after=retry_after) from None
+            raise UserAuthError(403, "Forbidden", str(exc), reason=exc.reason) from None
+        except WeakPasswordError as exc:
+            raise UserAuthError(400, "Bad Request", str(exc), reason="weak_password") from None
+        await throttle.success(keys)
+        runtime.audit(self.event, user.username, "success", source_ip, {"user_id": user.id})
+        body = {
+            "username": user.username,
+            "password_changed_at": int(user.password_changed_at or 0),
+            "certificates": f"/api/v1/users/{user.username}/certificates",
+        }
+        await respond(send, 200, orjson.dumps(body), _JSON)
+
+
+def _certificate_json(certificate: Any, username: str) -> dict[str, Any]:
+    return {
+        "serial": certificate.serial,
+        "thumbprint": certificate.thumbprint,
+        "x5t#S256": certificate.x5t_s256,
+        "subject": certificate.subject,
+        "not_before": int(certificate.not_before),
+        "not_after": int(certificate.not_after),
+        "status": certificate.status,
+        "download": f"/api/v1/users/{username}/certificates/{certificate.serial}",
+    }
+
+
+class CertificateListEndpoint(_AccountEndpoint):
+    event = "cert.listed"
+
+    async def handle(
+        self, runtime: Runtime, scope: Scope, receive: Receive, send: Send, username: str, source_ip: str | None
+    ) -> None:
+        authenticated = await authenticate_user(runtime, scope, source_ip, require_certificate=False)
+        user = authenticated.user
+        if user.username != username:
+            raise UserAuthError(403, "Forbidden", "a user may list only their own certificates", reason="other_user")
+        certificates = await runtime.services.pki.list_for_user(user.id)
+        body = {"certificates": [_certificate_json(c, user.username) for c in certificates]}
+        await respond(send, 200, json.dumps(body).encode(), _JSON)
+
+
+class CertificateDownloadEndpoint(_AccountEndpoint):
+    event = "cert.downloaded"
+
+    async def handle(
+        self, runtime: Runtime, scope: Scope, receive: Receive, send: Send, username: str, source_ip: str | None
+    ) -> None:
+        authenticated = await authenticate_user(runtime, scope, source_ip, require_certificate=False)
+        user = authenticated.user
+        serial = scope.get("path_params", {}).get("serial", "")
+        if user.username != username:
+            raise UserAuthError(403, "Forbidden", "a user may download only their own certificates",
+                                reason="other_user")
+        mine = {c.serial.lower(): c for c in await runtime.services.pki.list_for_user(user.id)}
+        certificate = mine.get(serial.lower())
+        if certificate is None:
+            raise UserAuthError(404, "Not Found", f"this user has no certificate with serial {serial[:64]}",
+                                reason="unknown_serial")
+        runtime.audit(self.event, user.username, "success", source_ip,
+                      {"serial": certificate.serial, "thumbprint": certificate.thumbprint})
+        if "application/json" in (header(scope, b"accept") or ""):
+            body = {**_certificate_json(certificate, user.username), "certificate_pem": certificate.certificate_pem}
+            await respond(send, 200, json.dumps(body).encode(), _JSON)
+            return
+        await respond(
+            send,
+            200,
+            certificate.certificate_pem.encode(),
+            [
+                (b"content-type", b"application/x-pem-file"),
+                (b"content-disposition", f'attachment; filename="{certificate.serial}.crt.pem"'.encode()),
+                (b"x-certificate-thumbprint", certificate.thumbprint.encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        )

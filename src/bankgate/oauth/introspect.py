@@ -1,0 +1,35 @@
+"""Token introspection (RFC 7662). A client sees only its own tokens; any other token is `active: false`."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from bankgate.credentials.clients import ClientRecord
+from bankgate.oauth.endpoint import OAuthEndpoint
+from bankgate.oauth.errors import JSON_NO_STORE
+from bankgate.oauth.http import Send, respond
+from bankgate.oauth.request import Params
+from bankgate.runtime import Runtime
+
+__all__ = ["IntrospectionEndpoint"]
+
+_SHOWN = ("scope", "client_id", "exp", "iat", "nbf", "sub", "aud", "iss", "jti", "environment")
+
+
+class IntrospectionEndpoint(OAuthEndpoint):
+    denied_event = "token.introspection_denied"
+
+    async def handle(
+        self, runtime: Runtime, client: ClientRecord, params: Params, source_ip: str | None, send: Send
+    ) -> None:
+        claims = runtime.tokens.read(params.require("token", "<access token>"))
+        answer: dict[str, object] = {"active": False}
+        if (
+            claims is not None
+            and claims.get("sub") == client.id
+            and claims["exp"] > time.time()
+            and not await runtime.services.revocations.is_revoked(claims["jti"])
+        ):
+            answer = {"active": True, "token_type": "Bearer", **{k: claims[k] for k in _SHOWN if k in claims}}
+        await respond(send, 200, json.dumps(answer).encode(), JSON_NO_STORE)

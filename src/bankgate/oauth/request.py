@@ -1,0 +1,169 @@
+"""Reading an OAuth request: parameters (form, JSON or query string) and client credentials (RFC 6749 §2.3.1).
+
+The provider's own examples send token parameters as a form body, a JSON body and a query string, so all three
+are read; a parameter given twice with different values is refused (RFC 6749 §3.2).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote
+
+from bankgate.oauth.errors import OAuthError
+from bankgate.oauth.http import BodyTooLarge, Receive, Scope, header, read_body
+
+__all__ = ["ClientCredentials", "Params", "client_credentials", "read_params"]
+
+_API_KEY_SHAPE = re.compile(r"bk_(test|live)_[A-Za-z0-9]{8,64}")
+_FORM = "application/x-www-form-urlencoded"
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    values: dict[str, str]
+    in_query: frozenset[str]
+
+    def get(self, name: str) -> str | None:
+        return self.values.get(name)
+
+    def require(self, name: str, example: str) -> str:
+        value = self.values.get(name)
+        if not value:
+            raise OAuthError.invalid_request(f"{name} is missing: send {name}={example}")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCredentials:
+    api_key: str
+    secret: str = field(repr=False)
+
+    @property
+    def actor(self) -> str:
+        """The claimed key, for the audit trail, only if it looks like a key (never a mistyped secret)."""
+        return self.api_key if _API_KEY_SHAPE.fullmatch(self.api_key) else "anonymous"
+
+
+def _add(params: dict[str, str], name: str, value: str) -> None:
+    if name in params and params[name] != value:
+        raise OAuthError.invalid_request(f"the parameter {name!r} is given more than once; send it once")
+    params[name] = value
+
+
+def _parse_urlencoded(text: str, where: str) -> list[tuple[str, str]]:
+    if "%" not in text and "+" not in text:
+        # Nothing to decode (the usual `grant_type=client_credentials&scope=app_1`): split without parse_qsl.
+        return [(name, value) for name, _, value in (pair.partition("=") for pair in text.split("&") if pair)]
+    try:
+        return parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise OAuthError.invalid_request(f"the {where} is not valid UTF-8 URL-encoded data") from exc
+
+
+class _JsonObject(list[tuple[str, object]]):
+    """A JSON object as its list of (name, value) pairs, in order, repeats kept."""
+
+
+def _json_params(body: bytes) -> list[tuple[str, str]]:
+    try:
+        # Pairs, not a dict: a name repeated in the object must reach the duplicate check, not silently win.
+        document = json.loads(body, object_pairs_hook=_JsonObject)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise OAuthError.invalid_request("the JSON body is not valid JSON") from exc
+    if not isinstance(document, _JsonObject):
+        raise OAuthError.invalid_request("the JSON body must be an object of parameters")
+    pairs: list[tuple[str, str]] = []
+    for name, value in document:
+        if isinstance(value, list) and name == "scope" and all(isinstance(v, str) for v in value):
+            value = " ".join(value)
+        if not isinstance(value, str):
+            raise OAuthError.invalid_request(f"the parameter {name!r} must be a string")
+        pairs.append((name, value))
+    return pairs
+
+
+async def read_params(scope: Scope, receive: Receive, max_bytes: int) -> Params:
+    values: dict[str, str] = {}
+    in_query: set[str] = set()
+    query = scope.get("query_string", b"")
+    if query:
+        try:
+            query_text = query.decode("utf-8")
+        except UnicodeDecodeError:
+            raise OAuthError.invalid_request("the query string is not valid UTF-8 URL-encoded data") from None
+        for name, value in _parse_urlencoded(query_text, "query string"):
+            _add(values, name, value)
+            in_query.add(name)
+    try:
+        body = await read_body(scope, receive, max_bytes)
+    except BodyTooLarge:
+        raise OAuthError("invalid_request", f"the request body is larger than {max_bytes} bytes", 413) from None
+    if body:
+        content_type = (header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
+        if content_type == _FORM:
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise OAuthError.invalid_request("the form body is not valid UTF-8") from exc
+            pairs = _parse_urlencoded(text, "form body")
+        elif content_type == "application/json" or content_type.endswith("+json"):
+            pairs = _json_params(body)
+        else:
+            raise OAuthError.invalid_request(
+                f"send the parameters as {_FORM} (or application/json), not {content_type or 'no Content-Type'}"
+            )
+        for name, value in pairs:
+            _add(values, name, value)
+    return Params(values, frozenset(in_query))
+
+
+def _parse_basic(authorization: str) -> ClientCredentials:
+    scheme, _, encoded = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        raise OAuthError.invalid_client(
+            f"the {scheme[:20] or 'empty'} authentication scheme is not accepted here: send "
+            "Authorization: Basic base64(api_key:secret_key)",
+            reason="unsupported_auth_scheme",
+        )
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError) as exc:
+        raise OAuthError.invalid_request(
+            "the Basic credentials are not base64 of UTF-8 text: send base64(api_key:secret_key)",
+            reason="malformed_basic",
+        ) from exc
+    api_key, colon, secret = decoded.partition(":")
+    if not colon or not api_key:
+        raise OAuthError.invalid_request(
+            "the Basic credentials must be api_key:secret_key, separated by a colon", reason="malformed_basic"
+        )
+    # RFC 6749 §2.3.1: both parts are form-urlencoded before base64 (a no-op for bankgate's own keys).
+    return ClientCredentials(unquote(api_key), unquote(secret))
+
+
+def client_credentials(authorization: str | None, params: Params) -> ClientCredentials:
+    """Client credentials from `Authorization: Basic` (client_secret_basic) or the body (client_secret_post)."""
+    posted = params.get("client_secret")
+    if "client_secret" in params.in_query:
+        raise OAuthError.invalid_request(
+            "never put client_secret in the URL; send Authorization: Basic base64(api_key:secret_key)"
+        )
+    if authorization:
+        if posted is not None:
+            raise OAuthError.invalid_request(
+                "the client authenticated twice (Authorization header and client_secret); use only one"
+            )
+        credentials = _parse_basic(authorization)
+        claimed = params.get("client_id")
+        if claimed is not None and claimed != credentials.api_key:
+            raise OAuthError.invalid_request("client_id does not match the API key in the Authorization header")
+        return credentials
+    if posted is not None and params.get("client_id"):
+        return ClientCredentials(params.values["client_id"], posted)
+    raise OAuthError.invalid_client(
+        "no client authentication: send Authorization: Basic base64(api_key:secret_key)", reason="no_credentials"
+    )

@@ -1,0 +1,246 @@
+"""Authenticating an M2M user (the certificate style): Basic username:password, the client certificate issued
+to that user, the IP allow list, brute-force throttling, and the answers in the provider's error shapes.
+
+The order of the checks is the defence: a request without a certificate of this user, or from an address that is
+not allowed, or while throttled, is refused before any argon2 work, so password guessing needs a stolen
+certificate, an allowed address, and patience.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bankgate.cache import TtlCache
+from bankgate.credentials.users import USERNAME, UserRecord
+from bankgate.oauth.http import Scope, Send, header, respond
+from bankgate.runtime import Runtime
+from bankgate.throttle import keys_for
+
+__all__ = ["AuthenticatedUser", "UserAuthError", "UserCredentials", "authenticate_user", "parse_user_basic"]
+
+_PROBLEM = (b"content-type", b"application/problem+json")
+_NO_STORE = (b"cache-control", b"no-store")
+
+
+class UserAuthError(Exception):
+    """A refusal, answered as RFC 7807 problem details (or, for a malformed header, the provider's `errors` list)."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        reason: str,
+        retry_after: float | None = None,
+        parse_failure: bool = False,
+    ) -> None:
+        super().__init__(detail)
+        #: Who and which certificate, as far as known when the request was refused (for the audit trail).
+        self.actor = "anonymous"
+        self.thumbprint: str | None = None
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.reason = reason
+        self.retry_after = retry_after
+        self.parse_failure = parse_failure
+
+    async def send(self, send: Send, instance: str) -> None:
+        headers = [_NO_STORE]
+        if self.parse_failure:
+            body: dict[str, Any] = {
+                "errors": [{"errorCode": "AuthorizationParseFailure", "errorDescription": self.detail}]
+            }
+            headers.append((b"content-type", b"application/json"))
+        else:
+            body = {"type": "about:blank", "title": self.title, "status": self.status, "detail": self.detail,
+                    "instance": instance}
+            headers.append(_PROBLEM)
+        if self.status == 401:
+            headers.append((b"www-authenticate", b'Basic realm="bankgate", charset="UTF-8"'))
+        if self.retry_after is not None:
+            headers.append((b"retry-after", str(max(1, round(self.retry_after))).encode()))
+        await respond(send, self.status, json.dumps(body).encode(), headers)
+
+
+def _unauthorized(detail: str, reason: str) -> UserAuthError:
+    return UserAuthError(401, "Unauthorized", detail, reason=reason)
+
+
+def _forbidden(detail: str, reason: str) -> UserAuthError:
+    return UserAuthError(403, "Forbidden", detail, reason=reason)
+
+
+def _parse_failure(detail: str) -> UserAuthError:
+    return UserAuthError(400, "Bad Request", detail, reason="authorization_parse_failure", parse_failure=True)
+
+
+@dataclass(frozen=True, slots=True)
+class UserCredentials:
+    username: str
+    password: str = field(repr=False)
+
+
+def parse_user_basic(authorization: str | None) -> UserCredentials:
+    if not authorization:
+        raise _unauthorized(
+            "no credentials: send Authorization: Basic base64(username:password)", "no_credentials"
+        )
+    scheme, _, encoded = authorization.strip().partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        raise _parse_failure("the Authorization header must be Basic base64(username:password)")
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise _parse_failure("the Basic credentials are not base64 of UTF-8 text") from None
+    username, colon, password = decoded.partition(":")
+    if not colon or not username:
+        raise _parse_failure("the Basic credentials must be username:password, separated by a colon")
+    return UserCredentials(username, password)
+
+
+@dataclass(slots=True)
+class UserAuthCaches:
+    """Per-process caches: user records and certificates (revocations seen within the TTL) and password
+    checks already passed (keyed by an HMAC of user, password hash and password, so a changed password misses)."""
+
+    users: TtlCache[str, UserRecord | None]
+    certificates: TtlCache[str, Any]
+    passwords: TtlCache[str, bool]
+
+    @classmethod
+    def for_runtime(cls, runtime: Runtime) -> UserAuthCaches:
+        ttl = runtime.settings.client_cache_ttl
+        return cls(TtlCache(ttl), TtlCache(ttl), TtlCache(max(ttl, 60.0), limit=10_000))
+
+
+def _caches(runtime: Runtime) -> UserAuthCaches:
+    caches = getattr(runtime, "_user_auth_caches", None)
+    if caches is None:
+        caches = UserAuthCaches.for_runtime(runtime)
+        runtime._user_auth_caches = caches  # type: ignore[attr-defined]
+    return caches
+
+
+async def _user(runtime: Runtime, username: str) -> UserRecord | None:
+    caches = _caches(runtime)
+    found, user = caches.users.lookup(username)
+    if found:
+        return user
+    return caches.users.store(username, await runtime.services.users.find(username))
+
+
+async def _certificate(runtime: Runtime, der: bytes) -> Any:
+    caches = _caches(runtime)
+    key = hashlib.sha256(der).hexdigest()
+    found, record = caches.certificates.lookup(key)
+    if found:
+        return record
+    return caches.certificates.store(key, await runtime.services.pki.find_by_der(der))
+
+
+async def _password_ok(runtime: Runtime, user: UserRecord, password: str) -> bool:
+    caches = _caches(runtime)
+    key = runtime.services.vault.hash_secret(f"{user.id}\0{user.password_hash}\0{password}")
+    found, _ = caches.passwords.lookup(key)
+    if found:
+        return True
+    if await runtime.services.users.verify_password(user, password):
+        caches.passwords.store(key, True)
+        return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticatedUser:
+    user: UserRecord
+    certificate: Any  # pki CertificateRecord, or None when no certificate was required
+
+
+async def authenticate_user(
+    runtime: Runtime,
+    scope: Scope,
+    source_ip: str | None,
+    *,
+    require_certificate: bool,
+) -> AuthenticatedUser:
+    """Run every check of the certificate style, cheapest first; raise UserAuthError with the answer."""
+    credentials = parse_user_basic(header(scope, b"authorization"))
+    context: dict[str, Any] = {"certificate": None}
+    try:
+        return await _authenticate(runtime, scope, source_ip, credentials, require_certificate, context)
+    except UserAuthError as err:
+        # The claimed name only if it could be a username: never a password typed into the wrong field.
+        err.actor = credentials.username if USERNAME.fullmatch(credentials.username) else "anonymous"
+        certificate = context["certificate"]
+        err.thumbprint = certificate.thumbprint if certificate is not None else None
+        raise
+
+
+async def _authenticate(
+    runtime: Runtime,
+    scope: Scope,
+    source_ip: str | None,
+    credentials: UserCredentials,
+    require_certificate: bool,
+    context: dict[str, Any],
+) -> AuthenticatedUser:
+    certificate = None
+    if require_certificate:
+        der = runtime.client_certs.der(scope)
+        if der is None:
+            raise _unauthorized(
+                "no client certificate: connect with mutual TLS and the certificate issued to this user",
+                "no_certificate",
+            )
+        certificate = context["certificate"] = await _certificate(runtime, der)
+        if certificate is None:
+            raise _unauthorized("the client certificate was not issued by bankgate", "unknown_certificate")
+        if certificate.status != "valid":
+            raise _unauthorized("the client certificate has been revoked", "certificate_revoked")
+        if not certificate.usable_at(time.time()):
+            raise _unauthorized("the client certificate has expired or is not valid yet", "certificate_expired")
+    throttle = runtime.services.throttle
+    keys = keys_for(credentials.username, source_ip)
+    retry_after = throttle.blocked(keys)
+    if retry_after is not None:
+        raise UserAuthError(
+            429, "Too Many Requests", f"too many failed attempts; retry in {max(1, round(retry_after))} s",
+            reason="throttled", retry_after=retry_after,
+        )
+    user = await _user(runtime, credentials.username)
+    if user is None or user.status != "active" or user.environment != runtime.settings.environment:
+        await throttle.failure(keys)
+        raise _unauthorized("the username or password is wrong", "unknown_user")
+    if certificate is not None and certificate.user_id != user.id:
+        await throttle.failure(keys)
+        raise _unauthorized("the client certificate belongs to another user", "foreign_certificate")
+    if not await runtime.services.allowlist.allows("user", user.id, source_ip):
+        from bankgate.credentials.allowlist import describe_default
+
+        default = describe_default(runtime.settings.environment)
+        raise _forbidden(
+            f"requests from {source_ip} are not allowed for this user ({default}); "
+            "ask your integration manager to allow-list the address",
+            "ip_not_allowed",
+        )
+    if user.must_reset:
+        raise _forbidden(
+            f"reset the initial passphrase first: POST /api/v1/users/{user.username}/password with "
+            '{"passphrase": …, "new_password": …}',
+            "passphrase_not_reset",
+        )
+    if not await _password_ok(runtime, user, credentials.password):
+        retry_after = await throttle.failure(keys)
+        error = _unauthorized("the username or password is wrong", "wrong_password")
+        error.retry_after = retry_after
+        raise error
+    await throttle.success(keys)
+    return AuthenticatedUser(user, certificate)

@@ -1,0 +1,223 @@
+"""The OpenAPI 3.1 description of bankgate's HTTP API, served at `/openapi.json`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["openapi_document"]
+
+_OAUTH_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "string",
+            "enum": ["invalid_request", "invalid_client", "unauthorized_client", "unsupported_grant_type",
+                     "invalid_scope", "access_denied", "slow_down", "temporarily_unavailable", "server_error"],
+        },
+        "error_description": {"type": "string"},
+    },
+}
+_PROBLEM = {
+    "type": "object",
+    "description": "RFC 7807 problem details",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+    },
+}
+_PARSE_FAILURE = {
+    "type": "object",
+    "properties": {
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "errorCode": {"type": "string", "enum": ["AuthorizationParseFailure"]},
+                    "errorDescription": {"type": "string"},
+                },
+            },
+        }
+    },
+}
+_TOKEN_REQUEST = {
+    "type": "object",
+    "required": ["grant_type"],
+    "properties": {
+        "grant_type": {"type": "string", "enum": ["client_credentials"]},
+        "scope": {"type": "string", "description": "Space-separated business application IDs; none: all allowed"},
+        "client_id": {"type": "string", "description": "client_secret_post only"},
+        "client_secret": {"type": "string", "description": "client_secret_post only (never in the URL)"},
+    },
+}
+_TOKEN_PARAMS = {
+    "type": "object",
+    "required": ["token"],
+    "properties": {"token": {"type": "string"}, "token_type_hint": {"type": "string"}},
+}
+
+
+def _json(schema: dict[str, Any], description: str, media: str = "application/json") -> dict[str, Any]:
+    return {"description": description, "content": {media: {"schema": schema}}}
+
+
+def _oauth_errors(*statuses: str) -> dict[str, Any]:
+    return {status: _json(_OAUTH_ERROR, "RFC 6749 §5.2 error") for status in statuses}
+
+
+def _problems(*statuses: str) -> dict[str, Any]:
+    return {status: _json(_PROBLEM, "problem details", "application/problem+json") for status in statuses}
+
+
+def _form_or_json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "required": False,
+        "content": {"application/x-www-form-urlencoded": {"schema": schema}, "application/json": {"schema": schema}},
+    }
+
+
+def openapi_document(server_url: str) -> dict[str, Any]:
+    basic = [{"clientBasic": []}]
+    user_basic = [{"userBasic": []}]
+    username = {"name": "username", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "bankgate",
+            "version": "1",
+            "description": "API authentication for payment and banking APIs: OAuth2 client credentials with API "
+            "key pairs, and certificate-bound M2M users over mutual TLS.",
+        },
+        "servers": [{"url": server_url}],
+        "components": {
+            "securitySchemes": {
+                "clientBasic": {"type": "http", "scheme": "basic", "description": "base64(api_key:secret_key)"},
+                "userBasic": {"type": "http", "scheme": "basic", "description": "base64(username:password)"},
+                "mutualTLS": {"type": "mutualTLS", "description": "a client certificate issued by bankgate"},
+            }
+        },
+        "paths": {
+            "/oauth/token": {
+                "post": {
+                    "summary": "Get an access token (client credentials, RFC 6749 §4.4)",
+                    "description": "Parameters as a form body, a JSON body, or query-string parameters.",
+                    "security": basic,
+                    "requestBody": _form_or_json(_TOKEN_REQUEST),
+                    "responses": {
+                        "201": _json(
+                            {
+                                "type": "object",
+                                "required": ["access_token", "token_type", "expires_in", "scope", "created_at"],
+                                "properties": {
+                                    "access_token": {"type": "string"},
+                                    "token_type": {"type": "string", "enum": ["Bearer"]},
+                                    "expires_in": {"type": "integer", "example": 7200},
+                                    "scope": {"type": "string"},
+                                    "created_at": {"type": "integer"},
+                                },
+                            },
+                            "the token",
+                        ),
+                        **_oauth_errors("400", "401", "403", "413", "429", "503"),
+                    },
+                }
+            },
+            "/api/v1/authorizations/authorize": {
+                "get": {
+                    "summary": "Get a certificate-bound access token (M2M user over mutual TLS)",
+                    "security": [{"userBasic": [], "mutualTLS": []}],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "access_token": {"type": "string"},
+                                    "expires_in": {"type": "string", "example": "300"},
+                                },
+                            },
+                            "the token; expires_in is a string of seconds",
+                        ),
+                        "400": _json(_PARSE_FAILURE, "malformed Authorization header"),
+                        **_problems("401", "403", "429", "503"),
+                    },
+                }
+            },
+            "/api/v1/users/{username}/password": {
+                "post": {
+                    "summary": "Reset the initial passphrase to a new password",
+                    "description": "Single use; the passphrase expires. The new password needs at least 12 "
+                    "characters mixing three of lower case, upper case, digits and symbols, or 20 characters.",
+                    "parameters": [username],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["passphrase", "new_password"],
+                                    "properties": {
+                                        "passphrase": {"type": "string"},
+                                        "new_password": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json({"type": "object"}, "password set"),
+                        **_problems("400", "401", "403", "429"),
+                    },
+                }
+            },
+            "/api/v1/users/{username}/certificates": {
+                "get": {
+                    "summary": "List the user's certificates with their thumbprints",
+                    "security": user_basic,
+                    "parameters": [username],
+                    "responses": {"200": _json({"type": "object"}, "certificates"), **_problems("401", "403")},
+                }
+            },
+            "/api/v1/users/{username}/certificates/{serial}": {
+                "get": {
+                    "summary": "Download a certificate (PEM; JSON with Accept: application/json)",
+                    "security": user_basic,
+                    "parameters": [
+                        username,
+                        {"name": "serial", "in": "path", "required": True, "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {"description": "the certificate",
+                                "content": {"application/x-pem-file": {"schema": {"type": "string"}}}},
+                        **_problems("401", "403", "404"),
+                    },
+                }
+            },
+            "/oauth/introspect": {
+                "post": {
+                    "summary": "Token introspection (RFC 7662); a client sees only its own tokens",
+                    "security": basic,
+                    "requestBody": _form_or_json(_TOKEN_PARAMS),
+                    "responses": {"200": _json({"type": "object"}, "active or not"), **_oauth_errors("400", "401")},
+                }
+            },
+            "/oauth/revoke": {
+                "post": {
+                    "summary": "Token revocation (RFC 7009)",
+                    "security": basic,
+                    "requestBody": _form_or_json(_TOKEN_PARAMS),
+                    "responses": {"200": {"description": "revoked (or nothing to revoke)"},
+                                  **_oauth_errors("400", "401")},
+                }
+            },
+            "/.well-known/jwks.json": {"get": {"summary": "Signing keys (RFC 7517)",
+                                               "responses": {"200": {"description": "JWK set"}}}},
+            "/.well-known/oauth-authorization-server": {
+                "get": {"summary": "Server metadata (RFC 8414)", "responses": {"200": {"description": "metadata"}}}
+            },
+            "/healthz": {"get": {"summary": "Health", "responses": {"200": {"description": "ok"}}}},
+        },
+    }

@@ -1,0 +1,106 @@
+"""What one running server holds: the services, the key ring it signs with, and its view of the network."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from bankgate.audit import AuditEvent, Outcome
+from bankgate.config import Settings
+from bankgate.guard.verifier import TokenVerifier
+from bankgate.services import Services
+from bankgate.tokens.issuer import TokenIssuer
+from bankgate.tokens.keys import KeyRing
+
+__all__ = ["Runtime"]
+
+log = logging.getLogger("bankgate")
+
+REVOCATION_PURGE_INTERVAL = 3600.0
+
+
+class Runtime:
+    def __init__(self, services: Services, keys: KeyRing, issuer_url: str) -> None:
+        from bankgate.certheaders import ClientCertificateSource
+        from bankgate.net import TrustedProxies
+
+        self.services = services
+        self.settings: Settings = services.settings
+        self.keys = keys
+        self.issuer_url = issuer_url
+        self.tokens = TokenIssuer(
+            keys, issuer=issuer_url, audience=self.settings.audience, environment=self.settings.environment
+        )
+        self.verifier = TokenVerifier(
+            lambda kid: keys.by_kid.get(kid),  # the ring replaces its dict on every refresh
+            issuer=issuer_url,
+            audience=self.settings.audience,
+            environment=self.settings.environment,
+            is_revoked=services.revocations.is_revoked,
+        )
+        self.proxies = TrustedProxies(self.settings.trusted_proxies)
+        self.client_certs = ClientCertificateSource(
+            self.proxies, self.settings.client_cert_header, name=self.settings.client_cert_header_name
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def __repr__(self) -> str:
+        return f"Runtime(issuer={self.issuer_url!r}, active_kid={self.keys.active.kid!r})"
+
+    @classmethod
+    async def start(cls, settings: Settings, issuer_url: str) -> Runtime:
+        services = await Services.open(settings)
+        try:
+            keys = KeyRing(await services.keys.load())
+        except BaseException:
+            await services.close()
+            raise
+        runtime = cls(services, keys, issuer_url)
+        services.audit.start()
+        # Everything loaded so far lives as long as the server: keep it out of the cyclic collector's scans,
+        # which otherwise walk these objects again and again under load.
+        gc.collect()
+        gc.freeze()
+        runtime._tasks = [
+            asyncio.create_task(runtime._every(settings.key_refresh_interval, runtime.refresh_keys)),
+            asyncio.create_task(runtime._every(REVOCATION_PURGE_INTERVAL, services.revocations.purge)),
+            # Blocks and issuance counts shared with the other server processes (each also purges its old rows).
+            asyncio.create_task(runtime._every(settings.throttle_sync_interval, services.throttle.sync)),
+            asyncio.create_task(runtime._every(settings.rate_limit_sync_interval, services.limiter.sync)),
+        ]
+        return runtime
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.services.audit.stop()
+        await self.services.close()
+
+    async def refresh_keys(self) -> None:
+        self.keys.replace(await self.services.keys.load(known=self.keys.by_kid))
+
+    @staticmethod
+    async def _every(interval: float, job: Any) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await job()
+            except Exception:
+                log.exception("background job %s failed; will retry", getattr(job, "__name__", job))
+
+    def audit(
+        self,
+        event: str,
+        actor: str,
+        outcome: Outcome,
+        source_ip: str | None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.services.audit.record(AuditEvent(event, actor, outcome, source_ip, detail or {}))

@@ -1,0 +1,146 @@
+"""Running the server with uvicorn (one process, or several workers sharing the database).
+
+With `tls`, uvicorn serves HTTPS with a server certificate from the environment's built-in CA and asks every client
+for a certificate from that CA (`CERT_OPTIONAL`: a request without one still reaches the app, which can then say
+what is missing); `bankgate.mtls` puts the client certificate into each request's ASGI TLS extension.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import uvicorn
+from starlette.applications import Starlette
+
+from bankgate.app import create_app
+from bankgate.config import Settings
+
+__all__ = ["HTTP_IMPLEMENTATIONS", "TLSFiles", "app_from_environment", "prepare_tls", "serve"]
+
+_WORKER_SETTINGS = "BANKGATE_WORKER_SETTINGS"
+HTTP_IMPLEMENTATIONS = ("httptools", "h11")
+#: TLS 1.2 suites with forward secrecy and AEAD only (TLS 1.3 suites are all fine and configured apart);
+#: uvicorn's own default would allow every TLSv1 suite, CBC and SHA-1 included.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+TLS_DIR = "tls"
+
+
+def app_from_environment() -> Starlette:
+    """The app factory uvicorn workers import: settings handed over by `serve` through the environment."""
+    payload = json.loads(os.environ[_WORKER_SETTINGS])
+    return create_app(Settings(**payload["settings"]), issuer=payload["issuer"])
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    server: Path  # the server's private key and certificate, PEM, mode 0600
+    ca: Path  # the environment's CA certificate: the trust root for client certificates
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` with mode 0600, atomically: a concurrent reader sees the old file or the new one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def _certificate_names(settings: Settings, hostnames: Sequence[str]) -> list[str]:
+    """The names the server certificate must carry beyond the loopback ones: --hostname values, the bound address
+    when it is a specific one, and the host of a configured issuer URL."""
+    names = [h for h in hostnames if h.strip()]
+    with contextlib.suppress(ValueError):
+        if not ipaddress.ip_address(settings.host).is_unspecified:
+            names.append(settings.host)
+    if settings.issuer:
+        host = urlsplit(settings.issuer).hostname
+        if host:
+            names.append(host)
+    return names
+
+
+async def _tls_material(settings: Settings, hostnames: list[str]) -> tuple[str, str, str]:
+    from bankgate.services import Services
+
+    services = await Services.open(settings)
+    try:
+        certificate, key = await services.pki.server_certificate(hostnames)
+        return certificate, key, await services.pki.ca_certificate_pem()
+    finally:
+        await services.close()
+
+
+def prepare_tls(settings: Settings, hostnames: Sequence[str] = ()) -> TLSFiles:
+    """Issue a fresh server certificate from the environment's CA and write it, with its key and the CA
+    certificate, to `<data_dir>/tls/` (directory 0700, files 0600). A fresh certificate on every start keeps its
+    names in step with the flags."""
+    certificate, key, ca = asyncio.run(_tls_material(settings, _certificate_names(settings, hostnames)))
+    directory = settings.data_dir / TLS_DIR
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    files = TLSFiles(server=directory / "server.pem", ca=directory / f"{settings.environment}-ca.pem")
+    _write_private(files.server, key + certificate)
+    _write_private(files.ca, ca)
+    return files
+
+
+def tls_options(files: TLSFiles, http: str) -> dict[str, Any]:
+    """uvicorn options for HTTPS asking for (not requiring) a client certificate from the bankgate CA."""
+    from bankgate.mtls import PROTOCOLS
+
+    return {
+        "ssl_certfile": str(files.server),  # key and certificate in one file: never a mismatched pair
+        "ssl_ca_certs": str(files.ca),
+        "ssl_cert_reqs": ssl.CERT_OPTIONAL,
+        "ssl_ciphers": TLS12_CIPHERS,
+        "http": PROTOCOLS[http],
+    }
+
+
+def serve(
+    settings: Settings,
+    *,
+    workers: int = 1,
+    access_log: bool = False,
+    tls: bool = False,
+    hostnames: Sequence[str] = (),
+    http: str = "httptools",
+) -> None:
+    if http not in HTTP_IMPLEMENTATIONS:
+        raise ValueError(f"--http {http!r} is not one of: {', '.join(HTTP_IMPLEMENTATIONS)}")
+    issuer = settings.issuer_for(settings.host, settings.port, tls=tls)
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        # bankgate decides which proxies to believe (settings.trusted_proxies); uvicorn must not rewrite
+        # the client address from X-Forwarded-For on its own.
+        "proxy_headers": False,
+        "server_header": False,
+        "access_log": access_log,
+        "log_level": "info",
+        "lifespan": "on",
+        "http": http,
+    }
+    if tls:
+        options.update(tls_options(prepare_tls(settings, hostnames), http))
+    if workers <= 1:
+        uvicorn.run(create_app(settings, issuer=issuer), **options)
+        return
+    dumped = settings.model_dump(mode="json")
+    if settings.master_key is not None:
+        dumped["master_key"] = settings.master_key.get_secret_value()
+    os.environ[_WORKER_SETTINGS] = json.dumps({"settings": dumped, "issuer": issuer})
+    uvicorn.run("bankgate.server:app_from_environment", factory=True, workers=workers, **options)

@@ -1,0 +1,115 @@
+"""The domain services, wired once from settings; shared by the command line and the HTTP app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+
+from bankgate.audit import AuditEvent, AuditLog
+from bankgate.config import Settings
+from bankgate.credentials.allowlist import IpAllowList
+from bankgate.credentials.clients import ClientRegistry
+from bankgate.credentials.users import UserDirectory
+from bankgate.pki import CertificateService
+from bankgate.store import Store
+from bankgate.throttle import AuthThrottle, IssuanceLimiter
+from bankgate.tokens.keys import KeyStore, SigningKey
+from bankgate.tokens.revocation import RevocationList
+from bankgate.vault import MasterKeyError, Vault, load_master_key
+
+__all__ = ["InitReport", "Services"]
+
+VAULT_CHECK = "vault_check"
+#: How long past retirement a signing key stays in the JWKS beyond the longest token lifetime.
+KEY_PUBLISH_MARGIN = 300
+
+
+@dataclass(frozen=True, slots=True)
+class InitReport:
+    data_dir: str
+    database: str
+    environment: str
+    signing_key: SigningKey
+    created_key: bool
+
+
+class Services:
+    def __init__(self, settings: Settings, vault: Vault, store: Store) -> None:
+        self.settings = settings
+        self.vault = vault
+        self.store = store
+        self.clients = ClientRegistry(
+            store, vault, settings.environment, cache_ttl=settings.client_cache_ttl
+        )
+        self.users = UserDirectory(
+            store, settings.environment, passphrase_ttl=settings.passphrase_ttl, hasher=PasswordHasher()
+        )
+        self.keys = KeyStore(store, vault)
+        self.revocations = RevocationList(store)
+        self.audit = AuditLog(store, flush_interval=settings.audit_flush_interval)
+        self.pki = CertificateService(store, vault, settings.environment)
+        self.allowlist = IpAllowList(store, settings.environment, cache_ttl=settings.client_cache_ttl)
+        self.throttle = AuthThrottle.from_settings(store, settings)
+        self.limiter = IssuanceLimiter(store, limit=settings.issuance_rate_limit)
+
+    def __repr__(self) -> str:
+        return f"Services({self.store!r}, environment={self.settings.environment!r})"
+
+    @classmethod
+    async def open(cls, settings: Settings, *, initialise: bool = False) -> Services:
+        """Open the services; with `initialise`, create what is missing (master key, schema, first signing key)."""
+        master = load_master_key(
+            settings.master_key.get_secret_value() if settings.master_key else None,
+            settings.data_dir,
+            create=initialise,
+        )
+        services = cls(settings, Vault(master), Store(settings.sqlalchemy_url))
+        try:
+            if initialise:
+                await services.store.migrate()
+            stored = await services.store.get_meta(VAULT_CHECK)
+            if stored is None and initialise:
+                stored = await services.store.put_meta_if_absent(VAULT_CHECK, services.vault.check_value())
+            if stored is None:
+                raise MasterKeyError("the database is not initialised; run `bankgate init` first")
+            if stored != services.vault.check_value():
+                raise MasterKeyError(
+                    "this database was initialised with another master key; set BANKGATE_MASTER_KEY to that "
+                    "key (or use the data directory that holds its master.key)"
+                )
+        except BaseException:
+            await services.close()
+            raise
+        return services
+
+    @property
+    def key_publish_seconds(self) -> float:
+        return self.settings.token_ttl + KEY_PUBLISH_MARGIN
+
+    async def init(self) -> InitReport:
+        key, created = await self.keys.ensure_active(
+            self.settings.signing_alg, retire_publish_for=self.key_publish_seconds
+        )
+        if created:
+            # A first key, or a rotation because the configured algorithm changed.
+            await self.audit.write(
+                AuditEvent("key.rotated", "system", "success", None, {"kid": key.kid, "alg": key.alg, "by": "init"})
+            )
+        authority, created_ca = await self.pki.ensure_ca()
+        if created_ca:
+            subject = authority.certificate.subject.rfc4514_string()
+            await self.audit.write(
+                AuditEvent("ca.created", "system", "success", None,
+                           {"environment": authority.environment, "subject": subject})
+            )
+        return InitReport(
+            data_dir=str(self.settings.data_dir.resolve()),
+            database=self.store.engine.url.render_as_string(hide_password=True),
+            environment=self.settings.environment,
+            signing_key=key,
+            created_key=created,
+        )
+
+    async def close(self) -> None:
+        await self.store.close()

@@ -1,0 +1,77 @@
+"""Storage: SQLAlchemy Core tables, the engine, migrations. Only the domain layer calls this package."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bankgate.store import schema
+from bankgate.store.engine import open_engine
+from bankgate.store.migrate import upgrade
+
+__all__ = ["SchemaMissingError", "Store", "schema"]
+
+
+class SchemaMissingError(RuntimeError):
+    """The database has no bankgate schema yet."""
+
+
+def _is_missing_table(exc: DBAPIError) -> bool:
+    """True only for "no such table" (SQLite) / undefined_table 42P01 (PostgreSQL), not for other failures."""
+    if getattr(exc.orig, "sqlstate", None) == "42P01":
+        return True
+    message = str(exc.orig)
+    return "no such table" in message or (message.startswith("relation ") and "does not exist" in message)
+
+
+class Store:
+    """The database handle passed to the domain services: one engine, short transactions."""
+
+    def __init__(self, url: str) -> None:
+        self.engine: AsyncEngine = open_engine(url)
+        self.dialect = self.engine.dialect.name
+
+    def __repr__(self) -> str:
+        return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as connection:
+            yield connection
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as connection:
+            yield connection
+
+    async def migrate(self) -> None:
+        await upgrade(self.engine)
+
+    async def get_meta(self, key: str) -> str | None:
+        try:
+            async with self.connect() as conn:
+                row = await conn.execute(select(schema.meta.c.value).where(schema.meta.c.key == key))
+                return row.scalar_one_or_none()
+        except DBAPIError as exc:
+            if _is_missing_table(exc):
+                raise SchemaMissingError(
+                    "the database has no bankgate schema; run `bankgate init` first"
+                ) from exc
+            raise  # e.g. the server is down or the database itself does not exist: not a missing schema
+
+    async def put_meta_if_absent(self, key: str, value: str) -> str:
+        """Store `value` unless `key` already holds one; return what the key holds now."""
+        async with self.begin() as conn:
+            row = await conn.execute(select(schema.meta.c.value).where(schema.meta.c.key == key))
+            current = row.scalar_one_or_none()
+            if current is None:
+                await conn.execute(schema.meta.insert().values(key=key, value=value))
+                current = value
+        return current
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,185 @@
+"""The tables, in SQLAlchemy Core. Timestamps are UNIX seconds (float) so SQLite and PostgreSQL agree exactly."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+__all__ = [
+    "audit_events",
+    "auth_throttle",
+    "certificate_authorities",
+    "certificates",
+    "client_secrets",
+    "clients",
+    "ip_allow_entries",
+    "meta",
+    "metadata",
+    "rate_counters",
+    "revoked_tokens",
+    "signing_keys",
+    "users",
+]
+
+metadata = MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+_BigId = BigInteger().with_variant(Integer, "sqlite")
+
+meta = Table(
+    "bankgate_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+clients = Table(
+    "clients",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("api_key", String(80), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("auth_mode", String(16), nullable=False),
+    Column("scopes", Text, nullable=False),  # JSON list of application IDs
+    Column("environment", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)
+
+client_secrets = Table(
+    "client_secrets",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("client_id", String(36), ForeignKey("clients.id", ondelete="CASCADE"), nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float),  # NULL: valid until rotated
+    Index("ix_client_secrets_client_id", "client_id"),
+)
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("alg", String(16), nullable=False),
+    Column("public_jwk", Text, nullable=False),
+    Column("private_key", LargeBinary, nullable=False),  # PKCS#8 DER, AES-256-GCM under the master key
+    Column("created_at", Float, nullable=False),
+    Column("retired_at", Float),
+    Column("publish_until", Float),  # stays in the JWKS until every token it signed has expired
+)
+
+revoked_tokens = Table(
+    "revoked_tokens",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("client_id", String(36), nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=False),
+    Index("ix_revoked_tokens_expires_at", "expires_at"),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("source_ip", String(64)),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", Text, nullable=False),  # JSON object; never a secret
+    Index("ix_audit_events_at", "at"),
+)
+
+# -- certificate-bound M2M users ------------------------------------------------------------------------------
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("user_type", String(8), nullable=False),
+    Column("environment", String(16), nullable=False),
+    Column("status", String(16), nullable=False),  # active | disabled
+    Column("passphrase_hash", Text),  # argon2id of the initial passphrase; NULL once used
+    Column("passphrase_expires_at", Float),
+    Column("password_hash", Text),  # argon2id; NULL until the passphrase has been reset
+    Column("password_changed_at", Float),
+    Column("created_at", Float, nullable=False),
+)
+
+certificate_authorities = Table(
+    "certificate_authorities",
+    metadata,
+    Column("environment", String(16), primary_key=True),
+    Column("certificate_pem", Text, nullable=False),
+    Column("private_key", LargeBinary, nullable=False),  # PKCS#8 DER, AES-256-GCM under the master key
+    Column("created_at", Float, nullable=False),
+)
+
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("serial", String(40), primary_key=True),  # hex
+    Column("user_id", String(36), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("environment", String(16), nullable=False),
+    Column("thumbprint", String(40), nullable=False, unique=True),  # SHA-1 of the DER, upper-case hex
+    Column("x5t_s256", String(43), nullable=False, unique=True),  # base64url SHA-256 of the DER
+    Column("subject", String(300), nullable=False),
+    Column("not_before", Float, nullable=False),
+    Column("not_after", Float, nullable=False),
+    Column("certificate_pem", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # valid | revoked
+    Column("revoked_at", Float),
+    Column("created_at", Float, nullable=False),
+    Index("ix_certificates_user_id", "user_id"),
+)
+
+ip_allow_entries = Table(
+    "ip_allow_entries",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("subject_kind", String(8), nullable=False),  # user | client
+    Column("subject_id", String(36), nullable=False),
+    Column("environment", String(16), nullable=False),
+    Column("cidr", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("subject_kind", "subject_id", "environment", "cidr", name="uq_ip_allow_entry"),
+    Index("ix_ip_allow_entries_subject", "subject_kind", "subject_id"),
+)
+
+# Failed authentications per key ("ip:…", "account:…"), shared by every server process.
+auth_throttle = Table(
+    "auth_throttle",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("window_started", Float, nullable=False),
+    Column("blocked_until", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_auth_throttle_blocked_until", "blocked_until"),
+)
+
+# Issuance counters per key and fixed window, summed over every server process.
+rate_counters = Table(
+    "rate_counters",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("window_started", Float, nullable=False),
+    Column("count", Integer, nullable=False),
+)

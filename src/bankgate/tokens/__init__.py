@@ -1,0 +1,1 @@
+"""Tokens: signing keys and the JWKS, minting and checking access tokens, the revocation deny list."""

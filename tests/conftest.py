@@ -1,0 +1,312 @@
+"""Shared fixtures: real SQLite files, a real PostgreSQL database per session, real servers on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from bankgate.config import Settings, load_settings
+from bankgate.services import Services
+from bankgate.store import Store
+
+POSTGRES_URL = os.environ.get("BANKGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _service_unavailable(what: str, why: str) -> None:
+    message = f"{what} is not reachable ({why}); set BANKGATE_TEST_POSTGRES_URL/BANKGATE_TEST_REDIS_URL"
+    if IN_CI:
+        pytest.fail(f"in CI every service must be up: {message}")
+    pytest.skip(message)
+
+
+async def _pg_admin(url: str, statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"), timeout=5)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    try:
+        asyncio.run(_pg_admin(POSTGRES_URL, "SELECT 1"))
+    except Exception as exc:  # any failure to connect means: no server here
+        _service_unavailable("PostgreSQL", f"{type(exc).__name__}: {exc}")
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"bankgate_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
+    base, _, _ = postgres_server_url.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(_pg_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Run a test against both databases: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the real `bankgate` command (as `python -m bankgate`) and return what it printed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bankgate", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"bankgate {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def cli_json(*args: str, env: dict[str, str] | None = None) -> Any:
+    return json.loads(run_cli(*args, "--json", env=env).stdout)
+
+
+def basic(api_key: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{api_key}:{secret}".encode()).decode()
+
+
+@dataclass
+class Server:
+    """A real `bankgate serve` process on a free loopback port."""
+
+    base_url: str
+    data_dir: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    _http: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._http = httpx.Client(base_url=self.base_url, timeout=10, verify=False)  # noqa: S501 - plain-HTTP helper
+
+    @property
+    def http(self) -> httpx.Client:
+        return self._http
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, "--data-dir", str(self.data_dir), env=self.env, check=check)
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def create_client(self, *scopes: str, auth_mode: str = "oauth2", name: str = "test client") -> dict[str, Any]:
+        args = ["clients", "create", "--name", name, "--auth-mode", auth_mode]
+        for scope in scopes or ("app_1",):
+            args += ["--scope", scope]
+        return self.cli_json(*args)
+
+    def token(self, client: dict[str, Any], **params: str) -> httpx.Response:
+        data = {"grant_type": "client_credentials", **params}
+        return self.http.post(
+            "/oauth/token", data=data, headers={"Authorization": basic(client["api_key"], client["secret_key"])}
+        )
+
+    def audit(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The audit trail, once the server's batch writer has flushed (it flushes every 0.05 s in tests)."""
+        time.sleep(0.3)
+        return self.cli_json("audit", "tail", "--limit", str(limit))
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self._http.close()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(
+    data_dir: Path, log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> Server:
+    """Start `bankgate serve` (plus `args`, e.g. `--tls`) and wait until `/healthz` answers."""
+    port = free_port()
+    scheme = "https" if "--tls" in args else "http"
+    full_env = {
+        **os.environ,
+        "BANKGATE_DATA_DIR": str(data_dir),
+        "BANKGATE_CLIENT_CACHE_TTL": "0",
+        "BANKGATE_AUDIT_FLUSH_INTERVAL": "0.05",
+        "BANKGATE_KEY_REFRESH_INTERVAL": "0.5",
+        **(env or {}),
+    }
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bankgate", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=full_env,
+    )
+    server = Server(f"{scheme}://127.0.0.1:{port}", data_dir, full_env, process, log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"bankgate serve exited with {process.returncode}:\n{server.log()}")
+        try:
+            # Readiness only: tests that speak TLS build their own clients trusting the bankgate CA.
+            if httpx.get(f"{server.base_url}/healthz", timeout=1, verify=False).status_code == 200:  # noqa: S501
+                return server
+        except httpx.TransportError:
+            time.sleep(0.1)
+    server.stop()
+    raise AssertionError(f"bankgate serve did not start within 30 s:\n{server.log()}")
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Any]:
+    """Start servers with chosen settings (environment variables); all are stopped after the test."""
+    started: list[Server] = []
+
+    def make(env: dict[str, str] | None = None, data_dir: Path | None = None, args: tuple[str, ...] = ()) -> Server:
+        directory = data_dir or tmp_path / f"data-{len(started)}"
+        server = start_server(directory, tmp_path / f"server-{len(started)}.log", env, args)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(server_factory: Any) -> Server:
+    """A sandbox server on SQLite with default settings (client cache off, fast audit flushes)."""
+    return server_factory()
+
+
+@pytest.fixture(scope="module")
+def shared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One sandbox server with default settings for a whole test module whose tests only add their own clients."""
+    directory = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    server = start_server(directory / "data", directory / "server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    """Settings for an in-process bankgate on the test's database (SQLite, then PostgreSQL)."""
+    return load_settings(data_dir=tmp_path, database_url=database_url)
+
+
+@pytest.fixture
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    """An initialised bankgate (schema, signing key, CA), in process."""
+    opened = await Services.open(settings, initialise=True)
+    await opened.init()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def dump_database(store: Store) -> list[tuple[str, str, Any]]:
+    """Every value of every column of every table, as (table, column, value): for "nothing secret in clear"."""
+
+    def read(connection: sa.Connection) -> list[tuple[str, str, Any]]:
+        found: list[tuple[str, str, Any]] = []
+        for name in sa.inspect(connection).get_table_names():
+            table = sa.Table(name, sa.MetaData(), autoload_with=connection)
+            for row in connection.execute(sa.select(table)).mappings():
+                found.extend((name, column, value) for column, value in row.items())
+        return found
+
+    async with store.connect() as conn:
+        return await conn.run_sync(read)
+
+
+# -- the certificate style over TLS ----------------------------------------------------------------------------
+
+AUTHORIZE = "/api/v1/authorizations/authorize"
+PASSWORD = "Blue-Harbour-7-Lantern"
+
+
+def user_basic(username: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
+
+
+class Tls:
+    """What a test needs to talk to the TLS server: the CA to trust and certificates to present."""
+
+    def __init__(self, server: Server, workdir: Path) -> None:
+        self.server = server
+        self.workdir = workdir
+        self.ca = workdir / "ca.pem"
+        server.cli("ca-cert", "--out", str(self.ca))
+
+    def client(self, cert: tuple[str, str] | None = None) -> httpx.Client:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        if cert is not None:
+            context.load_cert_chain(*cert)
+        return httpx.Client(base_url=self.server.base_url, verify=context, timeout=10)
+
+    def new_user(self, name: str, *, reset: bool = True, certificate: bool = True) -> dict[str, Any]:
+        user = self.server.cli_json("users", "create", "--name", name)
+        if certificate:
+            out = self.workdir / user["username"]
+            issued = self.server.cli_json("certs", "issue", user["username"], "--out", str(out))
+            user["certificate"] = issued
+            user["cert"] = (str(out / f"{issued['serial']}.crt.pem"), str(out / f"{issued['serial']}.key.pem"))
+        if reset:
+            with self.client() as http:
+                answer = http.post(f"/api/v1/users/{user['username']}/password",
+                                   json={"passphrase": user["initial_passphrase"], "new_password": PASSWORD})
+            assert answer.status_code == 200, answer.text
+        return user
+
+    def authorize(self, user: dict[str, Any], password: str = PASSWORD, cert: Any = "own") -> httpx.Response:
+        with self.client(user["cert"] if cert == "own" else cert) as http:
+            return http.get(AUTHORIZE, headers=user_basic(user["username"], password))
+
+
+@pytest.fixture(scope="module")
+def tls(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tls]:
+    """A `bankgate serve --tls` for a whole test module, with its CA at hand."""
+    directory = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2] + "-tls")
+    server = start_server(directory / "data", directory / "server.log", args=("--tls",))
+    try:
+        yield Tls(server, directory)
+    finally:
+        server.stop()
