@@ -26,6 +26,7 @@ from bankgate.services import Services
 from bankgate.store import Store
 
 POSTGRES_URL = os.environ.get("BANKGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("BANKGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -73,6 +74,43 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> str:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+        client.ping()
+        client.close()
+    except Exception as exc:  # any failure to connect means: no server here
+        _service_unavailable("Redis", f"{type(exc).__name__}: {exc}")
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> Iterator[str]:
+    """The test Redis, with every key this test wrote under its unique prefix deleted afterwards.
+
+    Tests put their keys under `redis_prefix` (read it with `request.getfixturevalue` or as a fixture).
+    """
+    yield redis_server_url
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    import redis
+
+    prefix = f"bankgate-test-{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 def free_port() -> int:

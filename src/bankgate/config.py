@@ -104,6 +104,38 @@ class Settings(BaseSettings):
         "across processes the issuance limit is approximate by this much traffic."
     )
     max_body_bytes: int = Field(default=16384, ge=1024)
+    # -- the resource side: guard, Idempotency-Key layer, sandbox payments API --
+    revocation_sync_interval: float = Field(
+        default=1.0, gt=0, le=60, description="Seconds between reloads of the revocation deny list; a token revoked "
+        "on one server process is refused by the others within this time (at once on the process that revoked it)."
+    )
+    verified_token_cache_size: int = Field(
+        default=10000, ge=0, description="Verified access tokens remembered per process, so a reused token is not "
+        "verified again on every call; 0 turns the cache off."
+    )
+    idempotency_store: str = Field(
+        default="database", description="Where Idempotency-Key records live: `database` (the server's own SQLite or "
+        "PostgreSQL database) or a redis:// URL."
+    )
+    idempotency_retention: float = Field(
+        default=86400.0, ge=60, le=90 * 86400, description="Seconds a completed response is kept for replay "
+        "(24 h by default, like Stripe; Banked keeps 30 days: 2592000)."
+    )
+    idempotency_lease: float = Field(
+        default=30.0, gt=0, le=3600, description="Seconds a claimed key stays locked without news from the process "
+        "that claimed it; a crashed request frees its key after this, never a 409 forever."
+    )
+    idempotency_mismatch_status: Literal[409, 422] = Field(
+        default=422, description="Status when a key is reused with another request: 422 (the IETF draft) or 409 "
+        "(as Banked documents)."
+    )
+    idempotency_required: bool = Field(
+        default=False, description="Require an Idempotency-Key on every non-GET API call (payments always require one)."
+    )
+    sandbox_processing_delay: float = Field(
+        default=0.0, ge=0, le=60, description="Sandbox only: seconds a payment takes after it is recorded and before "
+        "the answer, to try timeouts and retries."
+    )
     host: str = "127.0.0.1"
     port: int = 8000
 

@@ -41,6 +41,11 @@ class Principal:
     auth_method: str = "bearer"
     claims: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
+    @property
+    def key(self) -> str:
+        """`client:<id>` or `user:<id>`: what per-principal state (idempotency keys, payments) is scoped by."""
+        return f"{self.kind}:{self.subject}"
+
     def as_json(self) -> dict[str, Any]:
         return {
             "subject": self.subject,

@@ -24,9 +24,11 @@ __all__ = [
     "certificates",
     "client_secrets",
     "clients",
+    "idempotency_keys",
     "ip_allow_entries",
     "meta",
     "metadata",
+    "payments",
     "rate_counters",
     "revoked_tokens",
     "signing_keys",
@@ -182,4 +184,41 @@ rate_counters = Table(
     Column("key", String(200), primary_key=True),
     Column("window_started", Float, nullable=False),
     Column("count", Integer, nullable=False),
+)
+
+# Idempotency-Key records (draft-ietf-httpapi-idempotency-key-header): one row per principal and key, moving from
+# `started` (claimed, lease running) to `completed` (the response kept until `expires_at`).
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("principal", String(200), primary_key=True),  # "client:<id>" / "user:<id>": keys are never global
+    Column("key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),  # sha256 hex of method, path and body digest
+    Column("state", String(16), nullable=False),  # started | completed
+    Column("owner", String(32), nullable=False),  # random per claim: only the claimant completes or releases
+    Column("lease_until", Float, nullable=False),  # a started row whose lease has passed may be claimed again
+    Column("expires_at", Float, nullable=False),  # the row may be purged (and the key reused) after this
+    Column("created_at", Float, nullable=False),
+    Column("status", Integer),
+    Column("headers", Text),  # JSON list of [name, value] pairs
+    Column("body", LargeBinary),
+    Index("ix_idempotency_keys_expires_at", "expires_at"),
+)
+
+# The sandbox payments API: payments made by sandbox clients and users.
+payments = Table(
+    "payments",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("principal", String(200), nullable=False),
+    Column("application_id", String(100), nullable=False),
+    Column("amount", String(32), nullable=False),  # the decimal string as sent: no float rounding
+    Column("currency", String(3), nullable=False),
+    Column("reference", String(140), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("environment", String(16), nullable=False),
+    Column("idempotency_key", String(255)),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("principal", "idempotency_key", name="uq_payments_idempotency_key"),
+    Index("ix_payments_application_id", "application_id"),
 )
