@@ -1,0 +1,41 @@
+"""The Idempotency-Key layer (draft-ietf-httpapi-idempotency-key-header-06): ASGI middleware and its stores."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bankgate.idempotency._memory import MemoryIdempotencyStore
+from bankgate.idempotency._middleware import IdempotencyMiddleware
+from bankgate.idempotency._redis import RedisIdempotencyStore
+from bankgate.idempotency._sql import SqlIdempotencyStore
+from bankgate.idempotency._types import Claim, IdempotencyStore, StoredResponse, fingerprint
+
+if TYPE_CHECKING:
+    from bankgate.store import Store
+
+__all__ = [
+    "Claim",
+    "IdempotencyMiddleware",
+    "IdempotencyStore",
+    "MemoryIdempotencyStore",
+    "RedisIdempotencyStore",
+    "SqlIdempotencyStore",
+    "StoredResponse",
+    "fingerprint",
+    "open_store",
+]
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def open_store(spec: str, store: Store) -> IdempotencyStore:
+    """The store a setting names: `database` (the bankgate database of `store`), a `redis://` / `rediss://` /
+    `unix://` URL (shared by every process using that Redis), or `memory` (one process only)."""
+    if spec == "database":
+        return SqlIdempotencyStore(store)
+    if spec == "memory":
+        return MemoryIdempotencyStore()
+    if spec.startswith(_REDIS_SCHEMES):
+        return RedisIdempotencyStore(spec)
+    shown = spec.split("@")[-1] if "://" in spec else spec  # never echo a password
+    raise ValueError(f"unknown idempotency store {shown!r}: use 'database', 'memory' or a redis:// / rediss:// URL")

@@ -1,0 +1,398 @@
+"""The Idempotency-Key middleware (draft-ietf-httpapi-idempotency-key-header-06), pure ASGI.
+
+For POST, PUT, PATCH and DELETE carrying an `Idempotency-Key`, the first request runs and its response is kept;
+a retry with the same key and the same request gets that response again (`Idempotent-Replayed: true`) without
+running the handler; the same key with a different request is refused (422, section 2.7), and while the first
+one still runs, a retry gets 409 with `Retry-After`. Keys are scoped per principal, never global.
+
+Place it behind the guard, which sets `scope["state"]["principal"]`: without a principal, keys fall back to the
+client address ("anonymous:<host>"), which every client behind one proxy shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bankgate.idempotency._types import MAX_KEY_LENGTH, IdempotencyStore, StoredResponse, fingerprint
+
+__all__ = ["IdempotencyMiddleware", "InvalidIdempotencyKey", "parse_idempotency_key"]
+
+logger = logging.getLogger("bankgate.idempotency")
+
+_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_HEADER = b"idempotency-key"
+# Not replayed: they describe the first connection and moment, not the response (content-length is recomputed).
+_NOT_STORED = frozenset(
+    {
+        b"date",
+        b"server",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"content-length",
+    }
+)
+# Statuses that say "this did not run, try again": kept, they would answer every retry with the same refusal.
+_RETRYABLE_4XX = frozenset({429})
+# ASGI extensions that send a body the middleware could not capture: hidden from the app on a claimed request.
+_UNCAPTURABLE = ("http.response.pathsend", "http.response.zerocopysend")
+_STORE_TIMEOUT = 15.0
+_UNAVAILABLE_RETRY = 1
+_EXAMPLE = "1-255 printable characters, e.g. a UUID"
+
+
+class InvalidIdempotencyKey(ValueError):
+    """The `Idempotency-Key` header cannot be used; the message says what is wrong and what to send instead."""
+
+
+def _sf_string(text: str) -> str | None:
+    """The value of an RFC 8941 sf-string (`"..."` with `\\"` and `\\\\` escapes), or None if `text` is not one."""
+    out: list[str] = []
+    chars = iter(text[1:-1])
+    for char in chars:
+        if char == "\\":
+            escaped = next(chars, None)
+            if escaped not in ('"', "\\"):
+                return None
+            out.append(escaped)
+        elif char == '"':
+            return None
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def parse_idempotency_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The key sent in the ASGI `headers`, None when there is none; `InvalidIdempotencyKey` when unusable.
+
+    Section 2.1 of the draft makes the value an RFC 8941 String (`"8e03978e-..."`); most clients (Stripe, Banked)
+    send the bare token. Both are accepted and name the same key. A key has 1 to 255 printable ASCII characters
+    (0x20-0x7E), not only spaces, and the header appears once.
+    """
+    values = [value for name, value in headers if name == _HEADER]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidIdempotencyKey(
+            f"the Idempotency-Key header was sent {len(values)} times; send it once, with one key ({_EXAMPLE})"
+        )
+    raw = values[0]
+    text = raw.decode("latin-1")
+    if not (text.isascii() and text.isprintable()):
+        raise InvalidIdempotencyKey(
+            f"the Idempotency-Key contains a character outside printable ASCII; use {_EXAMPLE}"
+        )
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        unquoted = _sf_string(text)
+        if unquoted is not None:
+            text = unquoted
+    if not text:
+        raise InvalidIdempotencyKey(f"the Idempotency-Key header is empty; send {_EXAMPLE}")
+    if len(text) > MAX_KEY_LENGTH:
+        raise InvalidIdempotencyKey(
+            f"the Idempotency-Key has {len(text)} characters, more than {MAX_KEY_LENGTH}; send {_EXAMPLE}"
+        )
+    if not text.strip(" "):
+        raise InvalidIdempotencyKey(f"the Idempotency-Key is only spaces; send {_EXAMPLE}")
+    return text
+
+
+def _default_principal(scope: Scope) -> str | None:
+    """`scope["state"]["principal"].key` as set by bankgate's guard (a plain string is taken as it is)."""
+    state = scope.get("state")
+    principal = state.get("principal") if isinstance(state, dict) else None
+    if principal is None:
+        return None
+    if isinstance(principal, str):
+        return principal
+    key = getattr(principal, "key", None)
+    return key if isinstance(key, str) and key else None
+
+
+def _anonymous(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"anonymous:{client[0] if client else 'unknown'}"
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, None if the client went away first; `_TooLarge` past `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _declared_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _problem(send: Send, status: int, title: str, detail: str, *extra: tuple[bytes, bytes]) -> None:
+    """An RFC 9457 problem details response."""
+    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _replay(send: Send, response: StoredResponse) -> None:
+    headers = [
+        *response.headers,
+        (b"content-length", str(len(response.body)).encode()),
+        (b"idempotent-replayed", b"true"),
+    ]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+class _Heartbeat:
+    """Renews a running claim's lease every `lease / 3` seconds, so a long request keeps its key and a crashed
+    process loses it after one lease. A timer, not a task, until a renewal is due: cheap for short requests."""
+
+    _pending: set[asyncio.Task[None]] = set()
+
+    def __init__(self, store: IdempotencyStore, principal: str, key: str, owner: str, lease: float) -> None:
+        self._store, self._principal, self._key, self._owner, self._lease = store, principal, key, owner, lease
+        self._loop = asyncio.get_running_loop()
+        self._stopped = False
+        self._timer = self._loop.call_later(lease / 3, self._beat)
+
+    def _beat(self) -> None:
+        if not self._stopped:
+            task = self._loop.create_task(self._extend())
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _extend(self) -> None:
+        try:
+            async with asyncio.timeout(self._lease / 3):
+                kept = await self._store.extend(self._principal, self._key, self._owner, lease=self._lease)
+        except Exception as exc:
+            logger.warning("could not renew an idempotency lease (%s); will try again", type(exc).__name__)
+            kept = True
+        if not kept:
+            logger.warning("an idempotency lease ended while its request was still running")
+            return
+        if not self._stopped:
+            self._timer = self._loop.call_later(self._lease / 3, self._beat)
+
+    def stop(self) -> None:
+        # A renewal already under way is left to finish: it only touches a record still `started` under our owner.
+        self._stopped = True
+        self._timer.cancel()
+
+
+class IdempotencyMiddleware:
+    """Idempotency-Key handling for POST, PUT, PATCH and DELETE, in front of any ASGI app.
+
+    * `store`: where key records live (`SqlIdempotencyStore`, `RedisIdempotencyStore`, `MemoryIdempotencyStore`).
+    * `required`: True, or a predicate on the scope, to answer 400 when the header is missing.
+    * `retention`: seconds a completed response is replayed (Stripe keeps 24 h, Banked 30 days).
+    * `lease`: seconds a running request holds its key without renewal; renewed every `lease / 3` while it runs.
+    * `mismatch_status`: 422 as the draft says, or 409 as Banked documents.
+    * `principal_of`: who the key belongs to; by default the guard's `scope["state"]["principal"].key`.
+    * `max_body_bytes`: larger request bodies are refused with 413 before anything is claimed.
+
+    Responses below 500 are stored and replayed (except 429: it asks for a retry); a 5xx response or an exception
+    releases the key, so the retry runs again. When the store cannot be reached the request is refused with 503
+    and never runs unclaimed. The key is put in `scope["state"]["idempotency_key"]` for handlers that make their own
+    writes unique per key.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: IdempotencyStore,
+        required: bool | Callable[[Scope], bool] = False,
+        retention: float = 86400.0,
+        lease: float = 30.0,
+        mismatch_status: int = 422,
+        principal_of: Callable[[Scope], str | None] | None = None,
+        max_body_bytes: int = 1_048_576,
+    ) -> None:
+        if retention <= 0 or lease <= 0:
+            raise ValueError("retention and lease are positive numbers of seconds")
+        if not 400 <= mismatch_status <= 499:
+            raise ValueError(f"mismatch_status is a 4xx status (422 or 409), not {mismatch_status}")
+        self.app = app
+        self.store = store
+        self.required = required
+        self.retention = retention
+        self.lease = lease
+        self.mismatch_status = mismatch_status
+        self.principal_of = principal_of or _default_principal
+        self.max_body_bytes = max_body_bytes
+
+    def _is_required(self, scope: Scope) -> bool:
+        return self.required(scope) if callable(self.required) else bool(self.required)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _METHODS:
+            await self.app(scope, receive, send)
+            return
+        target = f"{scope['method']} {scope['path']}"
+        try:
+            key = parse_idempotency_key(scope["headers"])
+        except InvalidIdempotencyKey as exc:
+            await _problem(send, 400, "Invalid Idempotency-Key", f"{exc} (on {target})")
+            return
+        if key is None:
+            if self._is_required(scope):
+                await _problem(
+                    send, 400, "Idempotency-Key required",
+                    f"send an Idempotency-Key header ({_EXAMPLE}) on {target}; reuse it when you retry",
+                )
+                return
+            await self.app(scope, receive, send)
+            return
+
+        declared = _declared_length(scope["headers"])
+        try:
+            if declared is not None and declared > self.max_body_bytes:
+                raise _TooLarge
+            body = await _read_body(receive, self.max_body_bytes)
+        except _TooLarge:
+            await _problem(
+                send, 413, "Request body too large",
+                f"{target} with an Idempotency-Key accepts a body of at most {self.max_body_bytes} bytes",
+            )
+            return
+        if body is None:
+            return  # the client went away while sending
+
+        principal = self.principal_of(scope) or _anonymous(scope)
+        request_fingerprint = fingerprint(scope["method"], scope["path"], scope.get("query_string", b""), body)
+        try:
+            async with asyncio.timeout(_STORE_TIMEOUT):
+                claim = await self.store.claim(
+                    principal, key, request_fingerprint, lease=self.lease, retention=self.retention
+                )
+        except Exception as exc:
+            logger.error("idempotency store unavailable (%s): refusing %s with 503", type(exc).__name__, target)
+            await _problem(
+                send, 503, "Idempotency store unavailable",
+                f"the request was not processed; retry with the same Idempotency-Key in {_UNAVAILABLE_RETRY} s",
+                (b"retry-after", str(_UNAVAILABLE_RETRY).encode()),
+            )
+            return
+
+        if claim.outcome == "claimed" and claim.owner is not None:
+            await self._run(scope, receive, send, body, principal, key, claim.owner)
+        elif claim.outcome == "completed" and claim.response is not None:
+            await _replay(send, claim.response)
+        elif claim.outcome == "mismatch":
+            await _problem(
+                send, self.mismatch_status, "Idempotency-Key reused",
+                "this Idempotency-Key was already used for a different request (method, path or body); "
+                "send the original request unchanged to get its response, or use a new key for a new request",
+            )
+        elif claim.outcome == "in_progress":
+            wait = max(1, math.ceil(claim.retry_after or 0.0))
+            await _problem(
+                send, 409, "Request in progress",
+                f"a request with this Idempotency-Key is still being processed; retry in {wait} s with the same key",
+                (b"retry-after", str(wait).encode()),
+            )
+        else:
+            raise RuntimeError(f"{self.store!r} answered an incomplete claim: {claim!r}")
+
+    async def _run(
+        self, scope: Scope, receive: Receive, send: Send, body: bytes, principal: str, key: str, owner: str
+    ) -> None:
+        """Run the app on a claimed key; keep its response (status < 500) or give the key back."""
+        scope.setdefault("state", {})["idempotency_key"] = key
+        extensions = scope.get("extensions")
+        if extensions and any(name in extensions for name in _UNCAPTURABLE):
+            scope = {**scope, "extensions": {k: v for k, v in extensions.items() if k not in _UNCAPTURABLE}}
+
+        body_sent = False
+        status = 0
+        headers: tuple[tuple[bytes, bytes], ...] = ()
+        chunks: list[bytes] = []
+        settled = False
+
+        async def replay_receive() -> Message:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        async def settle(response: StoredResponse | None) -> None:
+            nonlocal settled
+            settled = True
+            try:
+                async with asyncio.timeout(_STORE_TIMEOUT):
+                    if response is None:
+                        await self.store.release(principal, key, owner)
+                    elif not await self.store.complete(principal, key, owner, response, retention=self.retention):
+                        logger.warning("an idempotency lease was taken over before its response was kept")
+            except Exception as exc:
+                # The key stays `started` until its lease ends; a retry after that runs again.
+                logger.error("could not settle an idempotency key (%s)", type(exc).__name__)
+
+        async def capture_send(message: Message) -> None:
+            nonlocal status, headers
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = int(message["status"])
+                headers = tuple(
+                    (bytes(name).lower(), bytes(value))
+                    for name, value in message.get("headers", ())
+                    if bytes(name).lower() not in _NOT_STORED
+                )
+            elif kind == "http.response.body" and not settled:
+                chunk = message.get("body", b"")
+                if chunk:
+                    chunks.append(bytes(chunk))
+                if not message.get("more_body", False):
+                    # Kept before the last byte leaves, so a client that has the response finds the key completed.
+                    keep = status < 500 and status not in _RETRYABLE_4XX
+                    await settle(StoredResponse(status, headers, b"".join(chunks)) if keep else None)
+            await send(message)
+
+        heartbeat = _Heartbeat(self.store, principal, key, owner, self.lease)
+        try:
+            await self.app(scope, replay_receive, capture_send)
+        except BaseException:
+            if not settled:
+                await settle(None)
+            raise
+        finally:
+            heartbeat.stop()
+        if not settled:
+            await settle(None)  # the app ended without a complete response

@@ -1,0 +1,115 @@
+"""The values and the store contract of the Idempotency-Key layer (draft-ietf-httpapi-idempotency-key-header-06).
+
+A key record moves through named states, as in Brandur Leach's design: absent -> `started` (claimed; a lease runs
+and is renewed while the request runs) -> `completed` (the response is kept for the retention period). A `started`
+record whose lease has passed, or a `completed` one past its retention, counts as absent: a crash can never wedge
+a key, and an old key can be used again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "COMPLETED",
+    "MAX_KEY_LENGTH",
+    "STARTED",
+    "Claim",
+    "IdempotencyStore",
+    "StoredResponse",
+    "fingerprint",
+]
+
+STARTED = "started"
+COMPLETED = "completed"
+MAX_KEY_LENGTH = 255
+
+_FINGERPRINT_VERSION = b"bankgate-idempotency-fingerprint-v1\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A response kept for replay: status, the headers worth replaying (no `date`, `server`, hop-by-hop or
+    `content-length`), and the whole body as bytes (JSON, binary or streamed alike)."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What `IdempotencyStore.claim` found, in the order the draft asks the questions.
+
+    * `claimed`: the key was free (absent, lease passed, or retention ended); the caller runs the request and
+      must `complete` or `release` with `owner`.
+    * `mismatch`: the key is live but was used for a different request (fingerprint differs) - section 2.7, 422.
+    * `in_progress`: the first request with this key is still running; `retry_after` seconds until its lease ends.
+    * `completed`: the first request finished; `response` is what to replay.
+    """
+
+    outcome: Literal["claimed", "in_progress", "mismatch", "completed"]
+    owner: str | None = None
+    response: StoredResponse | None = None
+    retry_after: float | None = None
+
+
+@runtime_checkable
+class IdempotencyStore(Protocol):
+    """Where key records live. Every method is atomic on its own, across every process sharing the store.
+
+    `owner` is the random token handed out by `claim`: `extend`, `complete` and `release` do nothing (and say
+    False) unless the record is still `started` under that owner, so a request whose lease was taken over can
+    never overwrite the newer attempt.
+    """
+
+    async def claim(self, principal: str, key: str, fingerprint: str, *, lease: float, retention: float) -> Claim:
+        """Take the key for `principal`, or say why not. A `completed` record created more than `retention`
+        seconds ago counts as absent even if its own retention was longer."""
+        ...
+
+    async def extend(self, principal: str, key: str, owner: str, *, lease: float) -> bool:
+        """Renew the lease of a running claim to `lease` seconds from now; False if it is no longer ours."""
+        ...
+
+    async def complete(
+        self, principal: str, key: str, owner: str, response: StoredResponse, *, retention: float
+    ) -> bool:
+        """Keep `response` for `retention` seconds; False if the claim is no longer ours."""
+        ...
+
+    async def release(self, principal: str, key: str, owner: str) -> None:
+        """Forget a running claim (the request failed), so that a retry runs it again."""
+        ...
+
+    async def purge(self) -> int:
+        """Delete records whose retention (or, for `started` ones, lease) has ended; return how many."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the store opened itself (connections it did not receive from the caller)."""
+        ...
+
+
+def fingerprint(method: str, path: str, query: bytes, body: bytes) -> str:
+    """The request fingerprint of draft-ietf-httpapi-idempotency-key-header-06 section 2.4: SHA-256 (hex) over the
+    method, the path, the query string and the SHA-256 of the body.
+
+    Every field is length-prefixed, so no two different requests share an encoding (path "a" with body "bc" and
+    path "ab" with body "c" differ). The method is taken as sent: ASGI servers pass it upper-case.
+    """
+    digest = hashlib.sha256(_FINGERPRINT_VERSION)
+    for part in (method.encode("utf-8", "surrogateescape"), path.encode("utf-8", "surrogateescape"), query):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    digest.update(hashlib.sha256(body).digest())
+    return digest.hexdigest()
+
+
+def bounded(value: str, limit: int) -> str:
+    """`value` if it fits a column of `limit` characters, else an unambiguous digest of it (never truncated)."""
+    if len(value) <= limit:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
