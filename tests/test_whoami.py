@@ -43,10 +43,11 @@ def test_client_credentials_token_is_accepted_as_bearer(shared: Server) -> None:
     assert body["scopes"] == ["app_2"] and body["certificate_bound"] is False
 
 
-def test_missing_bearer_gets_a_bare_challenge(shared: Server) -> None:
+def test_missing_credentials_get_bare_challenges_for_bearer_and_basic(shared: Server) -> None:
     response = shared.http.get(WHOAMI)
     assert response.status_code == 401
-    assert response.headers["www-authenticate"] == 'Bearer realm="bankgate"'
+    # RFC 6750 §3.1: no error code when no credentials were sent; Basic is offered for Basic-mode clients.
+    assert response.headers["www-authenticate"] == 'Bearer realm="bankgate", Basic realm="bankgate", charset="UTF-8"'
 
 
 def test_forged_and_tampered_tokens_are_refused(shared: Server) -> None:
@@ -68,10 +69,10 @@ def test_forged_and_tampered_tokens_are_refused(shared: Server) -> None:
     _assert_invalid_token(shared.http.get(WHOAMI, headers=_bearer(hs256)), "algorithm")
 
     foreign = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    resigned = pyjwt.encode(claims, foreign, algorithm="RS256", headers={"kid": kid})
+    resigned = pyjwt.encode(claims, foreign, algorithm="RS256", headers={"kid": kid, "typ": "at+jwt"})
     _assert_invalid_token(shared.http.get(WHOAMI, headers=_bearer(resigned)), "signature")
 
-    unknown_kid = pyjwt.encode(claims, foreign, algorithm="RS256", headers={"kid": "not-ours"})
+    unknown_kid = pyjwt.encode(claims, foreign, algorithm="RS256", headers={"kid": "not-ours", "typ": "at+jwt"})
     _assert_invalid_token(shared.http.get(WHOAMI, headers=_bearer(unknown_kid)), "not signed by a key")
 
     widened = f"{header}.{_b64url({**claims, 'scope': 'app_1 app_admin'})}.{signature}"

@@ -433,6 +433,8 @@ def users_create(
     name: Annotated[str, typer.Option("--name", help="Who the user is, e.g. 'API Testuser'.")],
     username: Annotated[str | None, typer.Option("--username", help="Login name [default: made from the "
                                                                     "name]", show_default=False)] = None,
+    scope: Annotated[list[str] | None, typer.Option("--scope", help="An application ID the user may act for "
+                                                    "(its tokens carry it as scope); repeat for more.")] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     as_json: AsJson = False,
@@ -440,7 +442,7 @@ def users_create(
     """Create an M2M user with an initial passphrase, shown this once; the user exchanges it for a password."""
 
     async def job(services: Services) -> NewUser:
-        new = await services.users.create(name, username)
+        new = await services.users.create(name, username, scope or ())
         await _audit_user(services, "user.created", new.user.username,
                           {"user_id": new.user.id, "environment": new.user.environment})
         return new

@@ -11,7 +11,6 @@ from typing import Any
 
 from bankgate.audit import AuditEvent, Outcome
 from bankgate.config import Settings
-from bankgate.guard.verifier import TokenVerifier
 from bankgate.services import Services
 from bankgate.tokens.issuer import TokenIssuer
 from bankgate.tokens.keys import KeyRing
@@ -35,17 +34,13 @@ class Runtime:
         self.tokens = TokenIssuer(
             keys, issuer=issuer_url, audience=self.settings.audience, environment=self.settings.environment
         )
-        self.verifier = TokenVerifier(
-            lambda kid: keys.by_kid.get(kid),  # the ring replaces its dict on every refresh
-            issuer=issuer_url,
-            audience=self.settings.audience,
-            environment=self.settings.environment,
-            is_revoked=services.revocations.is_revoked,
-        )
         self.proxies = TrustedProxies(self.settings.trusted_proxies)
         self.client_certs = ClientCertificateSource(
             self.proxies, self.settings.client_cert_header, name=self.settings.client_cert_header_name
         )
+        from bankgate.guard.local import server_guard
+
+        self.guard = server_guard(self)  # every API route authenticates through this one guard
         self._tasks: list[asyncio.Task[None]] = []
 
     def __repr__(self) -> str:
@@ -60,6 +55,11 @@ class Runtime:
             await services.close()
             raise
         runtime = cls(services, keys, issuer_url)
+        try:
+            await services.revocations.sync()
+        except BaseException:
+            await services.close()
+            raise
         services.audit.start()
         # Everything loaded so far lives as long as the server: keep it out of the cyclic collector's scans,
         # which otherwise walk these objects again and again under load.
@@ -68,6 +68,7 @@ class Runtime:
         runtime._tasks = [
             asyncio.create_task(runtime._every(settings.key_refresh_interval, runtime.refresh_keys)),
             asyncio.create_task(runtime._every(REVOCATION_PURGE_INTERVAL, services.revocations.purge)),
+            asyncio.create_task(runtime._every(settings.revocation_sync_interval, services.revocations.sync)),
             # Blocks and issuance counts shared with the other server processes (each also purges its old rows).
             asyncio.create_task(runtime._every(settings.throttle_sync_interval, services.throttle.sync)),
             asyncio.create_task(runtime._every(settings.rate_limit_sync_interval, services.limiter.sync)),

@@ -46,7 +46,7 @@ class Services:
             store, settings.environment, passphrase_ttl=settings.passphrase_ttl, hasher=PasswordHasher()
         )
         self.keys = KeyStore(store, vault)
-        self.revocations = RevocationList(store)
+        self.revocations = RevocationList(store, max_staleness=max(30.0, 10 * settings.revocation_sync_interval))
         self.audit = AuditLog(store, flush_interval=settings.audit_flush_interval)
         self.pki = CertificateService(store, vault, settings.environment)
         self.allowlist = IpAllowList(store, settings.environment, cache_ttl=settings.client_cache_ttl)

@@ -5,11 +5,13 @@ reset before anything else works; the new password is checked for strength and s
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import secrets
 import string
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,6 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from bankgate.config import Environment
+from bankgate.credentials.scopes import check_application_ids
 from bankgate.store import Store, schema
 
 __all__ = [
@@ -67,6 +70,7 @@ class UserRecord:
     password_changed_at: float | None
     password_hash: str | None = field(default=None, repr=False)
     passphrase_hash: str | None = field(default=None, repr=False)
+    scopes: tuple[str, ...] = ()  # application IDs the user's tokens carry (the `scope` claim)
 
     @property
     def must_reset(self) -> bool:
@@ -81,6 +85,7 @@ class UserRecord:
             "user_type": self.user_type,
             "environment": self.environment,
             "status": self.status,
+            "scopes": list(self.scopes),
             "must_reset_passphrase": self.must_reset,
             "passphrase_expires_at": int(self.passphrase_expires_at) if self.passphrase_expires_at else None,
             "password_changed_at": int(self.password_changed_at) if self.password_changed_at else None,
@@ -103,6 +108,7 @@ class NewUser:
             "initial_passphrase": self.initial_passphrase,
             "passphrase_expires_at": int(self.user.passphrase_expires_at or 0),
             "environment": self.user.environment,
+            "scopes": list(self.user.scopes),
         }
 
 
@@ -159,7 +165,8 @@ class UserDirectory:
 
     # -- onboarding ---------------------------------------------------------------------------------------
 
-    async def create(self, name: str, username: str | None = None) -> NewUser:
+    async def create(self, name: str, username: str | None = None, scopes: Sequence[str] = ()) -> NewUser:
+        applications = check_application_ids(scopes) if scopes else ()
         name = name.strip()
         if not name or len(name) > 200:
             raise ValueError("a user needs a name of 1 to 200 characters (--name)")
@@ -185,6 +192,7 @@ class UserDirectory:
                 passphrase_expires_at=now + self._passphrase_ttl,
                 password_changed_at=None,
                 passphrase_hash=passphrase_hash,
+                scopes=applications,
             )
             try:
                 async with self._store.begin() as conn:
@@ -199,6 +207,7 @@ class UserDirectory:
                             passphrase_hash=passphrase_hash,
                             passphrase_expires_at=record.passphrase_expires_at,
                             created_at=now,
+                            scopes=json.dumps(list(applications)) if applications else None,
                         )
                     )
             except IntegrityError:
@@ -239,6 +248,7 @@ class UserDirectory:
             password_changed_at=r["password_changed_at"],
             password_hash=r["password_hash"],
             passphrase_hash=r["passphrase_hash"],
+            scopes=tuple(json.loads(r["scopes"])) if r["scopes"] else (),
         )
 
     async def find(self, username: str) -> UserRecord | None:

@@ -59,6 +59,7 @@ class AuthorizeEndpoint:
                     "azp": runtime.settings.audience,
                     "ver": TOKEN_VERSION,
                     "cnf": {"x5t#S256": certificate.x5t_s256},
+                    **({"scope": " ".join(user.scopes)} if user.scopes else {}),
                 },
             )
         except UserAuthError as err:

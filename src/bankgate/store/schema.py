@@ -123,6 +123,7 @@ users = Table(
     Column("password_hash", Text),  # argon2id; NULL until the passphrase has been reset
     Column("password_changed_at", Float),
     Column("created_at", Float, nullable=False),
+    Column("scopes", Text),  # JSON list of application IDs the user's tokens carry; NULL: none
 )
 
 certificate_authorities = Table(

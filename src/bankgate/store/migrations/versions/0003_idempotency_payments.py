@@ -1,4 +1,4 @@
-"""Idempotency-Key records and the sandbox payments.
+"""Idempotency-Key records, the sandbox payments, and the applications an M2M user may act for.
 
 Revision ID: 0003
 Revises: 0002
@@ -14,6 +14,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("users") as batch:
+        batch.add_column(sa.Column("scopes", sa.Text))
     op.create_table(
         "idempotency_keys",
         sa.Column("principal", sa.String(200), primary_key=True),
@@ -49,3 +51,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("payments")
     op.drop_table("idempotency_keys")
+    with op.batch_alter_table("users") as batch:
+        batch.drop_column("scopes")

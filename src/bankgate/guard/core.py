@@ -1,0 +1,234 @@
+"""Deciding who a request speaks for (RFC 6750 §2.1, RFC 7617, RFC 8705), in one place for every API route.
+
+`Guard.authenticate(scope)` reads the one `Authorization` header, accepts `Bearer <JWT>` (verified by
+`TokenVerifier`, bound tokens checked against the certificate presented on this connection or forwarded by a trusted
+proxy) and, when the guard is given a Basic authenticator, `Basic base64(api_key:secret_key)` for clients onboarded
+for Basic. It then applies the principal's IP allow list. It returns a `Principal` or raises `GuardError`, which
+knows its RFC 6750 answer: 400 `invalid_request`, 401 `invalid_token` with `WWW-Authenticate`, 403
+`insufficient_scope` / `access_denied`, 503 when a check cannot be made (fail closed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from bankgate.certheaders import ClientCertificateSource
+from bankgate.guard.keys import RemoteJWKS
+from bankgate.guard.verifier import InvalidToken, Principal, TokenVerifier, VerifierUnavailable
+from bankgate.net import TrustedProxies
+
+__all__ = ["BasicAuthenticator", "Guard", "GuardError", "insufficient_scope", "parse_authorization"]
+
+Scope = MutableMapping[str, Any]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+#: (api_key, secret_key, source address) -> Principal, or raise GuardError.
+BasicAuthenticator = Callable[[str, str, str | None], Awaitable[Principal]]
+AllowList = Callable[[Principal, str | None], Awaitable[bool]]
+
+# RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_MAX_AUTHORIZATION = 16384
+_SEND_BEARER = "send Authorization: Bearer <access token>"
+
+
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+class GuardError(Exception):
+    """A refusal, with the status, the spec's error code and a description that says what to do."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str | None,
+        description: str,
+        *,
+        scope: str | None = None,
+        retry_after: int | None = None,
+        scheme: str = "Bearer",
+    ) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.scope = scope
+        self.retry_after = retry_after
+        self.scheme = scheme
+
+    def __repr__(self) -> str:
+        return f"GuardError({self.status}, {self.error!r}, {self.description!r})"
+
+    def challenge(self, realm: str, *, basic: bool = False) -> bytes:
+        """The WWW-Authenticate value (RFC 6750 §3): no error code when no credentials were sent at all."""
+        parts = [f'realm="{_quoted(realm)}"']
+        if self.error in ("invalid_request", "invalid_token", "insufficient_scope"):
+            parts.append(f'error="{self.error}"')
+            parts.append(f'error_description="{_quoted(self.description)}"')
+        if self.scope:
+            parts.append(f'scope="{_quoted(self.scope)}"')
+        challenges = [f"{self.scheme} " + ", ".join(parts)]
+        if basic and self.scheme == "Bearer" and self.error is None:
+            challenges.append(f'Basic realm="{_quoted(realm)}", charset="UTF-8"')
+        return ", ".join(challenges).encode("latin-1", "replace")
+
+    def headers(self, realm: str, *, basic: bool = False) -> list[tuple[bytes, bytes]]:
+        headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+        if self.status in (401, 403) or self.error == "invalid_request":
+            headers.append((b"www-authenticate", self.challenge(realm, basic=basic)))
+        if self.retry_after is not None:
+            headers.append((b"retry-after", str(self.retry_after).encode()))
+        return headers
+
+    def body(self) -> bytes:
+        return json.dumps({"error": self.error or "invalid_request", "error_description": self.description}).encode()
+
+    async def send(self, send: Send, realm: str = "bankgate", *, basic: bool = False) -> None:
+        body = self.body()
+        headers = self.headers(realm, basic=basic)
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _authorization(scope: Scope) -> str | None:
+    """The one Authorization header, as ASCII text; None when absent."""
+    found: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            if found is not None:
+                raise GuardError(400, "invalid_request", "send exactly one Authorization header")
+            found = value
+    if found is None:
+        return None
+    if len(found) > _MAX_AUTHORIZATION:
+        raise GuardError(400, "invalid_request", "the Authorization header is too long")
+    try:
+        return found.decode("ascii")
+    except UnicodeDecodeError:
+        raise GuardError(400, "invalid_request", "the Authorization header must be ASCII text") from None
+
+
+def parse_authorization(value: str | None) -> tuple[str, str] | None:
+    """("bearer", token) or ("basic", credentials); None when no credentials were sent. Raises GuardError."""
+    if value is None or not value.strip():
+        return None
+    scheme, _, rest = value.strip().partition(" ")
+    credentials = rest.strip()
+    kind = scheme.lower()
+    if kind not in ("bearer", "basic"):
+        # RFC 6750 §3.1: an unsupported method gets the challenge without an error code.
+        raise GuardError(401, None, f"the {scheme[:20]!r} authentication scheme is not accepted; " + _SEND_BEARER)
+    if not credentials:
+        return None
+    if not _B64TOKEN.fullmatch(credentials):
+        raise GuardError(400, "invalid_request", f"the {scheme} credentials are malformed; " + _SEND_BEARER)
+    return kind, credentials
+
+
+def decode_basic(credentials: str) -> tuple[str, str]:
+    """(api_key, secret_key) from base64(api_key:secret_key)."""
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise GuardError(400, "invalid_request", "the Basic credentials are not base64 of UTF-8 text: send "
+                         "base64(api_key:secret_key)", scheme="Basic") from None
+    api_key, colon, secret = decoded.partition(":")
+    if not colon or not api_key or not secret:
+        raise GuardError(400, "invalid_request", "the Basic credentials must be api_key:secret_key",
+                         scheme="Basic")
+    return api_key, secret
+
+
+class Guard:
+    """Authenticates requests for an API: Bearer tokens always, Basic key pairs when `basic` is given."""
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        *,
+        proxies: TrustedProxies | None = None,
+        client_certs: ClientCertificateSource | None = None,
+        basic: BasicAuthenticator | None = None,
+        allows: AllowList | None = None,
+        realm: str = "bankgate",
+    ) -> None:
+        self.verifier = verifier
+        self.proxies = proxies or TrustedProxies()
+        self.client_certs = client_certs or ClientCertificateSource(self.proxies, None)
+        self.realm = realm
+        self._basic = basic
+        self._allows = allows
+
+    def __repr__(self) -> str:
+        return f"Guard({self.verifier!r}, basic={self._basic is not None})"
+
+    @classmethod
+    def remote(
+        cls,
+        issuer: str,
+        *,
+        jwks_url: str | None = None,
+        audience: str = "bankgate-api",
+        environment: str = "sandbox",
+        trusted_proxies: Iterable[str] = (),
+        client_cert_header: str | None = None,
+        client_cert_header_name: str | None = None,
+        is_revoked: Callable[[str], bool] | None = None,
+        leeway: int = 30,
+        cache_size: int = 10000,
+        min_refresh_interval: float = 30.0,
+        realm: str = "bankgate",
+    ) -> Guard:
+        """A guard for an API running apart from the bankgate server: keys from the issuer's JWKS URL.
+
+        `trusted_proxies` and `client_cert_header` ("nginx", "envoy", "traefik", "alb", "caddy") say where a
+        certificate-bound token's certificate comes from behind a TLS-terminating proxy.
+        """
+        issuer = issuer.rstrip("/")
+        keys = RemoteJWKS(jwks_url or f"{issuer}/.well-known/jwks.json", min_refresh_interval=min_refresh_interval)
+        verifier = TokenVerifier(keys, issuer=issuer, audience=audience, environment=environment,
+                                 is_revoked=is_revoked, leeway=leeway, cache_size=cache_size)
+        proxies = TrustedProxies(trusted_proxies)
+        certs = ClientCertificateSource(proxies, client_cert_header, name=client_cert_header_name)
+        return cls(verifier, proxies=proxies, client_certs=certs, realm=realm)
+
+    @property
+    def accepts_basic(self) -> bool:
+        return self._basic is not None
+
+    async def authenticate(self, scope: Scope) -> Principal:
+        parsed = parse_authorization(_authorization(scope))
+        if parsed is None:
+            how = " (or Basic base64(api_key:secret_key) for Basic clients)" if self._basic else ""
+            raise GuardError(401, None, _SEND_BEARER + how)
+        kind, credentials = parsed
+        source_ip = self.proxies.client_ip(scope)
+        if kind == "bearer":
+            try:
+                principal = await self.verifier.verify(credentials, self.client_certs.der(scope))
+            except InvalidToken as exc:
+                raise GuardError(401, "invalid_token", str(exc)) from None
+            except VerifierUnavailable as exc:
+                raise GuardError(503, "temporarily_unavailable", f"{exc}; retry shortly", retry_after=2) from None
+        else:
+            if self._basic is None:
+                raise GuardError(401, None, "Basic authentication is not accepted here; " + _SEND_BEARER)
+            api_key, secret = decode_basic(credentials)
+            principal = await self._basic(api_key, secret, source_ip)
+        if self._allows is not None and not await self._allows(principal, source_ip):
+            raise GuardError(403, "access_denied", f"requests from {source_ip} are not allowed for this "
+                             f"{principal.kind}; ask your integration manager to allow-list the address")
+        return principal
+
+
+def insufficient_scope(principal: Principal, needed: str) -> GuardError:
+    """403 for a principal lacking application `needed` (RFC 6750 §3.1), naming the ones it has."""
+    having = ", ".join(principal.scopes) or "none"
+    return GuardError(403, "insufficient_scope",
+                      f"this {principal.kind} may not act for {needed[:128]}; its applications: {having}", scope=needed)
