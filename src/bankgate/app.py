@@ -45,6 +45,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
                         headers=headers)
 
 
+_SANDBOX_PREFIXES = ("/api/v1/accounts", "/api/v1/payments")
+_SANDBOX_ROOTS = frozenset({"accounts", "payments"})
+
+
 class BankgateApp:
     """The Starlette app, with requests to the token endpoints sent to them directly.
 
@@ -59,10 +63,16 @@ class BankgateApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            endpoint = self._direct.get((scope["method"], scope["path"]))
+            path = scope["path"]
+            endpoint = self._direct.get((scope["method"], path))
             if endpoint is not None:
                 await endpoint(scope, receive, send)
                 return
+            if path.startswith(_SANDBOX_PREFIXES) and path.partition("/api/v1/")[2].split("/")[0] in _SANDBOX_ROOTS:
+                sandbox = self.state.runtime.sandbox
+                if sandbox is not None:
+                    await sandbox(scope, receive, send)
+                    return
         await self.starlette(scope, receive, send)
 
 

@@ -20,6 +20,7 @@ __all__ = ["Runtime"]
 log = logging.getLogger("bankgate")
 
 REVOCATION_PURGE_INTERVAL = 3600.0
+IDEMPOTENCY_PURGE_INTERVAL = 300.0
 
 
 class Runtime:
@@ -41,6 +42,14 @@ class Runtime:
         from bankgate.guard.local import server_guard
 
         self.guard = server_guard(self)  # every API route authenticates through this one guard
+        from bankgate.idempotency import open_store
+
+        self.idempotency = open_store(self.settings.idempotency_store, services.store)
+        self.sandbox: Any = None
+        if self.settings.environment == "sandbox":
+            from bankgate.sandbox import sandbox_app
+
+            self.sandbox = sandbox_app(self)
         self._tasks: list[asyncio.Task[None]] = []
 
     def __repr__(self) -> str:
@@ -69,6 +78,7 @@ class Runtime:
             asyncio.create_task(runtime._every(settings.key_refresh_interval, runtime.refresh_keys)),
             asyncio.create_task(runtime._every(REVOCATION_PURGE_INTERVAL, services.revocations.purge)),
             asyncio.create_task(runtime._every(settings.revocation_sync_interval, services.revocations.sync)),
+            asyncio.create_task(runtime._every(IDEMPOTENCY_PURGE_INTERVAL, runtime.idempotency.purge)),
             # Blocks and issuance counts shared with the other server processes (each also purges its old rows).
             asyncio.create_task(runtime._every(settings.throttle_sync_interval, services.throttle.sync)),
             asyncio.create_task(runtime._every(settings.rate_limit_sync_interval, services.limiter.sync)),
@@ -82,6 +92,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.services.audit.stop()
+        await self.idempotency.close()
         await self.services.close()
 
     async def refresh_keys(self) -> None:

@@ -1,0 +1,157 @@
+"""The sandbox payments API: `GET /api/v1/accounts`, `POST /api/v1/payments` (Idempotency-Key required),
+`GET /api/v1/payments/{id}`. It exists so that integrators can try the whole flow against a sandbox server: get a
+token (either style), pay, retry the same payment and see it replayed rather than paid twice.
+
+Every route sits behind the server's guard; `POST` also behind the Idempotency-Key layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, Router
+
+from bankgate.guard import GuardMiddleware, Principal, insufficient_scope, principal_of
+from bankgate.idempotency import IdempotencyMiddleware
+from bankgate.sandbox.payments import FieldError, KeyReused, PaymentBook, validate_order
+
+__all__ = ["PAYMENTS_PATH", "account_for", "sandbox_app"]
+
+log = logging.getLogger("bankgate.sandbox")
+
+PAYMENTS_PATH = "/api/v1/payments"
+ACCOUNTS_PATH = "/api/v1/accounts"
+PROBLEM = "application/problem+json"
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
+    """An RFC 9457 problem response."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return Response(json.dumps(body), status, media_type=PROBLEM)
+
+
+def _iban(application_id: str) -> str:
+    """A made-up but well-formed (ISO 13616 check digits) Dutch IBAN, stable per application."""
+    digits = str(int.from_bytes(hashlib.sha256(application_id.encode()).digest()[:8], "big"))[-10:].zfill(10)
+    bank = "BGAT"
+    numeric = "".join(str(int(c, 36)) for c in bank + digits + "NL00")
+    check = 98 - int(numeric) % 97
+    return f"NL{check:02d}{bank}{digits}"
+
+
+def account_for(application_id: str) -> dict[str, Any]:
+    digest = hashlib.sha256(application_id.encode()).hexdigest()[:16]
+    return {"id": f"acc_{digest}", "application_id": application_id, "name": f"Sandbox account for {application_id}",
+            "iban": _iban(application_id), "currency": "EUR", "status": "active"}
+
+
+def _principal(request: Request) -> Principal:
+    principal = principal_of(request.scope)
+    assert principal is not None, "the guard runs before every sandbox route"
+    return principal
+
+
+async def accounts(request: Request) -> Response:
+    principal = _principal(request)
+    return JSONResponse({"accounts": [account_for(app) for app in principal.scopes]})
+
+
+class SandboxApi:
+    def __init__(self, book: PaymentBook, processing_delay: float) -> None:
+        self._book = book
+        self._delay = processing_delay
+
+    async def create_payment(self, request: Request) -> Response:
+        principal = _principal(request)
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return problem(400, "Bad Request", "the body is not JSON: send application/json like "
+                           '{"application_id": "app_1", "amount": "12.50", "currency": "EUR", "reference": "…"}')
+        order = validate_order(body)
+        if isinstance(order, list):
+            return self._invalid(order)
+        if not principal.has_scope(order.application_id):
+            err = insufficient_scope(principal, order.application_id)
+            return Response(err.body(), err.status, headers={k.decode(): v.decode("latin-1")
+                                                             for k, v in err.headers("bankgate")})
+        key = request.scope.get("state", {}).get("idempotency_key")
+        try:
+            payment = await self._book.create(principal.key, order, key)
+        except KeyReused:
+            return problem(409, "Conflict", "this Idempotency-Key was used for another payment; send a new key")
+        if self._delay:
+            await asyncio.sleep(self._delay)
+        location = f"{PAYMENTS_PATH}/{payment.id}"
+        return JSONResponse(payment.as_json(), 201, headers={"Location": location})
+
+    async def get_payment(self, request: Request) -> Response:
+        principal = _principal(request)
+        payment = await self._book.get(request.path_params["payment_id"])
+        if payment is None or not principal.has_scope(payment.application_id):
+            # Another application's payment is as invisible as one that does not exist.
+            return problem(404, "Not Found", "no payment with this id among your applications' payments")
+        return JSONResponse(payment.as_json())
+
+    @staticmethod
+    def _invalid(errors: list[FieldError]) -> Response:
+        detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
+        return problem(422, "Unprocessable Content", detail,
+                       errors=[{"field": e.field, "message": e.message} for e in errors])
+
+
+class _Unavailable:
+    """Database trouble under a sandbox route: 503 with Retry-After, never a bare 500."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        started = False
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except (SQLAlchemyError, OSError, TimeoutError):
+            log.exception("sandbox request failed: database unavailable")
+            if started:
+                raise
+            response = problem(503, "Service Unavailable", "the server cannot reach its database; retry shortly")
+            response.headers["Retry-After"] = "2"
+            await response(scope, receive, send)
+
+
+def sandbox_app(runtime: Any) -> Any:
+    """The sandbox API as one ASGI app: guard -> Idempotency-Key layer -> routes."""
+    settings = runtime.settings
+    api = SandboxApi(PaymentBook(runtime.services.store, settings.environment), settings.sandbox_processing_delay)
+    router = Router(routes=[
+        Route(ACCOUNTS_PATH, accounts, methods=["GET"]),
+        Route(PAYMENTS_PATH, api.create_payment, methods=["POST"]),
+        Route(PAYMENTS_PATH + "/{payment_id}", api.get_payment, methods=["GET"]),
+    ])
+
+    def required(scope: Any) -> bool:
+        return settings.idempotency_required or scope["path"] == PAYMENTS_PATH
+
+    idempotent = IdempotencyMiddleware(
+        _Unavailable(router),
+        store=runtime.idempotency,
+        required=required,
+        retention=settings.idempotency_retention,
+        lease=settings.idempotency_lease,
+        mismatch_status=settings.idempotency_mismatch_status,
+    )
+    return GuardMiddleware(idempotent, guard=runtime.guard)
