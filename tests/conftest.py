@@ -320,8 +320,12 @@ class Tls:
             context.load_cert_chain(*cert)
         return httpx.Client(base_url=self.server.base_url, verify=context, timeout=10)
 
-    def new_user(self, name: str, *, reset: bool = True, certificate: bool = True) -> dict[str, Any]:
-        user = self.server.cli_json("users", "create", "--name", name)
+    def new_user(
+        self, name: str, *, reset: bool = True, certificate: bool = True, scopes: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """A user (with `scopes`: the applications its tokens carry), its certificate, its password set."""
+        scope_args = [arg for scope in scopes for arg in ("--scope", scope)]
+        user = self.server.cli_json("users", "create", "--name", name, *scope_args)
         if certificate:
             out = self.workdir / user["username"]
             issued = self.server.cli_json("certs", "issue", user["username"], "--out", str(out))
