@@ -76,8 +76,9 @@ def parse_idempotency_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """The key sent in the ASGI `headers`, None when there is none; `InvalidIdempotencyKey` when unusable.
 
     Section 2.1 of the draft makes the value an RFC 8941 String (`"8e03978e-..."`); most clients (Stripe, Banked)
-    send the bare token. Both are accepted and name the same key. A key has 1 to 255 printable ASCII characters
-    (0x20-0x7E), not only spaces, and the header appears once.
+    send the bare token. Both are accepted and name the same key (a quoted value whose content would not be a valid
+    key is taken as it is). A key has 1 to 255 printable ASCII characters (0x20-0x7E), not only spaces, and the
+    header appears once.
     """
     values = [value for name, value in headers if name == _HEADER]
     if not values:
@@ -94,7 +95,7 @@ def parse_idempotency_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
         )
     if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
         unquoted = _sf_string(text)
-        if unquoted is not None:
+        if unquoted and len(unquoted) <= MAX_KEY_LENGTH and unquoted.strip(" "):
             text = unquoted
     if not text:
         raise InvalidIdempotencyKey(f"the Idempotency-Key header is empty; send {_EXAMPLE}")
@@ -356,11 +357,10 @@ class IdempotencyMiddleware:
             nonlocal settled
             settled = True
             try:
-                async with asyncio.timeout(_STORE_TIMEOUT):
-                    if response is None:
-                        await self.store.release(principal, key, owner)
-                    elif not await self.store.complete(principal, key, owner, response, retention=self.retention):
-                        logger.warning("an idempotency lease was taken over before its response was kept")
+                if response is None:
+                    await self.store.release(principal, key, owner)
+                elif not await self.store.complete(principal, key, owner, response, retention=self.retention):
+                    logger.warning("an idempotency lease was taken over before its response was kept")
             except Exception as exc:
                 # The key stays `started` until its lease ends; a retry after that runs again.
                 logger.error("could not settle an idempotency key (%s)", type(exc).__name__)

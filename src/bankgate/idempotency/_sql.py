@@ -7,19 +7,30 @@ The claim is one atomic statement, shared by every process on the database:
 
 A row comes back when the key was free: inserted, or taken over from a `started` row whose lease has passed or a
 `completed` row past its retention (the compare-and-set happens inside the upsert, under the row lock). Otherwise
-the live row is read in the same transaction and judged: mismatch, in progress or completed.
+the live row is read and judged: mismatch, in progress or completed. Each statement is atomic on its own, so they
+run in autocommit: a row that changes between the two is simply read in its newer state (or, gone, claimed again).
+
+The statements are SQLAlchemy Core, compiled once per dialect to the driver's SQL and run on the driver directly:
+for a SQLite file on one connection in a thread of its own (one thread hop per operation, no pool), for asyncpg on a
+connection of the `Store`'s pool. Any other setup runs them through SQLAlchemy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import secrets
+import sqlite3
 import time
-from typing import Any
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
 
 from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bankgate.idempotency._types import COMPLETED, MAX_KEY_LENGTH, STARTED, Claim, StoredResponse, bounded
 from bankgate.store import Store, schema
@@ -112,17 +123,172 @@ def _check_key(key: str) -> str:
     return key
 
 
+# -- drivers: the same statements, run the cheapest way the database allows -------------------------------------
+
+
+class _Driver(Protocol):
+    async def claim(self, params: dict[str, Any]) -> tuple[bool, Sequence[Any] | None]:
+        """Run the claim upsert; (True, None) when it took the key, else (False, the row as it is, if any)."""
+        ...
+
+    async def execute(self, name: str, params: dict[str, Any]) -> int:
+        """Run one writing statement; the number of rows it changed."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class _Compiled:
+    """A statement compiled for one dialect: driver SQL, and how to order named parameters for it."""
+
+    __slots__ = ("defaults", "order", "sql")
+
+    def __init__(self, statement: Any, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql: str = compiled.string
+        self.order: tuple[str, ...] = tuple(compiled.positiontup or ())
+        self.defaults: dict[str, Any] = dict(compiled.params)
+
+    def args(self, params: dict[str, Any]) -> list[Any]:
+        return [params[name] if name in params else self.defaults[name] for name in self.order]
+
+
+class _SqliteFile:
+    """A SQLite file on one connection in a thread of its own: each operation is one hop to that thread, and the
+    statements run in autocommit (each its own transaction), with the pragmas of `bankgate.store.engine`."""
+
+    def __init__(self, path: str, statements: dict[str, Any]) -> None:
+        dialect = sqlite.dialect(paramstyle="qmark")
+        self._path = path
+        self._sql = {name: _Compiled(statement, dialect) for name, statement in statements.items()}
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bankgate-idempotency")
+        self._connection: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            connection = sqlite3.connect(self._path, timeout=10, isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute("PRAGMA busy_timeout=10000")
+            self._connection = connection
+        return self._connection
+
+    def _claim(self, params: dict[str, Any]) -> tuple[bool, Sequence[Any] | None]:
+        connection = self._connect()
+        claim, read = self._sql["claim"], self._sql["read"]
+        if connection.execute(claim.sql, claim.args(params)).fetchall():
+            return True, None
+        rows = connection.execute(read.sql, read.args(params)).fetchall()
+        return False, rows[0] if rows else None
+
+    def _execute(self, name: str, params: dict[str, Any]) -> int:
+        compiled = self._sql[name]
+        return self._connect().execute(compiled.sql, compiled.args(params)).rowcount
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def claim(self, params: dict[str, Any]) -> tuple[bool, Sequence[Any] | None]:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._claim, params)
+
+    async def execute(self, name: str, params: dict[str, Any]) -> int:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._execute, name, params)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
+        self._thread.shutdown(wait=False)
+
+
+_COMMAND_COUNT = re.compile(r"(\d+)$")
+
+
+class _Asyncpg:
+    """PostgreSQL through the asyncpg connection of a pooled SQLAlchemy connection, outside any transaction: one
+    round trip per statement instead of BEGIN, statement, COMMIT."""
+
+    def __init__(self, engine: AsyncEngine, statements: dict[str, Any]) -> None:
+        self._engine = engine
+        self._sql = {name: _Compiled(statement, engine.dialect) for name, statement in statements.items()}
+
+    async def _run(self, work: Any) -> Any:
+        async with self._engine.connect() as conn:
+            pooled = await conn.get_raw_connection()
+            try:
+                return await work(pooled.driver_connection)
+            except BaseException:
+                pooled.invalidate()  # a failed or cancelled call may leave the driver mid-protocol
+                raise
+
+    async def claim(self, params: dict[str, Any]) -> tuple[bool, Sequence[Any] | None]:
+        claim, read = self._sql["claim"], self._sql["read"]
+
+        async def work(driver: Any) -> tuple[bool, Sequence[Any] | None]:
+            if await driver.fetchrow(claim.sql, *claim.args(params)) is not None:
+                return True, None
+            return False, await driver.fetchrow(read.sql, *read.args(params))
+
+        return await self._run(work)  # type: ignore[no-any-return]
+
+    async def execute(self, name: str, params: dict[str, Any]) -> int:
+        compiled = self._sql[name]
+
+        async def work(driver: Any) -> int:
+            status = await driver.execute(compiled.sql, *compiled.args(params))
+            found = _COMMAND_COUNT.search(status or "")
+            return int(found.group(1)) if found else 0
+
+        return await self._run(work)  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        """The pool belongs to the `Store`."""
+
+
+class _Engine:
+    """Any other SQLAlchemy setup (e.g. an in-memory SQLite database): one transaction per operation."""
+
+    def __init__(self, engine: AsyncEngine, statements: dict[str, Any]) -> None:
+        self._engine = engine
+        self._sql = statements
+
+    async def claim(self, params: dict[str, Any]) -> tuple[bool, Sequence[Any] | None]:
+        async with self._engine.begin() as conn:
+            if (await conn.execute(self._sql["claim"], params)).first() is not None:
+                return True, None
+            return False, (await conn.execute(self._sql["read"], params)).first()
+
+    async def execute(self, name: str, params: dict[str, Any]) -> int:
+        async with self._engine.begin() as conn:
+            return int((await conn.execute(self._sql[name], params)).rowcount or 0)
+
+    async def close(self) -> None:
+        """The engine belongs to the `Store`."""
+
+
+def _driver_for(store: Store) -> _Driver:
+    statements = _statements(store.dialect)
+    url = store.engine.url
+    driver = store.engine.dialect.driver
+    if store.dialect == "sqlite" and driver == "aiosqlite" and url.database and url.database != ":memory:" \
+            and not url.query:
+        return _SqliteFile(url.database, statements)
+    if store.dialect == "postgresql" and driver == "asyncpg":
+        return _Asyncpg(store.engine, statements)
+    return _Engine(store.engine, statements)
+
+
 class SqlIdempotencyStore:
     """Key records in `schema.idempotency_keys` of a `bankgate.store.Store` (SQLite file or PostgreSQL).
 
-    Each operation is one short transaction; the claim costs one statement when the key is new. The store does
-    not own `store`: `close` leaves it open. Expired rows stay until `purge` (the claim ignores them meanwhile).
+    Each operation is one statement (the claim two when the key is taken), in autocommit. The store does not own
+    `store`, but on a SQLite file it keeps a connection of its own: call `close` at shutdown. Ended rows stay until
+    `purge` (the claim ignores them meanwhile).
     """
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._engine = store.engine
-        self._sql = _statements(store.dialect)
+        self._driver = _driver_for(store)
 
     def __repr__(self) -> str:
         return f"SqlIdempotencyStore({self._store!r})"
@@ -137,10 +303,9 @@ class SqlIdempotencyStore:
         for _ in range(_ATTEMPTS):
             now = time.time()
             params.update(p_now=now, p_lease_until=now + lease, p_oldest=now - retention)
-            async with self._engine.begin() as conn:
-                if (await conn.execute(self._sql["claim"], params)).first() is not None:
-                    return Claim("claimed", owner=params["p_owner"])
-                row = (await conn.execute(self._sql["read"], params)).first()
+            won, row = await self._driver.claim(params)
+            if won:
+                return Claim("claimed", owner=params["p_owner"])
             if row is not None and (judged := _judge(row, fingerprint, now, now - retention)) is not None:
                 return judged
             # The row went away (released or purged) or ended between the two statements: ask again.
@@ -153,8 +318,7 @@ class SqlIdempotencyStore:
             "p_owner": owner,
             "p_lease_until": time.time() + lease,
         }
-        async with self._engine.begin() as conn:
-            return (await conn.execute(self._sql["extend"], params)).rowcount == 1
+        return await self._driver.execute("extend", params) == 1
 
     async def complete(
         self, principal: str, key: str, owner: str, response: StoredResponse, *, retention: float
@@ -170,24 +334,21 @@ class SqlIdempotencyStore:
             "p_headers": encode_headers(response.headers),
             "p_body": response.body,
         }
-        async with self._engine.begin() as conn:
-            return (await conn.execute(self._sql["complete"], params)).rowcount == 1
+        return await self._driver.execute("complete", params) == 1
 
     async def release(self, principal: str, key: str, owner: str) -> None:
         params = {"p_principal": bounded(principal, _PRINCIPAL_LENGTH), "p_key": key, "p_owner": owner}
-        async with self._engine.begin() as conn:
-            await conn.execute(self._sql["release"], params)
+        await self._driver.execute("release", params)
 
     async def purge(self) -> int:
-        async with self._engine.begin() as conn:
-            result = await conn.execute(self._sql["purge"], {"p_now": time.time()})
-        return int(result.rowcount or 0)
+        return await self._driver.execute("purge", {"p_now": time.time()})
 
     async def close(self) -> None:
-        """Nothing to do: the `Store` belongs to the caller."""
+        """Close the store's own SQLite connection, if it has one; the `Store` stays open."""
+        await self._driver.close()
 
 
-def _judge(row: Row[Any], fingerprint: str, now: float, oldest: float) -> Claim | None:
+def _judge(row: Sequence[Any], fingerprint: str, now: float, oldest: float) -> Claim | None:
     """The claim outcome for a row that exists, or None when the row is no longer live."""
     stored_fingerprint, state, lease_until, expires_at, created_at, status, headers, body = row
     if expires_at <= now or (state == COMPLETED and created_at <= oldest):
