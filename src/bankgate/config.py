@@ -125,7 +125,7 @@ class Settings(BaseSettings):
         default=30.0, gt=0, le=3600, description="Seconds a claimed key stays locked without news from the process "
         "that claimed it; a crashed request frees its key after this, never a 409 forever."
     )
-    idempotency_mismatch_status: Literal[409, 422] = Field(
+    idempotency_mismatch_status: int = Field(
         default=422, description="Status when a key is reused with another request: 422 (the IETF draft) or 409 "
         "(as Banked documents)."
     )
@@ -144,6 +144,13 @@ class Settings(BaseSettings):
     def _split_proxies(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("idempotency_mismatch_status")
+    @classmethod
+    def _check_mismatch_status(cls, value: int) -> int:
+        if value not in (409, 422):
+            raise ValueError("must be 422 (the IETF draft) or 409 (as Banked documents)")
         return value
 
     @field_validator("trusted_proxies")
