@@ -10,6 +10,7 @@ import re
 import shlex
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -230,6 +231,12 @@ def quickstart(
     console.print(curl, soft_wrap=True, highlight=False, markup=False)
     console.print(f"Then: curl -s {base}/api/v1/whoami -H 'Authorization: Bearer <access_token>'",
                   soft_wrap=True, highlight=False, markup=False)
+    payment = json.dumps({"application_id": QUICKSTART_SCOPES[0], "amount": "12.50", "currency": "EUR",
+                          "reference": "Invoice 1"})
+    console.print("\nPay in the sandbox (send it twice: the second answer is replayed, not paid again):")
+    console.print(f"curl -si -X POST {base}/api/v1/payments -H 'Authorization: Bearer <access_token>' "
+                  f"-H 'Idempotency-Key: {uuid.uuid4()}' -H 'Content-Type: application/json' "
+                  f"-d {shlex.quote(payment)}", soft_wrap=True, highlight=False, markup=False)
     console.print(f"\nJWKS: {base}/.well-known/jwks.json   metadata: {base}/.well-known/oauth-authorization-server\n")
     run_server(settings)
 
