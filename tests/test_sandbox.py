@@ -345,3 +345,12 @@ def test_thirty_day_retention_is_accepted_and_recorded(server_factory: Any, rete
     record = dict(zip(columns, row, strict=True))
     assert record["state"] == "completed"
     assert record["expires_at"] - record["created_at"] == pytest.approx(2592000, abs=5)
+
+
+def test_openapi_document_describes_the_sandbox_and_guard_answers(server: Server) -> None:
+    document = server.http.get("/openapi.json").json()
+    for path in ("/api/v1/accounts", "/api/v1/payments", "/api/v1/payments/{payment_id}", "/api/v1/whoami"):
+        assert path in document["paths"], path
+    pay = document["paths"]["/api/v1/payments"]["post"]
+    assert {"201", "400", "401", "403", "409", "422"} <= set(pay["responses"])
+    assert any(p["name"] == "Idempotency-Key" and p["required"] for p in pay["parameters"])

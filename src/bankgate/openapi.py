@@ -13,7 +13,8 @@ _OAUTH_ERROR = {
         "error": {
             "type": "string",
             "enum": ["invalid_request", "invalid_client", "unauthorized_client", "unsupported_grant_type",
-                     "invalid_scope", "access_denied", "slow_down", "temporarily_unavailable", "server_error"],
+                     "invalid_scope", "access_denied", "slow_down", "temporarily_unavailable", "server_error",
+                     "invalid_token", "insufficient_scope"],
         },
         "error_description": {"type": "string"},
     },
@@ -80,7 +81,36 @@ def _form_or_json(schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _guard_errors() -> dict[str, Any]:
+    """RFC 6750 §3.1 answers of the guard (with WWW-Authenticate on 401 and 403)."""
+    return {status: _json(_OAUTH_ERROR, "RFC 6750 error") for status in ("401", "403")}
+
+
+_PAYMENT_ORDER = {
+    "type": "object",
+    "required": ["application_id", "amount", "currency", "reference"],
+    "properties": {
+        "application_id": {"type": "string", "example": "app_12345"},
+        "amount": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$", "example": "12.50"},
+        "currency": {"type": "string", "description": "ISO 4217", "example": "EUR"},
+        "reference": {"type": "string", "maxLength": 140},
+    },
+}
+_PAYMENT = {
+    "type": "object",
+    "properties": {
+        **_PAYMENT_ORDER["properties"],  # type: ignore[dict-item]
+        "id": {"type": "string"},
+        "status": {"type": "string"},
+        "created_at": {"type": "integer"},
+    },
+}
+
+
 def openapi_document(server_url: str) -> dict[str, Any]:
+    api_auth = [{"bearer": []}, {"clientBasic": []}]
+    idempotency_key = {"name": "Idempotency-Key", "in": "header", "required": True,
+                       "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
     basic = [{"clientBasic": []}]
     user_basic = [{"userBasic": []}]
     username = {"name": "username", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -98,6 +128,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                 "clientBasic": {"type": "http", "scheme": "basic", "description": "base64(api_key:secret_key)"},
                 "userBasic": {"type": "http", "scheme": "basic", "description": "base64(username:password)"},
                 "mutualTLS": {"type": "mutualTLS", "description": "a client certificate issued by bankgate"},
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                           "description": "an access token from either token endpoint (RFC 6750)"},
             }
         },
         "paths": {
@@ -219,5 +251,36 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                 "get": {"summary": "Server metadata (RFC 8414)", "responses": {"200": {"description": "metadata"}}}
             },
             "/healthz": {"get": {"summary": "Health", "responses": {"200": {"description": "ok"}}}},
+            "/api/v1/whoami": {
+                "get": {"summary": "Whom the credentials speak for", "security": api_auth,
+                        "responses": {"200": _json({"type": "object"}, "the principal"), **_guard_errors()}},
+            },
+            "/api/v1/accounts": {
+                "get": {"summary": "Sandbox: one account per application of the caller", "security": api_auth,
+                        "responses": {"200": _json({"type": "object"}, "accounts"), **_guard_errors()}},
+            },
+            "/api/v1/payments": {
+                "post": {
+                    "summary": "Sandbox: make a payment (Idempotency-Key required; a retry is replayed)",
+                    "security": api_auth,
+                    "parameters": [idempotency_key],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _PAYMENT_ORDER}}},
+                    "responses": {
+                        "201": {**_json(_PAYMENT, "the payment (Location: its URL; Idempotent-Replayed: true on "
+                                        "a replay)")},
+                        **_guard_errors(),
+                        **_problems("400", "409", "422"),
+                    },
+                }
+            },
+            "/api/v1/payments/{payment_id}": {
+                "get": {
+                    "summary": "Sandbox: a payment of one of the caller's applications",
+                    "security": api_auth,
+                    "parameters": [{"name": "payment_id", "in": "path", "required": True,
+                                    "schema": {"type": "string"}}],
+                    "responses": {"200": _json(_PAYMENT, "the payment"), **_guard_errors(), **_problems("404")},
+                }
+            },
         },
     }
