@@ -150,7 +150,7 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise InvalidToken("the token is not a JWT") from None
         alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
-        if alg not in ALLOWED_ALGORITHMS:
+        if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:  # a list or object is unhashable
             raise InvalidToken(f"the token's algorithm {str(alg)[:16]!r} is not accepted")
         if not isinstance(typ, str) or typ.lower() not in _ACCESS_TOKEN_TYPES:
             raise InvalidToken("the token is not an access token (typ at+jwt)")
