@@ -479,6 +479,7 @@ def _basic_raw(text: bytes) -> str:
         ([("Authorization", "Bearer abc=def")], 400, "invalid_request", "credentials are malformed"),
         ([("Authorization", 'Bearer "abc"')], 400, "invalid_request", "credentials are malformed"),
         ([("Authorization", "Bearer abc,Bearer def")], 400, "invalid_request", "credentials are malformed"),
+        ([("Authorization", "Bearer Bearer abc")], 400, "invalid_request", "credentials are malformed"),
         ([("Authorization", "Bearer a"), ("Authorization", "Bearer b")], 400, "invalid_request",
          "exactly one Authorization header"),
         ([("Authorization", "Bearer a"), ("Authorization", "")], 400, "invalid_request",
@@ -496,7 +497,8 @@ def _basic_raw(text: bytes) -> str:
     ],
     ids=[
         "bearer-without-token", "empty", "bearer-two-words", "bearer-dollar",
-        "bearer-inner-padding", "bearer-quoted", "bearer-comma-list", "two-headers", "two-headers-one-empty",
+        "bearer-inner-padding", "bearer-quoted", "bearer-comma-list", "bearer-twice", "two-headers",
+        "two-headers-one-empty",
         "unknown-scheme-token", "unknown-scheme-digest", "bearer-tab", "basic-not-token68", "basic-bad-padding",
         "basic-bad-length", "basic-not-utf8", "basic-without-colon", "basic-empty-key", "basic-empty-secret",
     ],
@@ -971,7 +973,115 @@ async def test_concurrent_forged_kids_share_one_jwks_refresh(shared: Server, for
         assert jwks.fetches == 2
 
 
+def _echo_guarded(**options: Any) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    return GuardMiddleware(app, guard=Guard(_verifier(Ring())), **options)
+
+
+async def _status(app: Any, path: str, headers: list[tuple[bytes, bytes]] | None = None) -> int:
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "method": "GET", "path": path, "headers": headers or [], "client": ("127.0.0.1", 1)},
+              receive, send)
+    return int(sent[0]["status"])
+
+
+async def test_exclude_lets_through_the_path_and_what_is_under_it_not_lookalikes_or_dot_segments() -> None:
+    app = _echo_guarded(exclude=["/healthz", "/public/"])
+    for path in ("/healthz", "/healthz/", "/healthz/live", "/public/", "/public/logo.png"):
+        assert await _status(app, path) == 200, path
+    for path in ("/healthzdump", "/healthz-admin", "/healthz.json", "/public", "/publicity", "/data",
+                 "/healthz/../data", "/healthz/..", "/healthz/./x", "/public/../admin", "/"):
+        assert await _status(app, path) == 401, path
+    token = Ring().token()
+    assert await _status(app, "/healthz/../data", [(b"authorization", f"Bearer {token}".encode())]) == 200
+
+
+def _jwks_of(*keys: _RingKey) -> dict[str, Any]:
+    return {"keys": [{**json.loads(pyjwt.algorithms.RSAAlgorithm.to_jwk(key.private_key.public_key())),
+                      "kid": key.kid, "alg": key.alg, "use": "sig"} for key in keys]}
+
+
+async def test_a_broken_jwks_document_neither_crashes_the_guard_nor_drops_the_known_keys() -> None:
+    ring = Ring()
+    good = httpx.Response(200, json=_jwks_of(*ring.keys.values()))
+    # Documents that are no JWKS at all: the keys known so far stay.
+    broken = [
+        httpx.Response(200, json=[{"kty": "RSA"}]),
+        httpx.Response(200, json="keys"),
+        httpx.Response(200, content=b"\xff not json"),
+        httpx.Response(200, json={"keys": None}),
+        httpx.Response(500, json={"keys": []}),
+    ]
+    # A JWKS whose keys are all unusable says the issuer publishes no key this guard accepts: it replaces the keys.
+    unusable = [{"kid": "x", "kty": ["RSA"]}, {"kid": "y", "kty": "RSA", "alg": ["RS256"]},
+                {"kid": "z", "kty": {"RSA": 1}, "use": ["sig"]}, {"kid": ["k1"], "kty": "RSA"}]
+    served = [good, *[response for bad in broken for response in (bad, good)],
+              httpx.Response(200, json={"keys": unusable}), httpx.Response(200, json={"keys": unusable})]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return served.pop(0)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        keys = RemoteJWKS("https://issuer.test/.well-known/jwks.json", http=http, min_refresh_interval=0)
+        guard = Guard(TokenVerifier(keys, issuer=ISSUER, audience="bankgate-api", environment="sandbox",
+                                    is_revoked=None))
+        assert (await guard.authenticate(_auth_scope(ring.token()))).subject == "client-1"
+        stranger = Ring(_RingKey("k2", "RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+        for _ in broken:
+            with pytest.raises(GuardError) as refused:  # an unknown kid makes the guard fetch a broken document
+                await guard.authenticate(_auth_scope(stranger.token("k2")))
+            assert (refused.value.status, refused.value.error) == (401, "invalid_token")
+            assert (await guard.authenticate(_auth_scope(ring.token()))).subject == "client-1"
+            with pytest.raises(GuardError):  # fetches the good document again
+                await guard.authenticate(_auth_scope(stranger.token("k2")))
+        with pytest.raises(GuardError) as refused:
+            await guard.authenticate(_auth_scope(stranger.token("k2")))
+        assert (refused.value.status, refused.value.error) == (401, "invalid_token")
+        with pytest.raises(GuardError, match="not signed by a key of this issuer"):
+            await guard.authenticate(_auth_scope(ring.token()))
+        assert served == []
+
+
+def _auth_scope(token: str) -> dict[str, Any]:
+    return {"type": "http", "headers": [(b"authorization", f"Bearer {token}".encode())], "client": ("127.0.0.1", 1)}
+
+
+def test_a_jwks_url_must_be_http_or_https() -> None:
+    for url in ("ftp://issuer.test/jwks", "file:///etc/passwd", "issuer.test/jwks", ""):
+        with pytest.raises(ValueError, match="must be an https://"):
+            RemoteJWKS(url)
+
+
 # -- properties ---------------------------------------------------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10)
+    | st.sampled_from(["RSA", "EC", "OKP", "oct", "RS256", "ES256", "sig", "enc", "P-256", "AQAB"]),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["keys", "kid", "kty", "alg", "use", "n", "e", "crv", "x", "y"]), children,
+                      max_size=6),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(document=JSON)
+def test_parse_jwks_on_any_json_returns_accepted_keys_or_raises_value_error(document: Any) -> None:
+    try:
+        keys = parse_jwks(document)
+    except ValueError:
+        return
+    assert all(key.alg in ("RS256", "ES256", "EdDSA") for key in keys.values())
 
 
 @settings(max_examples=1000, deadline=None)

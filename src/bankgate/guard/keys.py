@@ -115,6 +115,8 @@ class LocalKeys:
 def parse_jwks(document: Mapping[str, Any]) -> dict[str, VerificationKey]:
     """The signature keys of a JWKS, by `kid`; keys of other types, uses or algorithms are skipped."""
     keys: dict[str, VerificationKey] = {}
+    if not isinstance(document, Mapping):
+        raise ValueError("the JWKS is not a JSON object")
     entries = document.get("keys")
     if not isinstance(entries, list):
         raise ValueError("the JWKS has no `keys` list")
@@ -122,10 +124,12 @@ def parse_jwks(document: Mapping[str, Any]) -> dict[str, VerificationKey]:
         if not isinstance(jwk, dict):
             continue
         kid, kty = jwk.get("kid"), jwk.get("kty")
-        if not isinstance(kid, str) or kty not in _ALGS_BY_KTY or jwk.get("use", "sig") != "sig":
+        if not isinstance(kid, str) or not isinstance(kty, str) or kty not in _ALGS_BY_KTY:
+            continue
+        if jwk.get("use", "sig") != "sig":
             continue
         alg = jwk.get("alg", _DEFAULT_ALG[kty])
-        if alg not in _ALGS_BY_KTY[kty]:
+        if not isinstance(alg, str) or alg not in _ALGS_BY_KTY[kty]:
             continue
         try:
             public_key = jwt.PyJWK({**jwk, "alg": alg}).key

@@ -30,9 +30,10 @@ class GuardMiddleware:
     """Refuse unauthenticated HTTP requests with the RFC 6750 answer; pass the rest on with their principal.
 
     `guard` is a `Guard` (e.g. `Guard.remote(issuer)` for an API apart from the bankgate server) or a callable
-    returning one, for apps whose guard exists only once they have started. Paths starting with one of `exclude`
-    (e.g. "/healthz") pass unauthenticated; with `optional`, a request without credentials passes too (without a
-    principal), while bad credentials are still refused.
+    returning one, for apps whose guard exists only once they have started. A path equal to or under one of `exclude`
+    (e.g. "/healthz" lets "/healthz" and "/healthz/live" through, not "/healthzdump") passes unauthenticated, unless
+    it has "." or ".." segments that some apps resolve elsewhere; with `optional`, a request without credentials
+    passes too (without a principal), while bad credentials are still refused.
     """
 
     def __init__(
@@ -46,13 +47,19 @@ class GuardMiddleware:
         self.app = app
         self._guard = guard
         self._exclude = tuple(exclude)
+        self._exclude_under = tuple(path if path.endswith("/") else path + "/" for path in self._exclude)
         self._optional = optional
 
     def _current(self) -> Guard:
         return self._guard if isinstance(self._guard, Guard) else self._guard()
 
+    def _excluded(self, path: str) -> bool:
+        if not (path in self._exclude or path.startswith(self._exclude_under)):
+            return False
+        return not any(segment in (".", "..") for segment in path.split("/"))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (self._exclude and scope["path"].startswith(self._exclude)):
+        if scope["type"] != "http" or (self._exclude and self._excluded(scope["path"])):
             await self.app(scope, receive, send)
             return
         guard = self._current()
