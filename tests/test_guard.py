@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import socket
 import sqlite3
 import time
@@ -66,7 +67,7 @@ WRONG_SECRET = "sk_test_" + "W" * 43
 TOKEN68 = r"[A-Za-z0-9\-._~+/]+=*"
 
 
-# -- helpers -----------------------------------------------------------------------------------------------------
+# -- requests, tokens and what the database holds ---------------------------------------------------------------
 
 
 def _b64url(data: bytes) -> str:
@@ -363,7 +364,7 @@ def test_a_token_missing_a_required_claim_is_refused_and_nothing_is_written(shar
                                                                              claim: str) -> None:
     claims = forger.fresh_claims()
     del claims[claim]
-    _assert_invalid_token(shared, forger.sign(claims), "the token")
+    _assert_invalid_token(shared, forger.sign(claims), "the token's signature or claims are invalid")
 
 
 @pytest.mark.parametrize("environment", ["production", None, ""])
@@ -960,11 +961,11 @@ async def test_forged_kids_cost_the_issuer_at_most_one_jwks_fetch_per_refresh_in
 
 
 async def test_concurrent_forged_kids_share_one_jwks_refresh(shared: Server, forger: Forger) -> None:
-    jwks = CountingJWKS(shared, interval=0.3)
+    jwks = CountingJWKS(shared, interval=1.0)
     forged = _forged_kid_tokens(forger, 100)
     async with jwks.http, _asgi_client(_starlette(jwks.guard)) as http:
         assert (await http.get("/data", headers=_bearer(forger.token))).status_code == 200
-        await asyncio.sleep(0.35)
+        await asyncio.sleep(1.05)
         first = await asyncio.gather(*(http.get("/data", headers=_bearer(t)) for t in forged[:50]))
         assert {r.status_code for r in first} == {401}
         assert jwks.fetches == 2  # the refresh the interval allowed, once, for all 50
@@ -1074,7 +1075,7 @@ JSON = st.recursive(
 )
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(document=JSON)
 def test_parse_jwks_on_any_json_returns_accepted_keys_or_raises_value_error(document: Any) -> None:
     try:
@@ -1087,8 +1088,6 @@ def test_parse_jwks_on_any_json_returns_accepted_keys_or_raises_value_error(docu
 @settings(max_examples=1000, deadline=None)
 @given(text=st.text(max_size=300))
 def test_parse_authorization_raises_only_guard_errors_and_returns_a_scheme_and_token68(text: str) -> None:
-    import re
-
     try:
         parsed = parse_authorization(text)
     except GuardError as err:
