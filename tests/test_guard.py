@@ -606,6 +606,16 @@ def test_basic_brute_force_is_throttled_like_the_token_endpoint(paying: Server) 
     with _from(paying, "127.0.0.32") as http:
         for _ in range(5):  # the per-account-and-address threshold, as on the token endpoint
             assert http.get(ACCOUNTS, headers=wrong).status_code == 401
+        # The fifth failure blocks for 1 s; each failure counted after a block ends doubles it. Two more make a
+        # 4 s block, long enough for the checks below however slow the machine.
+        counted, deadline = 5, time.monotonic() + 15
+        while counted < 7 and time.monotonic() < deadline:
+            response = http.get(ACCOUNTS, headers=wrong)
+            assert response.status_code in (401, 429), response.text
+            if response.status_code == 429:
+                time.sleep(int(response.headers["retry-after"]) + 0.05)
+            counted += response.status_code == 401
+        assert counted == 7
         for response in (http.get(ACCOUNTS, headers=wrong), http.get(ACCOUNTS, headers=right),
                          _pay(paying, right, http)):
             assert response.status_code == 429, response.text
