@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ async def _sql_backend(kind: str, database_url: str, tmp_path: Path) -> Backend:
     return backend
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "redis", "memory"])
+@pytest.fixture(params=["sqlite", "postgresql", "redis", "memory", "sqlite-in-memory"])
 def backend_kind(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, str]:
     """Which store, and where: resolved outside the event loop (the PostgreSQL fixture runs its own loop)."""
     if request.param == "sqlite":
@@ -72,6 +73,8 @@ def backend_kind(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, s
         return "postgresql", request.getfixturevalue("postgres_url"), ""
     if request.param == "redis":
         return "redis", request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    if request.param == "sqlite-in-memory":  # no file to share: runs through SQLAlchemy on one connection
+        return "sqlite-in-memory", "sqlite+aiosqlite:///:memory:", ""
     return "memory", "", ""
 
 
@@ -81,6 +84,14 @@ async def backend(backend_kind: tuple[str, str, str], tmp_path: Path) -> AsyncIt
     opened: list[IdempotencyStore] = []
     if kind in ("sqlite", "postgresql"):
         made = await _sql_backend(kind, url, tmp_path)
+    elif kind == "sqlite-in-memory":
+        database = Store(url)
+        await database.migrate()
+
+        async def open_in_memory() -> IdempotencyStore:
+            return SqlIdempotencyStore(database)
+
+        made = Backend(kind, open_in_memory, sql=[database])
     elif kind == "redis":
 
         async def open_redis() -> IdempotencyStore:
@@ -332,6 +343,14 @@ async def test_replay_keeps_binary_bodies_and_raw_header_bytes_exactly(store: Id
     assert (await store.claim("client:a", "k-1", FP, lease=30, retention=DAY)).response == response
 
 
+async def test_a_response_larger_than_64_kib_is_kept_whole(store: IdempotencyStore) -> None:
+    response = StoredResponse(200, ((b"content-type", b"application/pdf"),), bytes(range(256)) * 1024)
+    owner = await claimed(store)
+    assert await store.complete("client:a", "k-1", owner, response, retention=DAY)
+
+    assert (await store.claim("client:a", "k-1", FP, lease=30, retention=DAY)).response == response
+
+
 async def test_an_empty_body_and_a_4xx_status_are_replayed(store: IdempotencyStore) -> None:
     response = StoredResponse(404, (), b"")
     owner = await claimed(store)
@@ -383,7 +402,7 @@ async def test_concurrent_claims_of_a_completed_key_all_replay(backend: Backend)
 # -- what each store keeps -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend_kind", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("backend_kind", ["sqlite", "postgresql", "sqlite-in-memory"], indirect=True)
 async def test_sql_rows_move_from_started_to_completed_with_their_expiry(backend: Backend) -> None:
     store = await backend.open()
     table = schema.idempotency_keys
@@ -407,6 +426,43 @@ async def test_sql_rows_move_from_started_to_completed_with_their_expiry(backend
         ["content-type", "application/json"], ["location", "/api/v1/payments/pay_1"]
     ]
     assert bytes(completed["body"]) == RESPONSE.body
+
+
+@pytest.mark.parametrize("backend_kind", ["sqlite"], indirect=True)
+async def test_sqlite_waits_for_another_writer_without_blocking_the_event_loop(backend: Backend) -> None:
+    store = await backend.open()
+    other = sqlite3.connect(backend.sql[0].engine.url.database, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    try:
+        waiting = asyncio.create_task(store.claim("client:a", "k-1", FP, lease=30, retention=DAY))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        assert ticks >= 10  # the loop kept running while the claim waited
+        other.execute("COMMIT")
+        assert (await asyncio.wait_for(waiting, 5)).outcome == "claimed"
+    finally:
+        ticker.cancel()
+        other.close()
+
+
+@pytest.mark.parametrize("backend_kind", ["sqlite"], indirect=True)
+async def test_sqlite_checkpoints_keep_the_write_ahead_log_bounded(backend: Backend) -> None:
+    store = await backend.open()
+    wal = Path(backend.sql[0].engine.url.database + "-wal")
+    for n in range(3000):
+        owner = await claimed(store, key=f"k-{n}")
+        assert await store.complete("client:a", f"k-{n}", owner, RESPONSE, retention=DAY)
+
+    assert wal.stat().st_size < 16 * 1024 * 1024  # about 80 MB without checkpoints
 
 
 @pytest.mark.parametrize("backend_kind", ["redis"], indirect=True)

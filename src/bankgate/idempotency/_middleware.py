@@ -342,6 +342,7 @@ class IdempotencyMiddleware:
 
         body_sent = False
         status = 0
+        keep = False
         headers: tuple[tuple[bytes, bytes], ...] = ()
         chunks: list[bytes] = []
         settled = False
@@ -366,22 +367,22 @@ class IdempotencyMiddleware:
                 logger.error("could not settle an idempotency key (%s)", type(exc).__name__)
 
         async def capture_send(message: Message) -> None:
-            nonlocal status, headers
+            nonlocal status, headers, keep
             kind = message["type"]
             if kind == "http.response.start":
                 status = int(message["status"])
-                headers = tuple(
-                    (bytes(name).lower(), bytes(value))
-                    for name, value in message.get("headers", ())
-                    if bytes(name).lower() not in _NOT_STORED
-                )
+                keep = status < 500 and status not in _RETRYABLE_4XX
+                if keep:
+                    headers = tuple(
+                        (bytes(name).lower(), bytes(value))
+                        for name, value in message.get("headers", ())
+                        if bytes(name).lower() not in _NOT_STORED
+                    )
             elif kind == "http.response.body" and not settled:
-                chunk = message.get("body", b"")
-                if chunk:
+                if keep and (chunk := message.get("body", b"")):
                     chunks.append(bytes(chunk))
                 if not message.get("more_body", False):
                     # Kept before the last byte leaves, so a client that has the response finds the key completed.
-                    keep = status < 500 and status not in _RETRYABLE_4XX
                     await settle(StoredResponse(status, headers, b"".join(chunks)) if keep else None)
             await send(message)
 
