@@ -503,3 +503,10 @@ async def test_open_store_picks_the_store_a_setting_names(tmp_path: Path, redis_
 
 async def test_every_store_satisfies_the_store_protocol(store: IdempotencyStore) -> None:
     assert isinstance(store, IdempotencyStore)
+
+
+async def test_closing_a_store_twice_is_harmless(store: IdempotencyStore) -> None:
+    await claimed(store)
+
+    await store.close()
+    await store.close()

@@ -1,4 +1,13 @@
-"""The Idempotency-Key layer (draft-ietf-httpapi-idempotency-key-header-06): ASGI middleware and its stores."""
+"""The Idempotency-Key layer (draft-ietf-httpapi-idempotency-key-header-06): ASGI middleware and its stores.
+
+    store = open_store("database", services.store)         # or "redis://...", or "memory"
+    app = GuardMiddleware(IdempotencyMiddleware(api, store=store, required=True), guard=guard)
+    ...
+    await store.purge()                                    # now and then: drops ended records (SQL, memory)
+    await store.close()                                    # at shutdown
+
+The guard goes in front, so that keys are scoped by `scope["state"]["principal"].key`.
+"""
 
 from __future__ import annotations
 

@@ -176,6 +176,7 @@ class _SqliteFile:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bankgate-idempotency")
         self._writes = 0
         self._checkpoint: asyncio.Future[None] | None = None
+        self._closed = False
 
     def _open(self, *, inline: bool) -> sqlite3.Connection:
         connection = sqlite3.connect(self._path, timeout=10, isolation_level=None, check_same_thread=False)
@@ -187,6 +188,10 @@ class _SqliteFile:
         else:
             connection.execute("PRAGMA busy_timeout=10000")
         return connection
+
+    def _open_inline(self) -> sqlite3.Connection:
+        """Opened in the worker thread: opening may wait for another process's recovery or checkpoint."""
+        return self._open(inline=True)
 
     # Statement bodies: run with a connection, inline or in the worker thread.
 
@@ -208,11 +213,15 @@ class _SqliteFile:
         if checkpoint is not None and not checkpoint.done() and checkpoint.get_loop() is asyncio.get_running_loop():
             # Let it finish first: racing it, this process's own writes could keep it from ever completing.
             await asyncio.wait([checkpoint])
+        if self._inline is None:
+            opened = await asyncio.get_running_loop().run_in_executor(self._thread, self._open_inline)
+            if self._inline is None:
+                self._inline = opened
+            else:
+                opened.close()
         delay, deadline = 0.0002, time.monotonic() + _BUSY_TIMEOUT
         while True:
             try:
-                if self._inline is None:
-                    self._inline = self._open(inline=True)
                 result = work(self._inline, *args)
             except sqlite3.OperationalError as exc:
                 if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
@@ -254,6 +263,9 @@ class _SqliteFile:
         return await self._run_inline(self._execute, name, params)  # type: ignore[no-any-return]
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._inline is not None:
             self._inline.close()
             self._inline = None
