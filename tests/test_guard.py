@@ -652,9 +652,8 @@ def test_paying_for_an_application_the_caller_lacks_is_403_insufficient_scope_an
     assert _rows(paying, "payments", principal) == []
 
 
-@pytest.mark.xfail(strict=True, reason="the Idempotency-Key layer stores every answer below 500, including the 403 "
-                   "that the payments route gives for a missing scope; a retry after the scope is granted replays it")
 def test_paying_for_an_application_the_caller_lacks_leaves_no_idempotency_record(paying: Server) -> None:
+    # A 403 is not kept for the key: once the application is granted, the same retry runs.
     response, principal = _insufficient_scope_payment(paying)
     assert response.status_code == 403
     assert _rows(paying, "idempotency_keys", principal) == []

@@ -42,8 +42,9 @@ _NOT_STORED = frozenset(
         b"content-length",
     }
 )
-# Statuses that say "this did not run, try again": kept, they would answer every retry with the same refusal.
-_RETRYABLE_4XX = frozenset({429})
+# Statuses that say "this did not run": refused credentials or permissions (401, 403; they may be fixed, e.g. an
+# application granted) and "try again" (429). Kept, they would answer every retry with the same refusal.
+_RETRYABLE_4XX = frozenset({401, 403, 429})
 # ASGI extensions that send a body the middleware could not capture: hidden from the app on a claimed request.
 _UNCAPTURABLE = ("http.response.pathsend", "http.response.zerocopysend")
 _STORE_TIMEOUT = 15.0
@@ -227,7 +228,7 @@ class IdempotencyMiddleware:
     * `principal_of`: who the key belongs to; by default the guard's `scope["state"]["principal"].key`.
     * `max_body_bytes`: larger request bodies are refused with 413 before anything is claimed.
 
-    Responses below 500 are stored and replayed (except 429: it asks for a retry); a 5xx response or an exception
+    Responses below 500 are stored and replayed (except 401, 403 and 429: the request did not run); a 5xx response or an exception
     releases the key, so the retry runs again. When the store cannot be reached the request is refused with 503
     and never runs unclaimed. The key is put in `scope["state"]["idempotency_key"]` for handlers that make their own
     writes unique per key.
