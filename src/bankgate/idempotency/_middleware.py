@@ -228,10 +228,10 @@ class IdempotencyMiddleware:
     * `principal_of`: who the key belongs to; by default the guard's `scope["state"]["principal"].key`.
     * `max_body_bytes`: larger request bodies are refused with 413 before anything is claimed.
 
-    Responses below 500 are stored and replayed (except 401, 403 and 429: the request did not run); a 5xx response or an exception
-    releases the key, so the retry runs again. When the store cannot be reached the request is refused with 503
-    and never runs unclaimed. The key is put in `scope["state"]["idempotency_key"]` for handlers that make their own
-    writes unique per key.
+    Responses below 500 are stored and replayed (except 401, 403 and 429: the request did not run); a 5xx response
+    or an exception releases the key, so the retry runs again. When the store cannot be reached the request is
+    refused with 503 and never runs unclaimed. The key is put in `scope["state"]["idempotency_key"]` for handlers
+    that make their own writes unique per key.
     """
 
     def __init__(
