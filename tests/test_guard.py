@@ -1224,3 +1224,15 @@ def test_guard_middleware_answers_arbitrary_header_bytes_with_400_or_401_never_5
         body = json.loads(sent[1]["body"])
         assert body["error"] in ("invalid_request", "invalid_token", "invalid_client")
         assert any(name == b"www-authenticate" for name, _ in sent[0]["headers"])
+
+
+def test_a_secret_typed_into_the_basic_key_field_reaches_neither_the_audit_trail_nor_the_log(server: Server) -> None:
+    client = server.create_client("app_1", auth_mode="basic")
+    swapped = {"Authorization": basic(client["secret_key"], client["api_key"])}
+    assert server.http.get(ACCOUNTS, headers=swapped).status_code == 401
+    denied = [e for e in server.audit(100) if e["event"] == "api.denied"]
+    assert denied and all(e["actor"] == "anonymous" for e in denied)
+    with sqlite3.connect(server.data_dir / "bankgate.db") as db:
+        rows = [str(row) for table in ("audit_events", "auth_throttle") for row in db.execute(f"SELECT * FROM {table}")]  # noqa: S608
+    assert not [row for row in rows if client["secret_key"] in row]
+    assert client["secret_key"] not in server.log()

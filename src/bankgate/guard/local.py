@@ -9,6 +9,7 @@ from bankgate.guard.keys import LocalKeys
 from bankgate.guard.verifier import Principal, TokenVerifier, VerifierUnavailable
 from bankgate.oauth.endpoint import OAuthEndpoint
 from bankgate.oauth.errors import OAuthError
+from bankgate.oauth.request import ClientCredentials
 from bankgate.tokens.revocation import RevocationUnavailable
 
 if TYPE_CHECKING:
@@ -40,7 +41,8 @@ def server_guard(runtime: Runtime) -> Guard:
         try:
             client = await OAuthEndpoint.authenticate(runtime, api_key, secret, source_ip)
         except OAuthError as err:
-            runtime.audit("api.denied", api_key[:80], "failure", source_ip, {"reason": err.audit_reason})
+            actor = ClientCredentials(api_key, secret).actor  # never a secret typed into the key field
+            runtime.audit("api.denied", actor, "failure", source_ip, {"reason": err.audit_reason})
             raise GuardError(err.status, err.error, err.description, retry_after=err.retry_after,
                              scheme="Basic") from None
         if client.auth_mode != "basic":
