@@ -1,0 +1,503 @@
+"""The resource side's cost: the guard in front of a `GET`, and the Idempotency-Key layer in front of a `POST`.
+
+Two pairs, each measured in the same run: uvicorn apps (benchmarks/guard_app.py) pinned to one core, wrk pinned to
+the other; the apps of a pair are measured in alternation (A B, then B A, ...), so a change in the machine's speed
+during the run weighs on both.
+
+1. Guard: `GET /resource` (a small JSON answer) behind `GuardMiddleware(guard=Guard.remote(issuer))`, against the
+   same app without it. A real `bankgate serve` (fresh data directory) grants one token (`POST /oauth/token`,
+   Basic key:secret) and publishes the JWKS the guard fetches; every request reuses that token, as a client
+   should. Target: protected req/s >= 0.90 of unprotected.
+2. Idempotency: `POST /payments` (parse the JSON, validate, record the payment in a SQLite file with `PaymentBook`)
+   behind `IdempotencyMiddleware(SqlIdempotencyStore)` on the same database, once with a unique
+   `Idempotency-Key` per request and once with none (the middleware passes such requests through); each on a
+   server and SQLite file of its own. Target: with keys >= 0.80 of without. If Redis answers on 127.0.0.1:6379,
+   a third server with `RedisIdempotencyStore` joins the rotation (its figure is printed, no target).
+
+Before measuring, it checks that the protected app answers 200 with the token and 401 without or with a forged
+one, and that a repeated key is answered with `Idempotent-Replayed: true`; any non-2xx answer or socket error during
+a run voids it (wrk's timeout is 30 s, so slow answers count in the latency instead of being dropped), and after
+the payments runs each database must hold a payment (and, with keys, a key record) for every answer wrk counted, so
+nothing was silently replayed. Prints req/s, p99 latency, the server's CPU time per request (read from /proc: on a
+shared machine it shows what the ratio would be with a core to each side) and each ratio against its target. Usage:
+
+    python benchmarks/guard.py                        # both pairs, 2 rounds of 10 s runs
+    python benchmarks/guard.py --duration 20 --rounds 3 --connections 32 --json results.json
+    python benchmarks/guard.py --only guard           # or --only idempotency
+
+Needs `wrk` and `taskset` (Debian: apt-get install wrk util-linux) and two cores. Every process it starts is
+stopped on the way out, also on Ctrl-C or failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+GUARD_TARGET = 0.90
+IDEMPOTENCY_TARGET = 0.80
+REDIS_URL = "redis://127.0.0.1:6379/0"
+PAYMENT = json.dumps({"application_id": "app_1", "amount": "12.50", "currency": "EUR",
+                      "reference": "Invoice 2026-001"})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pinned(core: int, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", str(core), *argv]
+
+
+class Processes:
+    """The servers this run started; `stop` or leaving the `with` block stops them (SIGINT, then SIGKILL)."""
+
+    def __init__(self) -> None:
+        self._running: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], *, log: Path, **kwargs: Any) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **kwargs)
+        self._running.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process in self._running:
+            self._running.remove(process)
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in reversed(list(self._running)):
+            self.stop(process)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode} before it was ready; see its log:\n"
+                             + log.read_text(errors="replace")[-3000:])
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise SystemExit(f"server at {url} not ready after {timeout} s")
+
+
+def _seconds(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+
+class Target(NamedTuple):
+    url: str
+    lua: Callable[[], str]  # a fresh wrk script for each run
+    pid: int  # the server's process, whose CPU time is read from /proc
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(label: str, target: Target, args: argparse.Namespace, duration: int) -> dict[str, float]:
+    """One wrk run; any non-2xx answer or socket error voids it. A slow answer counts in the latency: the
+    timeout (30 s) is far above wrk's default of 2 s, past which wrk would drop it from the figures.
+
+    Also the server's CPU time per request: on a shared machine other processes take turns on the server's
+    core, which lowers req/s but not the CPU a request costs."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(target.lua())
+    cpu_before = cpu_seconds(target.pid)
+    try:
+        done = subprocess.run(
+            pinned(args.client_core, ["wrk", "-t1", f"-c{args.connections}", f"-d{duration}s", "--timeout", "30s",
+                                      "--latency", "-s", script.name, target.url]),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        os.unlink(script.name)
+    cpu = cpu_seconds(target.pid) - cpu_before
+    out = done.stdout
+    if done.returncode != 0:
+        raise SystemExit(f"{label}: wrk failed ({done.returncode}):\n{out}{done.stderr}")
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    if non_2xx or socket_errors:
+        what = f"{non_2xx.group(1)} non-2xx answers" if non_2xx else f"socket errors ({socket_errors.group(1)})"  # type: ignore[union-attr]
+        raise SystemExit(f"{label}: wrk saw {what}; not a valid measurement:\n{out}")
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return {
+        "requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p99_ms": _seconds(re.search(r"\s99%\s+(\S+)", out).group(1)) * 1000,  # type: ignore[union-attr]
+        "requests": requests,
+        "server_cpu_us_per_request": cpu / max(requests, 1) * 1e6,
+        "server_cpu_share": cpu / duration,
+    }
+
+
+def alternate(label: str, targets: dict[str, Target], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """A 2 s warm-up of each app, then `args.rounds` rounds of one measured run per app, in reverse order every
+    other round (A B, B A, ...), so that a change in the machine's speed weighs on every app alike. Each app's
+    figures: mean req/s and median p99 over its runs, the runs, and the requests sent (warm-up included)."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+    sent = dict.fromkeys(targets, 0)
+    for name, target in targets.items():
+        sent[name] += int(run_wrk(f"{label}, {name} (warm-up)", target, args, 2)["requests"])
+    names = list(targets)
+    for turn in range(args.rounds):
+        for name in names if turn % 2 == 0 else names[::-1]:
+            figures = run_wrk(f"{label}, {name}", targets[name], args, args.duration)
+            sent[name] += int(figures["requests"])
+            runs[name].append(figures)
+    return {
+        name: {
+            "requests_per_second": statistics.fmean(run["requests_per_second"] for run in runs[name]),
+            "p99_ms": statistics.median(run["p99_ms"] for run in runs[name]),
+            "server_cpu_us_per_request": statistics.median(run["server_cpu_us_per_request"] for run in runs[name]),
+            "runs": runs[name],
+            "requests_sent": sent[name],
+        }
+        for name in names
+    }
+
+
+def compare(subject: dict[str, Any], baseline: dict[str, Any], target: float | None) -> dict[str, Any]:
+    """The ratio of mean req/s, and the ratios of each round's pair of runs (their spread shows the noise)."""
+    ratio = subject["requests_per_second"] / baseline["requests_per_second"]
+    rounds = [a["requests_per_second"] / b["requests_per_second"] for a, b in zip(subject["runs"], baseline["runs"],
+                                                                              strict=True)]
+    result: dict[str, Any] = {
+        "ratio": ratio,
+        "ratio_by_round": rounds,
+        # What the ratio would be with the server's core to itself: CPU per request, baseline over subject.
+        "cpu_ratio": baseline["server_cpu_us_per_request"] / subject["server_cpu_us_per_request"],
+    }
+    if target is not None:
+        result.update(target=target, met=ratio >= target)
+    return result
+
+
+def get_lua(token: str) -> str:
+    return f'wrk.method = "GET"\nwrk.headers["Authorization"] = "Bearer {token}"\n'
+
+
+def post_lua(with_keys: bool) -> str:
+    """POST /payments; with `with_keys`, an Idempotency-Key unique to this script (a fresh one per wrk run), wrk
+    thread and request."""
+    key = 'wrk.headers["Idempotency-Key"] = prefix .. counter\n' if with_keys else ""
+    return (
+        'wrk.method = "POST"\n'
+        f"wrk.body = '{PAYMENT}'\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        "local threads = 0\n"
+        "function setup(thread)\n"
+        "  threads = threads + 1\n"
+        '  thread:set("tid", threads)\n'
+        "end\n"
+        "function init(args)\n"
+        f'  prefix = "{secrets.token_hex(8)}-" .. tid .. "-"\n'
+        "  counter = 0\n"
+        "end\n"
+        "function request()\n"
+        "  counter = counter + 1\n"
+        f"  {key}"
+        "  return wrk.format()\n"
+        "end\n"
+    )
+
+
+@contextlib.contextmanager
+def app_server(procs: Processes, args: argparse.Namespace, workdir: Path, name: str,
+               env: dict[str, str]) -> Iterator[tuple[str, int]]:
+    """uvicorn serving `guard_app:app` (chosen by `env`) pinned to the server core; yields its base URL and pid."""
+    port = free_port()
+    log = workdir / f"{name}.log"
+    process = procs.start(
+        pinned(args.server_core, [sys.executable, "-m", "uvicorn", "guard_app:app", "--port", str(port),
+                                  "--http", "httptools", "--loop", "uvloop", "--no-access-log",
+                                  "--log-level", "warning"]),
+        log=log, cwd=HERE, env={**os.environ, **env},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base + "/", process, log)
+        yield base, process.pid
+    finally:
+        procs.stop(process)
+    if process.returncode not in (0, -signal.SIGINT):
+        raise SystemExit(f"{name} exited with {process.returncode}; see its log:\n"
+                         + log.read_text(errors="replace")[-3000:])
+
+
+# -- 1. the guard ----------------------------------------------------------------------------------------------
+
+
+def start_bankgate(
+    procs: Processes, args: argparse.Namespace, workdir: Path
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """A fresh `bankgate serve` (on the load generator's core: it only answers the JWKS fetch during the runs)
+    with one client; returns the process, its base URL and an access token for that client."""
+    env = {**os.environ, "BANKGATE_DATA_DIR": str(workdir / "bankgate"), "BANKGATE_ENVIRONMENT": "sandbox"}
+    bankgate = [sys.executable, "-m", "bankgate"]
+    subprocess.run([*bankgate, "init"], env=env, check=True, capture_output=True)
+    created = json.loads(subprocess.run(
+        [*bankgate, "clients", "create", "--name", "bench", "--scope", "app_1", "--json"],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout)
+    port = free_port()
+    log = workdir / "bankgate.log"
+    server = procs.start(pinned(args.client_core, [*bankgate, "serve", "--port", str(port)]), log=log, env=env)
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(base + "/.well-known/jwks.json", server, log)
+    answer = httpx.post(base + "/oauth/token", auth=(created["api_key"], created["secret_key"]),
+                        data={"grant_type": "client_credentials", "scope": "app_1"})
+    if answer.status_code not in (200, 201):
+        raise SystemExit(f"POST /oauth/token answered {answer.status_code}: {answer.text}")
+    return server, base, str(answer.json()["access_token"])
+
+
+def check_guard(base: str, token: str, *, protected: bool) -> None:
+    url = base + "/resource"
+    good = httpx.get(url, headers={"Authorization": f"Bearer {token}"})
+    if good.status_code != 200 or good.json().get("id") != "acc_1":
+        raise SystemExit(f"GET /resource with the token answered {good.status_code}: {good.text}")
+    if protected:
+        for headers in ({}, {"Authorization": "Bearer " + token[:-4] + "AAAA"}):
+            refused = httpx.get(url, headers=headers)
+            if refused.status_code != 401 or "www-authenticate" not in refused.headers:
+                raise SystemExit(f"the protected app answered {refused.status_code} to {headers or 'no token'}; "
+                                 "it must refuse with 401")
+
+
+def guard_pair(procs: Processes, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    bankgate, issuer, token = start_bankgate(procs, args, workdir)
+    try:
+        with contextlib.ExitStack() as servers:
+            script = functools.partial(get_lua, token)
+            targets: dict[str, Target] = {}
+            for name, env in (("protected", {"BENCH_APP": "guard", "BENCH_ISSUER": issuer}),
+                              ("unprotected", {"BENCH_APP": "bare"})):
+                base, pid = servers.enter_context(app_server(procs, args, workdir, f"guard-{name}", env))
+                check_guard(base, token, protected=name == "protected")
+                targets[name] = Target(base + "/resource", script, pid)
+            runs = alternate("guard", targets, args)
+    finally:
+        procs.stop(bankgate)
+    return {**runs, **compare(runs["protected"], runs["unprotected"], GUARD_TARGET)}
+
+
+# -- 2. the Idempotency-Key layer ------------------------------------------------------------------------------
+
+
+def fresh_database(path: Path) -> None:
+    from bankgate.store import Store
+
+    async def migrate() -> None:
+        store = Store(f"sqlite+aiosqlite:///{path}")
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    asyncio.run(migrate())
+
+
+def check_replay(base: str) -> None:
+    url = base + "/payments"
+    headers = {"Content-Type": "application/json", "Idempotency-Key": "check-" + secrets.token_hex(8)}
+    first = httpx.post(url, content=PAYMENT, headers=headers)
+    again = httpx.post(url, content=PAYMENT, headers=headers)
+    plain = httpx.post(url, content=PAYMENT, headers={"Content-Type": "application/json"})
+    if first.status_code != 201 or "idempotent-replayed" in first.headers:
+        raise SystemExit(f"the first keyed POST answered {first.status_code} {dict(first.headers)}: {first.text}")
+    if again.headers.get("idempotent-replayed") != "true" or again.json().get("id") != first.json()["id"]:
+        raise SystemExit(f"a repeated key was not replayed: {again.status_code} {dict(again.headers)} {again.text}")
+    if plain.status_code != 201 or "idempotent-replayed" in plain.headers:
+        raise SystemExit(f"a POST without a key answered {plain.status_code}: {plain.text}")
+
+
+def count_rows(db: Path, table: str) -> int:
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        return int(connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608
+
+
+def redis_reachable() -> bool:
+    try:
+        import redis
+
+        with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=2) as client:
+            return bool(client.ping())
+    except Exception:
+        return False
+
+
+def redis_keys(prefix: str, *, delete: bool) -> int:
+    import redis
+
+    with redis.Redis.from_url(REDIS_URL, socket_timeout=10) as client:
+        names = list(client.scan_iter(match=prefix + "*", count=1000))
+        if delete:
+            for start in range(0, len(names), 1000):
+                client.delete(*names[start:start + 1000])
+        return len(names)
+
+
+def check_recorded(name: str, figures: dict[str, Any], db: Path, *, with_keys: bool, prefix: str | None) -> None:
+    """Every answer wrk counted made its own payment (and, with keys, its own key record): nothing was replayed.
+    The replay check made two payments and one key record; requests in flight when wrk stopped may add more."""
+    sent = figures.pop("requests_sent")
+    payments = count_rows(db, "payments") - 2
+    records = (count_rows(db, "idempotency_keys") if prefix is None else redis_keys(prefix, delete=False)) - 1
+    if payments < sent:
+        raise SystemExit(f"{name}: wrk counted {sent} answers but only {payments} payments were recorded")
+    if with_keys and records < sent:
+        raise SystemExit(f"{name}: wrk counted {sent} answers but only {records} keys were recorded")
+    if not with_keys and records != 0:
+        raise SystemExit(f"{name}: requests without a key left {records} key records")
+    figures["payments_recorded"] = payments
+
+
+def idempotency_pair(procs: Processes, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """One server per kind of run, each on a fresh SQLite file of its own, all measured in alternation."""
+    prefix = f"bankgate-bench:{secrets.token_hex(6)}:"
+    kinds = {"sqlite_keyed": ("sql", True), "no_key": ("sql", False)}
+    if not args.no_redis and redis_reachable():
+        kinds["redis_keyed"] = (REDIS_URL, True)
+    try:
+        with contextlib.ExitStack() as servers:
+            targets: dict[str, Target] = {}
+            for name, (store, with_keys) in kinds.items():
+                db = workdir / f"{name}.db"
+                fresh_database(db)
+                base, pid = servers.enter_context(app_server(
+                    procs, args, workdir, f"idempotency-{name}",
+                    {"BENCH_APP": "idempotency", "BENCH_DB": str(db), "BENCH_IDEMPOTENCY_STORE": store,
+                     "BENCH_REDIS_PREFIX": prefix},
+                ))
+                check_replay(base)
+                targets[name] = Target(base + "/payments", functools.partial(post_lua, with_keys), pid)
+            runs = alternate("idempotency", targets, args)
+        for name, (store, with_keys) in kinds.items():
+            check_recorded(name, runs[name], workdir / f"{name}.db", with_keys=with_keys,
+                           prefix=None if store == "sql" else prefix)
+    finally:
+        if "redis_keyed" in kinds:
+            redis_keys(prefix, delete=True)
+    result: dict[str, Any] = {**runs, **compare(runs["sqlite_keyed"], runs["no_key"], IDEMPOTENCY_TARGET)}
+    if "redis_keyed" in runs:
+        result["redis"] = compare(runs["redis_keyed"], runs["no_key"], None)
+    return result
+
+
+# -- report ------------------------------------------------------------------------------------------------------
+
+
+def _line(label: str, figures: dict[str, Any]) -> str:
+    each = ", ".join(f"{run['requests_per_second']:,.0f}" for run in figures["runs"])
+    return (f"  {label:<34} {figures['requests_per_second']:>9,.0f} req/s   p99 {figures['p99_ms']:>6.1f} ms"
+            f"   {figures['server_cpu_us_per_request']:>6,.0f} us CPU/req   (runs: {each})")
+
+
+def _ratio(compared: dict[str, Any]) -> str:
+    spread = ", ".join(f"{ratio:.2f}" for ratio in compared["ratio_by_round"])
+    text = (f"  ratio {compared['ratio']:.3f} (by round: {spread}; "
+            f"by server CPU per request: {compared['cpu_ratio']:.2f})")
+    if "target" in compared:
+        text += f"   target >= {compared['target']:.2f}: {'met' if compared['met'] else 'NOT met'}"
+    return text
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    print(f"\nuvicorn (httptools, uvloop) on core {args.server_core}; wrk 1 thread, {args.connections} connections "
+          f"on core {args.client_core}; {args.rounds} rounds of {args.duration} s runs, alternating, after a 2 s "
+          "warm-up; req/s: mean of the runs, p99 and server CPU per request: median")
+    guard = results.get("guard")
+    if guard:
+        print("\n1. Guard: GET /resource, one Bearer token reused")
+        print(_line("GuardMiddleware(Guard.remote)", guard["protected"]))
+        print(_line("no middleware", guard["unprotected"]))
+        print(_ratio(guard))
+    idem = results.get("idempotency")
+    if idem:
+        print("\n2. Idempotency-Key: POST /payments, payment recorded in SQLite")
+        print(_line("unique key, SqlIdempotencyStore", idem["sqlite_keyed"]))
+        print(_line("no key (passed through)", idem["no_key"]))
+        print(_ratio(idem))
+        if "redis" in idem:
+            print(_line("unique key, RedisIdempotencyStore", idem["redis_keyed"]))
+            print(_ratio(idem["redis"]) + "   (Redis against no key; no target)")
+        else:
+            print("  (Redis store not measured: no Redis on 127.0.0.1:6379, or --no-redis)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per measured run")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2, help="measured runs per app, alternating (default 2)")
+    parser.add_argument("--server-core", type=int, default=0)
+    parser.add_argument("--client-core", type=int, default=1)
+    parser.add_argument("--only", choices=["guard", "idempotency"], help="measure one pair only")
+    parser.add_argument("--no-redis", action="store_true", help="skip the Redis store even if Redis answers")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (Debian: apt-get install wrk util-linux)")
+    # SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so every server started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    results: dict[str, Any] = {"duration_s": args.duration, "rounds": args.rounds, "connections": args.connections}
+    try:
+        with tempfile.TemporaryDirectory(prefix="bankgate-guard-bench-") as tmp, Processes() as procs:
+            workdir = Path(tmp)
+            if args.only in (None, "guard"):
+                results["guard"] = guard_pair(procs, args, workdir)
+            if args.only in (None, "idempotency"):
+                results["idempotency"] = idempotency_pair(procs, args, workdir)
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted; the servers it started are stopped") from None
+    report(results, args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The apps `benchmarks/guard.py` serves with uvicorn, chosen by `BENCH_APP`:
+
+* `bare`: a Starlette app with one JSON `GET /resource` route, nothing in front of it;
+* `guard`: the same app wrapped in `GuardMiddleware(guard=Guard.remote(BENCH_ISSUER))`: keys from the issuer's JWKS;
+* `idempotency`: `POST /payments` (parse the JSON body, validate it, record the payment with `PaymentBook` in the
+  SQLite file `BENCH_DB`) behind `IdempotencyMiddleware`, whose store is `SqlIdempotencyStore` on the same database
+  (`BENCH_IDEMPOTENCY_STORE=sql`) or `RedisIdempotencyStore` (a redis:// URL, keys under `BENCH_REDIS_PREFIX`).
+
+The handlers are the same in both halves of each pair; only the middleware differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+MODE = os.environ.get("BENCH_APP", "bare")
+
+
+async def resource(request: Request) -> Response:
+    return JSONResponse({"id": "acc_1", "application_id": "app_1", "currency": "EUR", "balance": "1250.00"})
+
+
+def resource_app() -> Starlette:
+    middleware: list[Middleware] = []
+    if MODE == "guard":
+        from bankgate.guard import Guard, GuardMiddleware
+
+        middleware.append(Middleware(GuardMiddleware, guard=Guard.remote(issuer=os.environ["BENCH_ISSUER"])))
+    return Starlette(routes=[Route("/resource", resource, methods=["GET"])], middleware=middleware)
+
+
+def payments_app() -> Starlette:
+    from bankgate.idempotency import (
+        IdempotencyMiddleware,
+        IdempotencyStore,
+        RedisIdempotencyStore,
+        SqlIdempotencyStore,
+    )
+    from bankgate.sandbox.payments import PaymentBook, validate_order
+    from bankgate.store import Store
+
+    store = Store(f"sqlite+aiosqlite:///{os.environ['BENCH_DB']}")
+    book = PaymentBook(store, "sandbox")
+    spec = os.environ.get("BENCH_IDEMPOTENCY_STORE", "sql")
+    keys: IdempotencyStore = (
+        SqlIdempotencyStore(store) if spec == "sql"
+        else RedisIdempotencyStore(spec, prefix=os.environ["BENCH_REDIS_PREFIX"])
+    )
+
+    async def create_payment(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            return JSONResponse({"detail": "the body is not JSON"}, 400)
+        order = validate_order(body)
+        if isinstance(order, list):
+            return JSONResponse({"errors": [{"field": e.field, "message": e.message} for e in order]}, 422)
+        key = request.scope.get("state", {}).get("idempotency_key")
+        payment = await book.create("client:bench", order, key)
+        return JSONResponse(payment.as_json(), 201, headers={"Location": f"/payments/{payment.id}"})
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        yield
+        await keys.close()
+        await store.close()
+
+    return Starlette(
+        routes=[Route("/payments", create_payment, methods=["POST"])],
+        middleware=[
+            Middleware(
+                IdempotencyMiddleware,
+                store=keys,
+                principal_of=lambda scope: "client:bench",
+                retention=float(os.environ.get("BENCH_RETENTION", "600")),
+            )
+        ],
+        lifespan=lifespan,
+    )
+
+
+app = payments_app() if MODE == "idempotency" else resource_app()
