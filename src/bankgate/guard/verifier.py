@@ -118,7 +118,15 @@ class TokenVerifier:
     def __repr__(self) -> str:
         return f"TokenVerifier(issuer={self._issuer!r}, audience={self._audience!r}, cached={len(self._cache)})"
 
-    async def verify(self, token: str, presented_certificate: bytes | None) -> Principal:
+    def remembers(self, token: str) -> bool:
+        """True when `token` was verified before and is still remembered (it may have expired since)."""
+        return token in self._cache
+
+    async def verify(
+        self, token: str, presented_certificate: bytes | Callable[[], bytes | None] | None
+    ) -> Principal:
+        """The token's principal, or `InvalidToken`. `presented_certificate` is the DER of the certificate on this
+        connection, or a function returning it, called only for a certificate-bound token."""
         verified = self._cache.get(token)
         if verified is None:
             verified = await self._verify_signed(token)
@@ -130,6 +138,8 @@ class TokenVerifier:
             self._cache.pop(token, None)
             raise InvalidToken("the token has expired; get a new one")
         if verified.bound_to is not None:
+            if callable(presented_certificate):
+                presented_certificate = presented_certificate()
             if presented_certificate is None:
                 raise InvalidToken("the token is bound to a client certificate; present it (mutual TLS)")
             if not hmac.compare_digest(verified.bound_to, x5t_s256(presented_certificate)):

@@ -11,34 +11,30 @@ the live row is read and judged: mismatch, in progress or completed. Each statem
 run in autocommit: a row that changes between the two is simply read in its newer state (or, gone, claimed again).
 
 The statements are SQLAlchemy Core, compiled once per dialect to the driver's SQL and run on the driver directly:
-for a SQLite file on a connection of the store's own (inline on the event loop, see `_SqliteFile`), for asyncpg on a
+for a SQLite file on the `Store`'s inline writer (`bankgate.store.inline`), for asyncpg on a
 connection of the `Store`'s pool. Any other setup runs them through SQLAlchemy.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import re
 import secrets
 import sqlite3
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bankgate.idempotency._types import COMPLETED, MAX_KEY_LENGTH, STARTED, Claim, StoredResponse, bounded
 from bankgate.store import Store, schema
+from bankgate.store.inline import Compiled, InlineSqlite
 
 __all__ = ["SqlIdempotencyStore"]
 
-logger = logging.getLogger("bankgate.idempotency")
 
 _PRINCIPAL_LENGTH = 200
 _ATTEMPTS = 5
@@ -141,59 +137,14 @@ class _Driver(Protocol):
     async def close(self) -> None: ...
 
 
-class _Compiled:
-    """A statement compiled for one dialect: driver SQL, and how to order named parameters for it."""
-
-    __slots__ = ("defaults", "order", "sql")
-
-    def __init__(self, statement: Any, dialect: Dialect) -> None:
-        compiled = statement.compile(dialect=dialect)
-        self.sql: str = compiled.string
-        self.order: tuple[str, ...] = tuple(compiled.positiontup or ())
-        self.defaults: dict[str, Any] = dict(compiled.params)
-
-    def args(self, params: dict[str, Any]) -> list[Any]:
-        return [params[name] if name in params else self.defaults[name] for name in self.order]
-
-
 class _SqliteFile:
-    """A SQLite file, written from the event loop's own thread.
+    """A SQLite file, through the `Store`'s inline writer (`bankgate.store.inline`): each statement runs at once on
+    the event loop's thread, in autocommit. Responses larger than `_INLINE_BODY_BYTES` and purges run in its worker
+    thread, so the loop never waits for a large write."""
 
-    An uncontended statement takes tens of microseconds here, less than a hop to a worker thread, so the short
-    statements run inline, in autocommit, on a connection that never waits for a lock (busy_timeout=0). When another
-    connection holds the write lock the statement fails at once and is tried again after a short asyncio sleep,
-    which lets the holder (often a transaction of this very process, waiting for the loop) finish. Responses larger
-    than `_INLINE_BODY_BYTES`, purges and WAL checkpoints run in a worker thread on a second connection, so the loop
-    never waits for a large write or an fsync. The pragmas are those of `bankgate.store.engine`.
-    """
-
-    def __init__(self, path: str, statements: dict[str, Any]) -> None:
-        dialect = sqlite.dialect(paramstyle="qmark")
-        self._path = path
-        self._sql = {name: _Compiled(statement, dialect) for name, statement in statements.items()}
-        self._inline: sqlite3.Connection | None = None
-        self._worker: sqlite3.Connection | None = None  # used in `_thread` only
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bankgate-idempotency")
-        self._writes = 0
-        self._checkpoint: asyncio.Future[None] | None = None
-        self._closed = False
-
-    def _open(self, *, inline: bool) -> sqlite3.Connection:
-        connection = sqlite3.connect(self._path, timeout=10, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-        if inline:
-            connection.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in the worker thread
-            connection.execute("PRAGMA busy_timeout=0")
-        else:
-            connection.execute("PRAGMA busy_timeout=10000")
-        return connection
-
-    def _open_inline(self) -> sqlite3.Connection:
-        """Opened in the worker thread: opening may wait for another process's recovery or checkpoint."""
-        return self._open(inline=True)
-
-    # Statement bodies: run with a connection, inline or in the worker thread.
+    def __init__(self, writer: InlineSqlite, statements: dict[str, Any]) -> None:
+        self._writer = writer
+        self._sql = {name: Compiled(statement) for name, statement in statements.items()}
 
     def _claim(self, connection: sqlite3.Connection, params: dict[str, Any]) -> tuple[bool, Sequence[Any] | None]:
         claim, read = self._sql["claim"], self._sql["read"]
@@ -206,92 +157,19 @@ class _SqliteFile:
         compiled = self._sql[name]
         return connection.execute(compiled.sql, compiled.args(params)).rowcount
 
-    # Where they run.
-
-    async def _run_inline(self, work: Any, *args: Any) -> Any:
-        checkpoint = self._checkpoint
-        if checkpoint is not None and not checkpoint.done() and checkpoint.get_loop() is asyncio.get_running_loop():
-            # Let it finish first: racing it, this process's own writes could keep it from ever completing.
-            await asyncio.wait([checkpoint])
-        if self._inline is None:
-            opened = await asyncio.get_running_loop().run_in_executor(self._thread, self._open_inline)
-            if self._inline is None:
-                self._inline = opened
-            else:
-                opened.close()
-        delay, deadline = 0.0002, time.monotonic() + _BUSY_TIMEOUT
-        while True:
-            try:
-                result = work(self._inline, *args)
-            except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.005)
-                continue
-            self._after_write()
-            return result
-
-    def _in_thread(self, work: Any, *args: Any) -> Any:
-        if self._worker is None:
-            self._worker = self._open(inline=False)
-        return work(self._worker, *args)
-
-    async def _run_in_thread(self, work: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._in_thread, work, *args)
-
-    def _after_write(self) -> None:
-        self._writes += 1
-        if self._writes >= _CHECKPOINT_EVERY and (self._checkpoint is None or self._checkpoint.done()):
-            self._writes = 0
-            self._checkpoint = asyncio.get_running_loop().run_in_executor(
-                self._thread, self._in_thread, _checkpoint
-            )
-            self._checkpoint.add_done_callback(_ignore_failure)
-
-    def _close(self) -> None:
-        if self._worker is not None:
-            self._worker.close()
-            self._worker = None
-
     async def claim(self, params: dict[str, Any]) -> tuple[bool, Sequence[Any] | None]:
-        return await self._run_inline(self._claim, params)  # type: ignore[no-any-return]
+        return await self._writer.run(self._claim, params)
 
     async def execute(self, name: str, params: dict[str, Any]) -> int:
         if name == "purge" or len(params.get("p_body") or b"") > _INLINE_BODY_BYTES:
-            return await self._run_in_thread(self._execute, name, params)  # type: ignore[no-any-return]
-        return await self._run_inline(self._execute, name, params)  # type: ignore[no-any-return]
+            return await self._writer.run_in_thread(self._execute, name, params)
+        return await self._writer.run(self._execute, name, params)
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._inline is not None:
-            self._inline.close()
-            self._inline = None
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
-        self._thread.shutdown(wait=False)
+        """The writer belongs to the `Store`."""
 
 
-_BUSY_TIMEOUT = 10.0  # seconds, as the engine's busy_timeout
 _INLINE_BODY_BYTES = 64 * 1024
-_CHECKPOINT_EVERY = 500  # writes; a few pages each keeps the WAL near SQLite's default of 1000 pages
-
-
-def _checkpoint(connection: sqlite3.Connection) -> None:
-    """Copy the WAL into the database and have the next writer start the WAL over. RESTART, not PASSIVE: a passive
-    checkpoint racing writers never catches up, and the WAL would grow without bound. It holds off writers for its
-    few milliseconds (the inline ones wait for it on the loop), and gives up after 0.2 s of waiting for them."""
-    connection.execute("PRAGMA busy_timeout=200")
-    try:
-        connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
-    finally:
-        connection.execute("PRAGMA busy_timeout=10000")
-
-
-def _ignore_failure(future: asyncio.Future[None]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        logger.debug("WAL checkpoint skipped: %s", type(future.exception()).__name__)
 
 
 _COMMAND_COUNT = re.compile(r"(\d+)$")
@@ -303,7 +181,7 @@ class _Asyncpg:
 
     def __init__(self, engine: AsyncEngine, statements: dict[str, Any]) -> None:
         self._engine = engine
-        self._sql = {name: _Compiled(statement, engine.dialect) for name, statement in statements.items()}
+        self._sql = {name: Compiled(statement, engine.dialect) for name, statement in statements.items()}
 
     async def _run(self, work: Any) -> Any:
         async with self._engine.connect() as conn:
@@ -361,12 +239,9 @@ class _Engine:
 
 def _driver_for(store: Store) -> _Driver:
     statements = _statements(store.dialect)
-    url = store.engine.url
-    driver = store.engine.dialect.driver
-    if store.dialect == "sqlite" and driver == "aiosqlite" and url.database and url.database != ":memory:" \
-            and not url.query:
-        return _SqliteFile(url.database, statements)
-    if store.dialect == "postgresql" and driver == "asyncpg":
+    if store.inline is not None:
+        return _SqliteFile(store.inline, statements)
+    if store.dialect == "postgresql" and store.engine.dialect.driver == "asyncpg":
         return _Asyncpg(store.engine, statements)
     return _Engine(store.engine, statements)
 

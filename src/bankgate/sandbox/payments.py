@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -15,9 +16,11 @@ from sqlalchemy.exc import IntegrityError
 from bankgate.credentials.scopes import APPLICATION_ID
 from bankgate.sandbox.currencies import MINOR_UNITS
 from bankgate.store import Store, schema
+from bankgate.store.inline import Compiled
 
 __all__ = ["FieldError", "KeyReused", "PaymentBook", "PaymentOrder", "PaymentRecord", "validate_order"]
 
+_INSERT = Compiled(schema.payments.insert().values({c.name: None for c in schema.payments.columns}))
 _AMOUNT = re.compile(r"(0|[1-9][0-9]{0,14})(\.[0-9]+)?")
 _MAX_REFERENCE = 140
 
@@ -128,24 +131,29 @@ class PaymentBook:
             environment=self._environment,
             created_at=time.time(),
         )
+        row = {
+            "id": record.id, "principal": principal, "application_id": record.application_id,
+            "amount": record.amount, "currency": record.currency, "reference": record.reference,
+            "status": record.status, "environment": record.environment, "idempotency_key": idempotency_key,
+            "created_at": record.created_at,
+        }
         try:
-            async with self._store.begin() as conn:
-                await conn.execute(table.insert().values(
-                    id=record.id, principal=principal, application_id=record.application_id,
-                    amount=record.amount, currency=record.currency, reference=record.reference,
-                    status=record.status, environment=record.environment, idempotency_key=idempotency_key,
-                    created_at=record.created_at,
-                ))
-        except IntegrityError:
+            if self._store.inline is not None:
+                # A SQLite file: one statement on the process's inline writer, no thread hops (the hot path).
+                await self._store.inline.run(_insert, row)
+            else:
+                async with self._store.begin() as conn:
+                    await conn.execute(table.insert().values(row))
+        except (IntegrityError, sqlite3.IntegrityError):
             if idempotency_key is None:
                 raise
             async with self._store.connect() as conn:
-                row = (await conn.execute(
+                found = (await conn.execute(
                     select(table).where(table.c.principal == principal, table.c.idempotency_key == idempotency_key)
                 )).first()
-            if row is None:
+            if found is None:
                 raise
-            existing = self._record(row)
+            existing = self._record(found)
             if existing.order != order:
                 raise KeyReused from None
             return existing
@@ -169,3 +177,7 @@ class PaymentBook:
         return PaymentRecord(id=r["id"], principal=r["principal"], application_id=r["application_id"],
                              amount=r["amount"], currency=r["currency"], reference=r["reference"],
                              status=r["status"], environment=r["environment"], created_at=r["created_at"])
+
+
+def _insert(connection: sqlite3.Connection, row: dict[str, Any]) -> None:
+    connection.execute(_INSERT.sql, _INSERT.args(row))

@@ -10,7 +10,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bankgate.store import schema
-from bankgate.store.engine import open_engine
+from bankgate.store.engine import open_engine, sqlite_file
+from bankgate.store.inline import InlineSqlite
 from bankgate.store.migrate import upgrade
 
 __all__ = ["SchemaMissingError", "Store", "schema"]
@@ -34,6 +35,9 @@ class Store:
     def __init__(self, url: str) -> None:
         self.engine: AsyncEngine = open_engine(url)
         self.dialect = self.engine.dialect.name
+        path = sqlite_file(self.engine.url)
+        #: For a SQLite file: the process's inline writer for short hot-path writes (see `bankgate.store.inline`).
+        self.inline: InlineSqlite | None = InlineSqlite(path) if path is not None else None
 
     def __repr__(self) -> str:
         return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -74,4 +78,6 @@ class Store:
         return current
 
     async def close(self) -> None:
+        if self.inline is not None:
+            await self.inline.close()
         await self.engine.dispose()
