@@ -34,6 +34,7 @@ class Loopback:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
 
             def _any(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
