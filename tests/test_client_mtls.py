@@ -5,8 +5,10 @@ reused, single flight across threads and coroutines, and typed errors."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +26,7 @@ from bankgate.client import (
     Token,
 )
 from client_helpers import issued
-from conftest import AUTHORIZE, PASSWORD, Tls
+from conftest import AUTHORIZE, PASSWORD, Tls, run_cli
 
 ORDER = {"application_id": "app_1", "amount": "12.50", "currency": "EUR", "reference": "Invoice 2026-002"}
 
@@ -125,3 +127,14 @@ def test_wrong_password_and_unreset_passphrase_are_typed_errors_that_hide_the_pa
 def test_the_certificate_style_requires_a_certificate() -> None:
     with pytest.raises(ValueError, match="client certificate"):
         CertificateAuthorize("https://example.test" + AUTHORIZE, "user", "password", None)
+
+
+def test_token_command_in_the_certificate_style(tls: Tls, tmp_path: Path) -> None:
+    user = tls.new_user("Shell Robot")
+    cert, key = user["cert"]
+    answer = json.loads(run_cli(
+        "token", "--authorize-url", tls.server.base_url, "--username", user["username"], "--cert", cert,
+        "--key", key, "--ca", str(tls.ca), "--cache-dir", str(tmp_path), "--json",
+        env={"BANKGATE_PASSWORD": PASSWORD}).stdout)
+    assert answer["expires_in"] == "300" and answer["access_token"].count(".") == 2
+    assert PASSWORD not in json.dumps(answer)

@@ -17,7 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import typer
+try:
+    import typer
+except ModuleNotFoundError:  # a client-only install: `bankgate token` needs no server extra, the rest does
+    from bankgate.client._cli import without_server_extra
+
+    without_server_extra(sys.argv)
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -955,6 +960,10 @@ def _fail(message: str) -> NoReturn:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["token"]:  # the client SDK's command, shared with client-only installs
+        from bankgate.client._cli import main as token_main
+
+        raise SystemExit(token_main(sys.argv[2:]))
     try:
         app()
     except (CliError, ClientNotFoundError, MasterKeyError, SchemaMissingError, ScopeError, ValueError) as exc:
