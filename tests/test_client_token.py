@@ -209,3 +209,52 @@ def test_repr_never_shows_secret_or_token() -> None:
     for text in (repr(source), repr(token), str(token), repr(auth)):
         assert SECRET not in text and "secret-token-value" not in text
     assert "lifetime=300s" in repr(token)
+
+
+def _self_signed(directory: Any, name: str) -> tuple[str, str]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now)
+                   .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / f"{name}.crt.pem", directory / f"{name}.key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_a_pem_pair_is_loaded_from_its_files_without_a_copy_and_a_mismatch_is_a_clear_error(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from bankgate.client import ClientCertificate
+    from bankgate.client._tls import build_ssl_context
+
+    copies: list[str] = []
+    real_mkstemp = tempfile.mkstemp
+
+    def recording_mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        fd, path = real_mkstemp(*args, **kwargs)
+        copies.append(path)
+        return fd, path
+
+    monkeypatch.setattr(tempfile, "mkstemp", recording_mkstemp)
+    cert, key = _self_signed(tmp_path, "robot")
+    _, other_key = _self_signed(tmp_path, "other")
+
+    build_ssl_context(False, ClientCertificate.from_pem(cert, key))
+    assert copies == []  # the private key was not copied anywhere
+
+    with pytest.raises(ValueError, match="does not match") as refused:
+        build_ssl_context(False, ClientCertificate.from_pem(cert, other_key))
+    assert "PRIVATE KEY" not in str(refused.value)

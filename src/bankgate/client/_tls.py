@@ -33,6 +33,8 @@ class ClientCertificate:
     key_pem: bytes = field(repr=False)
     key_password: bytes | None = field(default=None, repr=False)
     source: str = ""
+    #: The files the pair was read from, loaded from there as they are (no copy of the key is made).
+    files: tuple[str, str] | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return f"ClientCertificate(source={self.source!r}, sha256={self.fingerprint[:16]}…)"
@@ -49,7 +51,7 @@ class ClientCertificate:
         cert_pem = Path(cert).read_bytes()
         key_pem = Path(key).read_bytes() if key is not None else cert_pem
         secret = password.encode() if isinstance(password, str) else password
-        return cls(cert_pem, key_pem, secret, str(cert))
+        return cls(cert_pem, key_pem, secret, str(cert), (os.fspath(cert), os.fspath(key if key is not None else cert)))
 
     @classmethod
     def from_pkcs12(cls, data: str | os.PathLike[str] | bytes, password: str | bytes | None) -> ClientCertificate:
@@ -75,7 +77,11 @@ class ClientCertificate:
         return cls(cert_pem, key_pem, one_time, "<pkcs12>" if isinstance(data, bytes) else str(data))
 
     def load_into(self, context: ssl.SSLContext) -> None:
-        """Load the pair into `context` (through 0600 temporary files deleted at once)."""
+        """Load the pair into `context`: from the files it was read from, else through 0600 temporary files deleted
+        at once (a PKCS#12 key is written there encrypted under its one-time password)."""
+        if self.files is not None:
+            self._load(context, *self.files)
+            return
         paths: list[str] = []
         try:
             for content in (self.cert_pem, self.key_pem):
@@ -83,14 +89,18 @@ class ClientCertificate:
                 paths.append(path)
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(content)
-            context.load_cert_chain(paths[0], paths[1], password=self.key_password)
-        except ssl.SSLError:
-            raise ValueError(f"cannot load the client certificate {self.source!r}: the key does not match the "
-                             "certificate, or its password is wrong") from None
+            self._load(context, paths[0], paths[1])
         finally:
             for path in paths:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+
+    def _load(self, context: ssl.SSLContext, cert_path: str, key_path: str) -> None:
+        try:
+            context.load_cert_chain(cert_path, key_path, password=self.key_password)
+        except ssl.SSLError:
+            raise ValueError(f"cannot load the client certificate {self.source!r}: the key does not match the "
+                             "certificate, or its password is wrong") from None
 
 
 CertInput = ClientCertificate | tuple[str, str] | str | os.PathLike[str] | None
