@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 __all__ = ["TtlCache"]
@@ -15,12 +17,13 @@ class TtlCache(Generic[K, V]):
     """Entries expire `ttl` seconds after they were stored; past `limit` entries the cache starts afresh
     (a flood of distinct keys costs memory only up to the limit)."""
 
-    __slots__ = ("_entries", "_limit", "ttl")
+    __slots__ = ("_entries", "_limit", "_loading", "ttl")
 
     def __init__(self, ttl: float, *, limit: int = 50_000) -> None:
         self.ttl = ttl
         self._limit = limit
         self._entries: dict[K, tuple[float, V]] = {}
+        self._loading: dict[K, asyncio.Future[V]] = {}
 
     def __repr__(self) -> str:
         return f"TtlCache(ttl={self.ttl}, size={len(self._entries)})"
@@ -32,6 +35,32 @@ class TtlCache(Generic[K, V]):
             return True, hit[1]
         return False, None
 
+    def expires_at(self, key: K) -> float | None:
+        """When the entry for `key` expires (`time.monotonic()` clock); None when there is none."""
+        hit = self._entries.get(key)
+        return hit[0] if hit is not None else None
+
+    async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        """The fresh entry, else `load()`'s result, stored. One load per key at a time: when an entry expires
+        under load, the requests that find it gone wait for the same load instead of each reading the database."""
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        pending = self._loading.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(load())
+            self._loading[key] = pending
+            pending.add_done_callback(lambda done: self._settle(key, done))
+        # Shielded: a caller that goes away (a client disconnecting) does not cancel the others' load.
+        return await asyncio.shield(pending)
+
+    def _settle(self, key: K, done: asyncio.Future[V]) -> None:
+        if self._loading.get(key) is not done:
+            return  # forgotten while loading: what it read may already be out of date
+        del self._loading[key]
+        if not done.cancelled() and done.exception() is None:
+            self.store(key, done.result())
+
     def store(self, key: K, value: V) -> V:
         if self.ttl > 0:
             if len(self._entries) >= self._limit:
@@ -41,6 +70,8 @@ class TtlCache(Generic[K, V]):
 
     def forget(self, key: K) -> None:
         self._entries.pop(key, None)
+        self._loading.pop(key, None)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._loading.clear()

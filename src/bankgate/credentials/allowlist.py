@@ -18,6 +18,7 @@ from typing import Literal, get_args
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
+from bankgate.cache import TtlCache
 from bankgate.config import Environment
 from bankgate.store import Store, schema
 
@@ -126,7 +127,7 @@ class IpAllowList:
         self._store = store
         self._environment: Environment = environment
         self._cache_ttl = cache_ttl
-        self._cache: dict[tuple[str, str], tuple[float, tuple[Network, ...]]] = {}
+        self._cache: TtlCache[tuple[str, str], tuple[Network, ...]] = TtlCache(cache_ttl, limit=_CACHE_LIMIT)
         self._decisions: dict[tuple[str, str, str | None], tuple[float, bool]] = {}
         self._default: tuple[Network, ...] = () if environment == "production" else LOOPBACK
 
@@ -185,7 +186,7 @@ class IpAllowList:
         return bool(result.rowcount)
 
     def forget(self, kind: str, subject_id: str) -> None:
-        self._cache.pop((kind, subject_id), None)
+        self._cache.forget((kind, subject_id))
         self._decisions.clear()
 
     # -- lookup -------------------------------------------------------------------------------------------
@@ -209,11 +210,9 @@ class IpAllowList:
         ]
 
     async def _networks(self, kind: str, subject_id: str) -> tuple[Network, ...]:
-        now = time.monotonic()
-        key = (kind, subject_id)
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        return await self._cache.get((kind, subject_id), lambda: self._read_networks(kind, subject_id))
+
+    async def _read_networks(self, kind: str, subject_id: str) -> tuple[Network, ...]:
         table = schema.ip_allow_entries
         async with self._store.connect() as conn:
             cidrs = (
@@ -224,11 +223,7 @@ class IpAllowList:
                     .where(table.c.environment == self._environment)
                 )
             ).scalars()
-            networks = tuple(ipaddress.ip_network(c) for c in cidrs)
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = (now + self._cache_ttl, networks)
-        return networks
+            return tuple(ipaddress.ip_network(c) for c in cidrs)
 
     async def allows(self, kind: SubjectKind, subject_id: str, ip: str | None) -> bool:
         """May `subject_id` connect from `ip`? An address inside any of its entries: yes. No entry: in production
@@ -244,7 +239,9 @@ class IpAllowList:
             return False
         networks = await self._networks(kind, subject_id) or self._default
         allowed = any(address in network for network in networks)
-        if len(self._decisions) >= _CACHE_LIMIT:
-            self._decisions.clear()
-        self._decisions[decision_key] = (self._cache[(kind, subject_id)][0], allowed)
+        expires_at = self._cache.expires_at((kind, subject_id))
+        if expires_at is not None:  # a decision lives as long as the entries it was made from
+            if len(self._decisions) >= _CACHE_LIMIT:
+                self._decisions.clear()
+            self._decisions[decision_key] = (expires_at, allowed)
         return allowed

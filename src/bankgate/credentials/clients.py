@@ -211,10 +211,7 @@ class ClientRegistry:
 
     async def cached(self, api_key: str) -> ClientRecord | None:
         """The client, possibly as it was up to the cache TTL ago; unknown keys are cached too."""
-        found, record = self._cache.lookup(api_key)
-        if found:
-            return record
-        return self._cache.store(api_key, await self._load(api_key))
+        return await self._cache.get(api_key, lambda: self._load(api_key))
 
     def forget(self, api_key: str) -> None:
         self._cache.forget(api_key)

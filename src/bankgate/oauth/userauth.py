@@ -130,20 +130,12 @@ def _caches(runtime: Runtime) -> UserAuthCaches:
 
 
 async def _user(runtime: Runtime, username: str) -> UserRecord | None:
-    caches = _caches(runtime)
-    found, user = caches.users.lookup(username)
-    if found:
-        return user
-    return caches.users.store(username, await runtime.services.users.find(username))
+    return await _caches(runtime).users.get(username, lambda: runtime.services.users.find(username))
 
 
 async def _certificate(runtime: Runtime, der: bytes) -> Any:
-    caches = _caches(runtime)
     key = hashlib.sha256(der).hexdigest()
-    found, record = caches.certificates.lookup(key)
-    if found:
-        return record
-    return caches.certificates.store(key, await runtime.services.pki.find_by_der(der))
+    return await _caches(runtime).certificates.get(key, lambda: runtime.services.pki.find_by_der(der))
 
 
 async def _password_ok(runtime: Runtime, user: UserRecord, password: str) -> bool:
