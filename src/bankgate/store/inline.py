@@ -32,7 +32,7 @@ logger = logging.getLogger("bankgate.store")
 T = TypeVar("T")
 
 _BUSY_TIMEOUT = 10.0  # seconds, as the engine's busy_timeout
-_CACHE_KIB = -32768  # negative: KiB. 32 MiB of pages instead of SQLite's 2 MiB: random-key index inserts hit it
+_CACHE_KIB = -32768  # PRAGMA cache_size in KiB (negative): 32 MiB, not 2, keeps the index pages random keys touch
 _CHECKPOINT_EVERY = 500  # writes; a few pages each keeps the WAL near SQLite's default of 1000 pages
 
 
