@@ -279,3 +279,18 @@ def test_serve_tls_accepts_its_own_client_certificates_and_refuses_strangers(
     stranger.load_cert_chain(str(material.stranger_cert), str(material.stranger_key))
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.base_url}/healthz", verify=stranger, timeout=10)
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_serve_tls_stops_promptly_while_a_client_keeps_an_idle_connection(
+    server_factory: Any, tmp_path: Path, http: str
+) -> None:
+    # A graceful TLS close waits for the peer's close_notify, which a client idling in its pool never sends:
+    # without dropping idle TLS connections at shutdown, the server would hang on SIGTERM for the SSL timeout.
+    server = server_factory(args=("--tls", "--http", http))
+    with httpx.Client(verify=ca_of(server, tmp_path), timeout=10) as client:
+        assert client.get(f"{server.base_url}/healthz").status_code == 200  # the connection stays in the pool
+        started = time.monotonic()
+        server.process.terminate()
+        server.process.wait(20)
+        assert time.monotonic() - started < 8

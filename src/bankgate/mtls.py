@@ -79,6 +79,23 @@ def _with_tls(app: ASGIApp, tls: dict[str, Any]) -> ASGIApp:
     return asgi
 
 
+def _dropped_when_idle(protocol: H11Protocol | HttpToolsProtocol) -> bool:
+    """At shutdown, drop an idle TLS connection at once (as a plain-HTTP one is closed at once).
+
+    A graceful TLS close sends close_notify and waits, up to the event loop's 30 s SSL shutdown timeout, for the
+    peer's: a client keeping the connection idle in its pool never reads it, so never answers, and uvicorn would
+    wait for that connection before it exits. A connection with a response under way is left to finish.
+    """
+    transport = protocol.transport
+    if transport.get_extra_info("ssl_object") is None:
+        return False
+    cycle = protocol.cycle
+    if cycle is None or cycle.response_complete or transport.is_closing():
+        transport.abort()
+        return True
+    return False
+
+
 class H11TLSProtocol(H11Protocol):
     """uvicorn's h11 protocol, plus the ASGI TLS extension on TLS connections."""
 
@@ -87,6 +104,10 @@ class H11TLSProtocol(H11Protocol):
         tls = tls_extension(transport)
         if tls is not None:
             self.app = _with_tls(self.app, tls)
+
+    def shutdown(self) -> None:
+        if not _dropped_when_idle(self):
+            super().shutdown()
 
 
 class HttpToolsTLSProtocol(HttpToolsProtocol):
@@ -97,6 +118,10 @@ class HttpToolsTLSProtocol(HttpToolsProtocol):
         tls = tls_extension(transport)
         if tls is not None:
             self.app = _with_tls(self.app, tls)
+
+    def shutdown(self) -> None:
+        if not _dropped_when_idle(self):
+            super().shutdown()
 
 
 #: `--http` choice -> the uvicorn `http=` import string.
