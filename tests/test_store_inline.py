@@ -11,6 +11,7 @@ import pytest
 
 from bankgate.sandbox.payments import PaymentBook, PaymentOrder
 from bankgate.store import Store
+from bankgate.store.inline import savepoint
 
 ORDER = PaymentOrder("app_1", "12.50", "EUR", "Invoice 1")
 
@@ -71,14 +72,25 @@ async def test_a_unit_of_work_that_fails_is_rolled_back_and_the_writer_goes_on(s
     path = store.engine.url.database
 
     def half_then_fail(connection: sqlite3.Connection) -> None:
-        connection.execute("BEGIN IMMEDIATE")
-        connection.execute("INSERT INTO bankgate_meta (key, value) VALUES ('a', '1')")
-        connection.execute("INSERT INTO no_such_table VALUES (1)")
+        with savepoint(connection):
+            connection.execute("INSERT INTO bankgate_meta (key, value) VALUES ('a', '1')")
+            connection.execute("INSERT INTO no_such_table VALUES (1)")
 
-    with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
-        await store.inline.run(half_then_fail)
+    def write(connection: sqlite3.Connection, key: str) -> None:
+        connection.execute("INSERT INTO bankgate_meta (key, value) VALUES (?, '1')", (key,))
+
+    # Queued in the same turn of the loop, so committed in one group: the failing unit alone is undone.
+    results = await asyncio.gather(
+        store.inline.run(write, "before"), store.inline.run(half_then_fail), store.inline.run(write, "after"),
+        return_exceptions=True,
+    )
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], sqlite3.OperationalError) and "no_such_table" in str(results[1])
     with sqlite3.connect(path) as reader:
         assert reader.execute("SELECT count(*) FROM bankgate_meta WHERE key = 'a'").fetchone()[0] == 0
+        assert reader.execute(
+            "SELECT count(*) FROM bankgate_meta WHERE key IN ('before', 'after')"
+        ).fetchone()[0] == 2
 
     book = PaymentBook(store, "sandbox")
     await book.create("client:a", ORDER, "k-1")

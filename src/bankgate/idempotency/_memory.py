@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass
 
-from bankgate.idempotency._types import COMPLETED, STARTED, Claim, StoredResponse
+from bankgate.idempotency._types import COMPLETED, STARTED, Claim, StoredResponse, new_owner
 
 __all__ = ["MemoryIdempotencyStore"]
 
@@ -48,7 +47,7 @@ class MemoryIdempotencyStore:
             if record.state == STARTED:
                 return Claim("in_progress", retry_after=max(record.lease_until - now, 0.0))
             return Claim("completed", response=record.response)
-        owner = secrets.token_hex(16)
+        owner = new_owner()
         self._records[(principal, key)] = _Record(fingerprint, STARTED, owner, now + lease, now + lease, now)
         return Claim("claimed", owner=owner)
 

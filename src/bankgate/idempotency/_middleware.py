@@ -15,7 +15,8 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,6 +25,8 @@ from bankgate.idempotency._types import MAX_KEY_LENGTH, IdempotencyStore, Stored
 __all__ = ["IdempotencyMiddleware", "InvalidIdempotencyKey", "parse_idempotency_key"]
 
 logger = logging.getLogger("bankgate.idempotency")
+
+T = TypeVar("T")
 
 _METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _HEADER = b"idempotency-key"
@@ -47,7 +50,6 @@ _NOT_STORED = frozenset(
 _RETRYABLE_4XX = frozenset({401, 403, 429})
 # ASGI extensions that send a body the middleware could not capture: hidden from the app on a claimed request.
 _UNCAPTURABLE = ("http.response.pathsend", "http.response.zerocopysend")
-_STORE_TIMEOUT = 15.0
 _UNAVAILABLE_RETRY = 1
 _EXAMPLE = "1-255 printable characters, e.g. a UUID"
 
@@ -121,6 +123,21 @@ def _default_principal(scope: Scope) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
+def _kept_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
+    """The response headers a replay repeats: lower-case names (ASGI apps send them so; others are lowered)."""
+    kept = []
+    for name, value in headers:
+        if type(name) is not bytes or not name.islower():
+            name = bytes(name).lower()
+        if name not in _NOT_STORED:
+            kept.append((name, value if type(value) is bytes else bytes(value)))
+    return tuple(kept)
+
+
+def _target(scope: Scope) -> str:
+    return f"{scope['method']} {scope['path']}"
+
+
 def _anonymous(scope: Scope) -> str:
     client = scope.get("client")
     return f"anonymous:{client[0] if client else 'unknown'}"
@@ -180,41 +197,99 @@ async def _replay(send: Send, response: StoredResponse) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-class _Heartbeat:
-    """Renews a running claim's lease every `lease / 3` seconds, so a long request keeps its key and a crashed
-    process loses it after one lease. A timer, not a task, until a renewal is due: cheap for short requests."""
+class _Running:
+    __slots__ = ("key", "owner", "principal", "renew_at", "renewing")
 
-    _pending: set[asyncio.Task[None]] = set()
+    def __init__(self, principal: str, key: str, owner: str, renew_at: float) -> None:
+        self.principal, self.key, self.owner, self.renew_at = principal, key, owner, renew_at
+        self.renewing = False
 
-    def __init__(self, store: IdempotencyStore, principal: str, key: str, owner: str, lease: float) -> None:
-        self._store, self._principal, self._key, self._owner, self._lease = store, principal, key, owner, lease
-        self._loop = asyncio.get_running_loop()
-        self._stopped = False
-        self._timer = self._loop.call_later(lease / 3, self._beat)
 
-    def _beat(self) -> None:
-        if not self._stopped:
-            task = self._loop.create_task(self._extend())
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+class _Watch:
+    """The timing of one middleware's requests, on one timer for all of them instead of timers per request.
 
-    async def _extend(self) -> None:
+    Every tick (a third of the lease, at most a second; only while requests are in flight) it renews the lease
+    of each claim that has run for a third of a lease since its last renewal, so a long request keeps its key and
+    a crashed process loses it after one lease; and it cancels the store calls that passed their deadline, which
+    then end in `TimeoutError`. Registering is a dict entry: short requests cost no timer at all.
+    """
+
+    def __init__(self, store: IdempotencyStore, lease: float, timeout: float) -> None:
+        self._store, self._lease, self._timeout = store, lease, timeout
+        self._period = min(lease / 3, 1.0, timeout)
+        self._running: dict[str, _Running] = {}
+        self._calls: dict[asyncio.Task[Any], float] = {}
+        self._cut: set[asyncio.Task[Any]] = set()
+        self._renewals: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+
+    def _ensure_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None and self._timer_loop is not loop:
+            self._timer.cancel()  # the app moved to another event loop (tests do); the old one is gone
+            self._timer = None
+        if self._timer is None:
+            self._timer = loop.call_later(self._period, self._tick, loop)
+            self._timer_loop = loop
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        for task, deadline in list(self._calls.items()):
+            if deadline <= now and task not in self._cut:
+                self._cut.add(task)
+                task.cancel()
+        for running in list(self._running.values()):
+            if running.renew_at <= now and not running.renewing:
+                running.renewing = True
+                renewal = loop.create_task(self._renew(running))
+                self._renewals.add(renewal)
+                renewal.add_done_callback(self._renewals.discard)
+        if self._calls or self._running:
+            self._ensure_timer(loop)
+
+    async def _renew(self, running: _Running) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self._lease / 3):
-                kept = await self._store.extend(self._principal, self._key, self._owner, lease=self._lease)
+            kept = await self.call(
+                self._store.extend(running.principal, running.key, running.owner, lease=self._lease)
+            )
         except Exception as exc:
             logger.warning("could not renew an idempotency lease (%s); will try again", type(exc).__name__)
             kept = True
+        running.renewing = False
         if not kept:
             logger.warning("an idempotency lease ended while its request was still running")
+            self._running.pop(running.owner, None)
             return
-        if not self._stopped:
-            self._timer = self._loop.call_later(self._lease / 3, self._beat)
+        running.renew_at = loop.time() + self._lease / 3
 
-    def stop(self) -> None:
+    async def call(self, operation: Awaitable[T]) -> T:
+        """Await a store call; `TimeoutError` once it has taken longer than the timeout (give or take a tick)."""
+        task = asyncio.current_task()
+        if task is None:
+            return await operation
+        loop = asyncio.get_running_loop()
+        self._calls[task] = loop.time() + self._timeout
+        self._ensure_timer(loop)
+        try:
+            return await operation
+        except asyncio.CancelledError:
+            if task in self._cut and task.uncancel() == 0:
+                raise TimeoutError(f"the idempotency store did not answer within {self._timeout:g} s") from None
+            raise
+        finally:
+            del self._calls[task]
+            self._cut.discard(task)
+
+    def start(self, principal: str, key: str, owner: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._running[owner] = _Running(principal, key, owner, loop.time() + self._lease / 3)
+        self._ensure_timer(loop)
+
+    def stop(self, owner: str) -> None:
         # A renewal already under way is left to finish: it only touches a record still `started` under our owner.
-        self._stopped = True
-        self._timer.cancel()
+        self._running.pop(owner, None)
 
 
 class IdempotencyMiddleware:
@@ -227,6 +302,7 @@ class IdempotencyMiddleware:
     * `mismatch_status`: 422 as the draft says, or 409 as Banked documents.
     * `principal_of`: who the key belongs to; by default the guard's `scope["state"]["principal"].key`.
     * `max_body_bytes`: larger request bodies are refused with 413 before anything is claimed.
+    * `store_timeout`: seconds a store call may take before the request is refused with 503.
 
     Responses below 500 are stored and replayed (except 401, 403 and 429: the request did not run); a 5xx response
     or an exception releases the key, so the retry runs again. When the store cannot be reached the request is
@@ -245,9 +321,10 @@ class IdempotencyMiddleware:
         mismatch_status: int = 422,
         principal_of: Callable[[Scope], str | None] | None = None,
         max_body_bytes: int = 1_048_576,
+        store_timeout: float = 15.0,
     ) -> None:
-        if retention <= 0 or lease <= 0:
-            raise ValueError("retention and lease are positive numbers of seconds")
+        if retention <= 0 or lease <= 0 or store_timeout <= 0:
+            raise ValueError("retention, lease and store_timeout are positive numbers of seconds")
         if not 400 <= mismatch_status <= 499:
             raise ValueError(f"mismatch_status is a 4xx status (422 or 409), not {mismatch_status}")
         self.app = app
@@ -258,6 +335,8 @@ class IdempotencyMiddleware:
         self.mismatch_status = mismatch_status
         self.principal_of = principal_of or _default_principal
         self.max_body_bytes = max_body_bytes
+        self.store_timeout = store_timeout
+        self._watch = _Watch(store, lease, store_timeout)
 
     def _is_required(self, scope: Scope) -> bool:
         return self.required(scope) if callable(self.required) else bool(self.required)
@@ -266,17 +345,16 @@ class IdempotencyMiddleware:
         if scope["type"] != "http" or scope["method"] not in _METHODS:
             await self.app(scope, receive, send)
             return
-        target = f"{scope['method']} {scope['path']}"
         try:
             key = parse_idempotency_key(scope["headers"])
         except InvalidIdempotencyKey as exc:
-            await _problem(send, 400, "Invalid Idempotency-Key", f"{exc} (on {target})")
+            await _problem(send, 400, "Invalid Idempotency-Key", f"{exc} (on {_target(scope)})")
             return
         if key is None:
             if self._is_required(scope):
                 await _problem(
                     send, 400, "Idempotency-Key required",
-                    f"send an Idempotency-Key header ({_EXAMPLE}) on {target}; reuse it when you retry",
+                    f"send an Idempotency-Key header ({_EXAMPLE}) on {_target(scope)}; reuse it when you retry",
                 )
                 return
             await self.app(scope, receive, send)
@@ -290,7 +368,7 @@ class IdempotencyMiddleware:
         except _TooLarge:
             await _problem(
                 send, 413, "Request body too large",
-                f"{target} with an Idempotency-Key accepts a body of at most {self.max_body_bytes} bytes",
+                f"{_target(scope)} with an Idempotency-Key accepts a body of at most {self.max_body_bytes} bytes",
             )
             return
         if body is None:
@@ -299,12 +377,13 @@ class IdempotencyMiddleware:
         principal = self.principal_of(scope) or _anonymous(scope)
         request_fingerprint = fingerprint(scope["method"], scope["path"], scope.get("query_string", b""), body)
         try:
-            async with asyncio.timeout(_STORE_TIMEOUT):
-                claim = await self.store.claim(
-                    principal, key, request_fingerprint, lease=self.lease, retention=self.retention
-                )
+            claim = await self._watch.call(
+                self.store.claim(principal, key, request_fingerprint, lease=self.lease, retention=self.retention)
+            )
         except Exception as exc:
-            logger.error("idempotency store unavailable (%s): refusing %s with 503", type(exc).__name__, target)
+            logger.error(
+                "idempotency store unavailable (%s): refusing %s with 503", type(exc).__name__, _target(scope)
+            )
             await _problem(
                 send, 503, "Idempotency store unavailable",
                 f"the request was not processed; retry with the same Idempotency-Key in {_UNAVAILABLE_RETRY} s",
@@ -360,8 +439,10 @@ class IdempotencyMiddleware:
             settled = True
             try:
                 if response is None:
-                    await self.store.release(principal, key, owner)
-                elif not await self.store.complete(principal, key, owner, response, retention=self.retention):
+                    await self._watch.call(self.store.release(principal, key, owner))
+                elif not await self._watch.call(
+                    self.store.complete(principal, key, owner, response, retention=self.retention)
+                ):
                     logger.warning("an idempotency lease was taken over before its response was kept")
             except Exception as exc:
                 # The key stays `started` until its lease ends; a retry after that runs again.
@@ -374,11 +455,7 @@ class IdempotencyMiddleware:
                 status = int(message["status"])
                 keep = status < 500 and status not in _RETRYABLE_4XX
                 if keep:
-                    headers = tuple(
-                        (bytes(name).lower(), bytes(value))
-                        for name, value in message.get("headers", ())
-                        if bytes(name).lower() not in _NOT_STORED
-                    )
+                    headers = _kept_headers(message.get("headers", ()))
             elif kind == "http.response.body" and not settled:
                 if keep and (chunk := message.get("body", b"")):
                     chunks.append(bytes(chunk))
@@ -387,7 +464,7 @@ class IdempotencyMiddleware:
                     await settle(StoredResponse(status, headers, b"".join(chunks)) if keep else None)
             await send(message)
 
-        heartbeat = _Heartbeat(self.store, principal, key, owner, self.lease)
+        self._watch.start(principal, key, owner)
         try:
             await self.app(scope, replay_receive, capture_send)
         except BaseException:
@@ -395,6 +472,6 @@ class IdempotencyMiddleware:
                 await settle(None)
             raise
         finally:
-            heartbeat.stop()
+            self._watch.stop(owner)
         if not settled:
             await settle(None)  # the app ended without a complete response

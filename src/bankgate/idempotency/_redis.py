@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 import time
 from typing import Any
 
-from bankgate.idempotency._types import STARTED, Claim, StoredResponse
+from bankgate.idempotency._types import STARTED, Claim, StoredResponse, new_owner
 
 __all__ = ["RedisIdempotencyStore"]
 
@@ -116,7 +115,7 @@ class RedisIdempotencyStore:
     async def claim(self, principal: str, key: str, fingerprint: str, *, lease: float, retention: float) -> Claim:
         if not fingerprint or not fingerprint.isascii() or any(char.isspace() for char in fingerprint):
             raise ValueError("a fingerprint is a non-empty ASCII token without spaces, as `fingerprint()` makes")
-        owner = secrets.token_hex(16)
+        owner = new_owner()
         now = time.time()
         value = f"{STARTED} {now!r} {owner} {fingerprint} -\n[]\n".encode("ascii")
         found = await self._claim(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bankgate.idempotency._types import COMPLETED, MAX_KEY_LENGTH, STARTED, Claim, StoredResponse, bounded
+from bankgate.idempotency._types import COMPLETED, MAX_KEY_LENGTH, STARTED, Claim, StoredResponse, bounded, new_owner
 from bankgate.store import Store, schema
 from bankgate.store.inline import Compiled, InlineSqlite
 
@@ -270,7 +269,7 @@ class SqlIdempotencyStore:
             "p_principal": bounded(principal, _PRINCIPAL_LENGTH),
             "p_key": _check_key(key),
             "p_fingerprint": fingerprint,
-            "p_owner": secrets.token_hex(16),
+            "p_owner": new_owner(),
         }
         for _ in range(_ATTEMPTS):
             now = time.time()

@@ -9,6 +9,9 @@ a key, and an old key can be used again.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
+import secrets
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -113,3 +116,26 @@ def bounded(value: str, limit: int) -> str:
     if len(value) <= limit:
         return value
     return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class _Owners:
+    """Claim owners: a random prefix per process (new in a forked child) and a counter, 32 hex characters.
+
+    An owner only has to differ from every other claim's, in every process, for a record's lifetime; it is never
+    shown to a client, so it needs no secrecy, and a counter costs less than reading the system's random source
+    on every request."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+#: A fresh owner for a claim.
+new_owner = _Owners()

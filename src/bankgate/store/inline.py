@@ -1,31 +1,37 @@
-"""Short writes to a SQLite file, run on the event loop's own thread.
+"""Short writes to a SQLite file, run on the event loop's own thread and committed in groups.
 
-An uncontended SQLite statement in WAL mode (synchronous=NORMAL: no fsync on commit) takes tens of microseconds,
-less than one hop to a worker thread, and aiosqlite takes several hops per transaction (BEGIN, statement, COMMIT),
-holding the file's write lock across each of them. For the hot writes of a request (an idempotency key, a
-payment) `InlineSqlite` runs the whole unit of work at once on one connection of the process's own, in autocommit
-or in one transaction without an await inside, so writes of the same process never wait for each other.
+An uncontended SQLite statement takes a few microseconds; its commit in WAL mode (synchronous=NORMAL: no fsync)
+writes every page it changed to the log, which costs several times the statement. aiosqlite adds several thread
+hops per transaction, holding the file's write lock across each of them. For the hot writes of a request (an
+idempotency key, a payment) `InlineSqlite` queues each unit of work and runs every unit queued during one turn of
+the event loop at once, in one transaction (`BEGIN IMMEDIATE` ... `COMMIT`), on one connection of the process's own:
+the commit's cost is shared by all of them, the write lock is held only while they run (never across an await),
+and each caller gets its result once the transaction has committed, so a write it was told about is visible to
+every other connection.
 
-The connection never waits for a lock (busy_timeout=0): when another connection (another process, or the
-`Store`'s engine) holds the write lock, the work fails at once and is tried again after a short asyncio sleep,
-which lets the holder finish. Large writes and WAL checkpoints run in a worker thread on a second connection, so
-the loop never waits for a big write or an fsync. The pragmas are those of `bankgate.store.engine`.
+A unit that fails is undone alone (SQLite undoes the failing statement; several statements that must stand or fall
+together use `savepoint`) and the others commit. When another connection (another process, or the `Store`'s
+engine) holds the write lock, the group is tried again after a short asyncio sleep, which lets the holder finish.
+Large writes and WAL checkpoints run in a worker thread on a second connection, so the loop never waits for a big
+write or an fsync. The pragmas are those of `bankgate.store.engine`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 
-__all__ = ["Compiled", "InlineSqlite"]
+__all__ = ["Compiled", "InlineSqlite", "savepoint"]
 
 logger = logging.getLogger("bankgate.store")
 
@@ -33,7 +39,20 @@ T = TypeVar("T")
 
 _BUSY_TIMEOUT = 10.0  # seconds, as the engine's busy_timeout
 _CACHE_KIB = -32768  # PRAGMA cache_size in KiB (negative): 32 MiB, not 2, keeps the index pages random keys touch
-_CHECKPOINT_EVERY = 500  # writes; a few pages each keeps the WAL near SQLite's default of 1000 pages
+_CHECKPOINT_EVERY = 1000  # units of work; grouped, they leave roughly SQLite's default of 1000 pages in the WAL
+
+
+@contextlib.contextmanager
+def savepoint(connection: sqlite3.Connection) -> Iterator[None]:
+    """Make the statements of a unit of work atomic within its group: all kept, or all undone if it raises."""
+    connection.execute("SAVEPOINT bankgate_unit")
+    try:
+        yield
+    except BaseException:
+        connection.execute("ROLLBACK TO bankgate_unit")
+        connection.execute("RELEASE bankgate_unit")
+        raise
+    connection.execute("RELEASE bankgate_unit")
 
 
 class Compiled:
@@ -55,12 +74,23 @@ class Compiled:
 _QMARK = sqlite.dialect(paramstyle="qmark")
 
 
+class _Group:
+    """The units of work queued on one event loop since its last commit."""
+
+    __slots__ = ("deadline", "delay", "units")
+
+    def __init__(self) -> None:
+        self.units: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self.delay = 0.0002
+        self.deadline = time.monotonic() + _BUSY_TIMEOUT
+
+
 class InlineSqlite:
     """One SQLite file's inline writer: `run(work, ...)` on the loop, `run_in_thread(work, ...)` off it.
 
-    `work` receives a `sqlite3.Connection` in autocommit mode (`isolation_level=None`) and must not await; a unit
-    of several statements that must be atomic opens its own `BEGIN IMMEDIATE` ... `COMMIT` (rolled back here if
-    it raises).
+    `work` receives a `sqlite3.Connection` inside the group's transaction and must not await. A unit of one
+    writing statement needs nothing more; several statements that must stand or fall together go in
+    `with savepoint(connection):`. Its return value (or exception) reaches the caller after the commit.
     """
 
     def __init__(self, path: str) -> None:
@@ -71,6 +101,9 @@ class InlineSqlite:
         self._writes = 0
         self._checkpoint: asyncio.Future[None] | None = None
         self._closed = False
+        self._groups: dict[asyncio.AbstractEventLoop, _Group] = {}
+        # One connection: loops of different threads (rare: a sync test client beside the server) take turns.
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"InlineSqlite({self._path!r})"
@@ -93,41 +126,87 @@ class InlineSqlite:
         return self._open(inline=True)
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
-        """Run `work(connection, *args)` on the loop's thread, again after a short sleep while the file is busy."""
+        """Run `work(connection, *args)` on the loop's thread with the other units of this turn of the loop, and
+        return its result once they are committed."""
         if self._closed:
             raise RuntimeError("the SQLite writer is closed")
-        checkpoint = self._checkpoint
-        if checkpoint is not None and not checkpoint.done() and checkpoint.get_loop() is asyncio.get_running_loop():
-            # Let it finish first: racing it, this process's own writes could keep it from ever completing.
-            await asyncio.wait([checkpoint])
+        loop = asyncio.get_running_loop()
         if self._inline is None:
-            opened = await asyncio.get_running_loop().run_in_executor(self._thread, self._open_inline)
-            if self._inline is None:
+            opened = await loop.run_in_executor(self._thread, self._open_inline)
+            if self._inline is None and not self._closed:
                 self._inline = opened
             else:
                 opened.close()
+        future: asyncio.Future[T] = loop.create_future()
+        group = self._groups.get(loop)
+        if group is None:
+            group = self._groups[loop] = _Group()
+            loop.call_soon(self._flush, loop)
+        group.units.append((work, args, future))
+        return await future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        group = self._groups.get(loop)
+        if group is None:
+            return
+        checkpoint = self._checkpoint
+        if checkpoint is not None and not checkpoint.done() and checkpoint.get_loop() is loop:
+            # Let it finish first: racing it, this process's own writes could keep it from ever completing.
+            checkpoint.add_done_callback(lambda _: self._flush(loop))
+            return
         connection = self._inline
-        delay, deadline = 0.0002, time.monotonic() + _BUSY_TIMEOUT
-        while True:
+        if connection is None:
+            del self._groups[loop]
+            _settle([(future, None, RuntimeError("the SQLite writer is closed")) for _, _, future in group.units])
+            return
+        with self._lock:
             try:
-                result = work(connection, *args)
+                connection.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                if connection.in_transaction:
-                    connection.rollback()
-                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.005)
-                continue
-            except BaseException:
-                if connection.in_transaction:
-                    connection.rollback()
-                raise
-            self._after_write()
-            return result
+                if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY and time.monotonic() < group.deadline:
+                    loop.call_later(group.delay, self._flush, loop)  # another connection writes: let it finish
+                    group.delay = min(group.delay * 2, 0.005)
+                    return
+                del self._groups[loop]
+                _settle([(future, None, exc) for _, _, future in group.units])
+                return
+            del self._groups[loop]
+            done = self._apply(connection, group)
+        _settle(done)
+        self._after_write(len(done))
+
+    @staticmethod
+    def _apply(
+        connection: sqlite3.Connection, group: _Group
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """Run the group's units in the open transaction and commit: (future, result, exception) for each."""
+        done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            for work, args, future in group.units:
+                if future.done():
+                    continue  # its caller was cancelled before it ran: it does not run
+                try:
+                    done.append((future, work(connection, *args), None))
+                except Exception as exc:
+                    done.append((future, None, exc))
+                    if not connection.in_transaction:
+                        # SQLite gave up the whole transaction (e.g. disk full): nothing of the group was written.
+                        raise
+            connection.execute("COMMIT")
+        except Exception as exc:
+            if connection.in_transaction:
+                connection.rollback()
+            ran = {id(future) for future, _, _ in done}
+            left = [future for _, _, future in group.units if id(future) not in ran and not future.done()]
+            return [(future, None, exc) for future, _, _ in done] + [(future, None, exc) for future in left]
+        except BaseException:
+            if connection.in_transaction:
+                connection.rollback()
+            raise
+        return done
 
     async def run_in_thread(self, work: Callable[..., T], *args: Any) -> T:
-        """Run `work(connection, *args)` in the worker thread, on a connection that waits for locks."""
+        """Run `work(connection, *args)` in the worker thread, on a connection that waits for locks (autocommit)."""
         if self._closed:
             raise RuntimeError("the SQLite writer is closed")
         return await asyncio.get_running_loop().run_in_executor(self._thread, self._in_thread, work, *args)
@@ -137,8 +216,8 @@ class InlineSqlite:
             self._worker = self._open(inline=False)
         return work(self._worker, *args)
 
-    def _after_write(self) -> None:
-        self._writes += 1
+    def _after_write(self, units: int) -> None:
+        self._writes += units
         if self._writes >= _CHECKPOINT_EVERY and (self._checkpoint is None or self._checkpoint.done()):
             self._writes = 0
             self._checkpoint = asyncio.get_running_loop().run_in_executor(
@@ -152,14 +231,39 @@ class InlineSqlite:
             self._worker = None
 
     async def close(self) -> None:
+        """Commit what this loop has queued, then close both connections."""
         if self._closed:
             return
         self._closed = True
+        loop = asyncio.get_running_loop()
+        if loop in self._groups and self._inline is not None:
+            group = self._groups.pop(loop)
+            with self._lock:
+                self._inline.execute("PRAGMA busy_timeout=2000")  # once, at the end: waiting is fine here
+                with contextlib.suppress(sqlite3.Error):
+                    self._inline.execute("BEGIN IMMEDIATE")
+                done = self._apply(self._inline, group) if self._inline.in_transaction else [
+                    (future, None, RuntimeError("the SQLite writer is closed")) for _, _, future in group.units
+                ]
+            _settle(done)
         if self._inline is not None:
             self._inline.close()
             self._inline = None
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._close_worker)
+        for group in self._groups.values():
+            _settle([(future, None, RuntimeError("the SQLite writer is closed")) for _, _, future in group.units])
+        self._groups.clear()
+        await loop.run_in_executor(self._thread, self._close_worker)
         self._thread.shutdown(wait=False)
+
+
+def _settle(done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, exc in done:
+        if future.done():
+            continue
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
 
 
 def _checkpoint(connection: sqlite3.Connection) -> None:
