@@ -618,6 +618,67 @@ async def test_an_unreachable_store_answers_503_and_the_handler_never_runs(
     assert shop.runs["payments"] == 0
 
 
+class HangingStore(MemoryIdempotencyStore):
+    """A store whose server stopped answering: the chosen operations never return."""
+
+    def __init__(self, *hanging: str) -> None:
+        super().__init__()
+        self.hanging = set(hanging)
+        self.cancelled: Counter[str] = Counter()
+
+    async def _hang(self, name: str) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled[name] += 1
+            raise
+
+    async def claim(self, *args: Any, **kwargs: Any) -> Any:
+        if "claim" in self.hanging:
+            await self._hang("claim")
+        return await super().claim(*args, **kwargs)
+
+    async def complete(self, *args: Any, **kwargs: Any) -> bool:
+        if "complete" in self.hanging:
+            await self._hang("complete")
+        return await super().complete(*args, **kwargs)
+
+
+async def test_a_store_that_stops_answering_gets_503_after_the_store_timeout(shop: Shop) -> None:
+    store = HangingStore("claim")
+    async with client_for(shop.app(store, store_timeout=0.5)) as http:
+        started = asyncio.get_running_loop().time()
+        answer = await http.post("/payments", json=PAYMENT, headers=idem())
+        waited = asyncio.get_running_loop().time() - started
+
+    assert_problem(answer, 503, "not processed", "same Idempotency-Key")
+    assert 0.5 <= waited < 5
+    assert store.cancelled["claim"] == 1  # the call was cut off, not left running
+    assert shop.runs["payments"] == 0
+
+
+async def test_a_completion_that_hangs_is_cut_off_and_the_response_still_leaves(shop: Shop) -> None:
+    store = HangingStore("complete")
+    async with client_for(shop.app(store, store_timeout=0.5)) as http:
+        answer = await http.post("/payments", json=PAYMENT, headers=idem())
+
+    assert answer.status_code == 201  # the payment was made: the client is told so
+    assert store.cancelled["complete"] == 1
+    assert shop.runs["payments"] == 1
+
+
+async def test_a_cancelled_request_is_not_mistaken_for_a_store_timeout(shop: Shop) -> None:
+    store = HangingStore("claim")
+    async with client_for(shop.app(store, store_timeout=30)) as http:
+        request = asyncio.create_task(http.post("/payments", json=PAYMENT, headers=idem()))
+        await asyncio.sleep(0.2)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+    assert store.cancelled["claim"] == 1
+    assert shop.runs["payments"] == 0
+
+
 async def test_an_unreachable_store_does_not_stop_requests_without_a_key(
     shop: Shop, unreachable: IdempotencyStore
 ) -> None:

@@ -510,3 +510,23 @@ async def test_closing_a_store_twice_is_harmless(store: IdempotencyStore) -> Non
 
     await store.close()
     await store.close()
+
+
+def test_claim_owners_are_unique_within_a_process_and_differ_in_a_forked_child() -> None:
+    import os
+
+    from bankgate.idempotency._types import new_owner
+
+    owners = [new_owner() for _ in range(10_000)]
+    assert len(set(owners)) == len(owners)
+    assert all(len(owner) == 32 and int(owner, 16) >= 0 for owner in owners)  # fits the 32-character column
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's half
+        os.write(write, new_owner().encode())
+        os._exit(0)
+    os.close(write)
+    theirs = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(child, 0)
+    assert theirs[:16] != owners[0][:16]  # a new prefix: the parent's counter does not carry over

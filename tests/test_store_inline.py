@@ -106,3 +106,69 @@ async def test_a_closed_writer_refuses_work(tmp_path: Path) -> None:
     assert store.inline is not None
     with pytest.raises(RuntimeError, match="closed"):
         await store.inline.run(lambda connection: None)
+
+
+async def test_units_queued_in_one_turn_of_the_loop_share_one_transaction(store: Store) -> None:
+    assert store.inline is not None
+    seen: list[bool] = []
+
+    def write(connection: sqlite3.Connection, key: str) -> int:
+        seen.append(connection.in_transaction)
+        connection.execute("INSERT INTO bankgate_meta (key, value) VALUES (?, '1')", (key,))
+        return connection.total_changes
+
+    changes = await asyncio.gather(*(store.inline.run(write, f"k{n}") for n in range(20)))
+    assert seen == [True] * 20  # inside the group's BEGIN IMMEDIATE, not autocommit
+    assert changes == sorted(changes) and len(set(changes)) == 20  # one after the other, in the order queued
+    with sqlite3.connect(store.engine.url.database) as reader:
+        assert reader.execute("SELECT count(*) FROM bankgate_meta WHERE key LIKE 'k%'").fetchone()[0] == 20
+
+
+async def test_a_caller_resumes_only_once_its_write_is_visible_to_other_connections(store: Store) -> None:
+    assert store.inline is not None
+    path = store.engine.url.database
+    payments = await asyncio.gather(
+        *(PaymentBook(store, "sandbox").create("client:a", ORDER, f"k-{n}") for n in range(10))
+    )
+    with sqlite3.connect(path) as reader:  # another connection, as another process would be
+        ids = {row[0] for row in reader.execute("SELECT id FROM payments")}
+    assert {payment.id for payment in payments} <= ids
+
+
+async def test_a_unit_whose_caller_was_cancelled_before_the_commit_does_not_run(store: Store) -> None:
+    assert store.inline is not None
+    ran: list[str] = []
+
+    def write(connection: sqlite3.Connection, key: str) -> None:
+        ran.append(key)
+
+    kept = asyncio.create_task(store.inline.run(write, "kept"))
+    dropped = asyncio.create_task(store.inline.run(write, "dropped"))
+    await asyncio.sleep(0)  # both queued
+    dropped.cancel()
+    await kept
+    with pytest.raises(asyncio.CancelledError):
+        await dropped
+    assert ran == ["kept"]
+
+
+async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'bankgate.db'}")
+    await store.migrate()
+    assert store.inline is not None
+    await store.inline.run(lambda connection: None)  # opened
+
+    def write(connection: sqlite3.Connection) -> str:
+        connection.execute("INSERT INTO bankgate_meta (key, value) VALUES ('last', '1')")
+        return "written"
+
+    last = asyncio.create_task(store.inline.run(write))
+    await asyncio.sleep(0)  # queued, not yet flushed
+    await store.close()
+    assert await last == "written"
+    assert _meta_count(str(tmp_path / "bankgate.db"), "last") == 1
+
+
+def _meta_count(path: str, key: str) -> int:
+    with sqlite3.connect(path) as connection:
+        return int(connection.execute("SELECT count(*) FROM bankgate_meta WHERE key = ?", (key,)).fetchone()[0])
