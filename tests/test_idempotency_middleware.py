@@ -643,6 +643,11 @@ class HangingStore(MemoryIdempotencyStore):
             await self._hang("complete")
         return await super().complete(*args, **kwargs)
 
+    async def extend(self, *args: Any, **kwargs: Any) -> bool:
+        if "extend" in self.hanging:
+            await self._hang("extend")
+        return await super().extend(*args, **kwargs)
+
 
 async def test_a_store_that_stops_answering_gets_503_after_the_store_timeout(shop: Shop) -> None:
     store = HangingStore("claim")
@@ -665,6 +670,15 @@ async def test_a_completion_that_hangs_is_cut_off_and_the_response_still_leaves(
     assert answer.status_code == 201  # the payment was made: the client is told so
     assert store.cancelled["complete"] == 1
     assert shop.runs["payments"] == 1
+
+
+async def test_a_renewal_that_hangs_is_cut_off_within_a_third_of_the_lease_and_tried_again(shop: Shop) -> None:
+    store = HangingStore("extend")
+    async with client_for(shop.app(store, lease=0.3, store_timeout=30)) as http:
+        answer = await http.post("/sleepy?seconds=1.0", json=PAYMENT, headers=idem())
+
+    assert answer.status_code == 201
+    assert store.cancelled["extend"] >= 3  # not one renewal left hanging for the 30 s store timeout
 
 
 async def test_a_cancelled_request_is_not_mistaken_for_a_store_timeout(shop: Shop) -> None:

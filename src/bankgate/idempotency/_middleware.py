@@ -252,7 +252,8 @@ class _Watch:
         loop = asyncio.get_running_loop()
         try:
             kept = await self.call(
-                self._store.extend(running.principal, running.key, running.owner, lease=self._lease)
+                self._store.extend(running.principal, running.key, running.owner, lease=self._lease),
+                min(self._timeout, self._lease / 3),  # a renewal that hangs longer is tried again, in time
             )
         except Exception as exc:
             logger.warning("could not renew an idempotency lease (%s); will try again", type(exc).__name__)
@@ -264,23 +265,30 @@ class _Watch:
             return
         running.renew_at = loop.time() + self._lease / 3
 
-    async def call(self, operation: Awaitable[T]) -> T:
-        """Await a store call; `TimeoutError` once it has taken longer than the timeout (give or take a tick)."""
+    async def call(self, operation: Awaitable[T], timeout: float | None = None) -> T:
+        """Await a store call; `TimeoutError` once it has taken longer than `timeout` (by default the store
+        timeout; give or take a tick)."""
         task = asyncio.current_task()
         if task is None:
             return await operation
         loop = asyncio.get_running_loop()
-        self._calls[task] = loop.time() + self._timeout
+        limit = self._timeout if timeout is None else timeout
+        self._calls[task] = loop.time() + limit
         self._ensure_timer(loop)
+        seen = False
         try:
             return await operation
         except asyncio.CancelledError:
-            if task in self._cut and task.uncancel() == 0:
-                raise TimeoutError(f"the idempotency store did not answer within {self._timeout:g} s") from None
+            seen = task in self._cut
+            if seen and task.uncancel() == 0:
+                raise TimeoutError(f"the idempotency store did not answer within {limit:g} s") from None
             raise
         finally:
             del self._calls[task]
-            self._cut.discard(task)
+            if task in self._cut:
+                self._cut.discard(task)
+                if not seen:
+                    task.uncancel()  # the operation swallowed our cancellation and finished: withdraw it
 
     def start(self, principal: str, key: str, owner: str) -> None:
         loop = asyncio.get_running_loop()
