@@ -8,12 +8,13 @@ The claim is one atomic statement, shared by every process on the database:
 A row comes back (is counted) when the key was free: inserted, or taken over from a `started` row whose lease has
 passed or a `completed` row past its retention (the compare-and-set happens inside the upsert, under the row lock).
 Otherwise the live row is read and judged: mismatch, in progress or completed. Each statement is atomic on its own,
-so they run in autocommit: a row that changes between the two is simply read in its newer state (or, gone, claimed
-again).
+so no transaction has to span them: a row that changes between the two is simply read in its newer state (or, gone,
+claimed again).
 
 The statements are SQLAlchemy Core, compiled once per dialect to the driver's SQL and run on the driver directly:
-for a SQLite file on the `Store`'s inline writer (`bankgate.store.inline`), for asyncpg on a
-connection of the `Store`'s pool. Any other setup runs them through SQLAlchemy.
+for a SQLite file on the `Store`'s inline writer (`bankgate.store.inline`: committed together with the other
+writes of the same turn of the event loop), for asyncpg in autocommit on a connection of the `Store`'s pool. Any
+other setup runs them through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -140,9 +141,9 @@ class _Driver(Protocol):
 
 
 class _SqliteFile:
-    """A SQLite file, through the `Store`'s inline writer (`bankgate.store.inline`): each statement runs at once on
-    the event loop's thread, in autocommit. Responses larger than `_INLINE_BODY_BYTES` and purges run in its worker
-    thread, so the loop never waits for a large write."""
+    """A SQLite file, through the `Store`'s inline writer (`bankgate.store.inline`): each operation is a unit of
+    work run on the event loop's thread and committed with the others of its turn. Responses larger than
+    `_INLINE_BODY_BYTES` and purges run in its worker thread, so the loop never waits for a large write."""
 
     def __init__(self, writer: InlineSqlite, statements: dict[str, Any]) -> None:
         self._writer = writer
@@ -252,9 +253,9 @@ def _driver_for(store: Store) -> _Driver:
 class SqlIdempotencyStore:
     """Key records in `schema.idempotency_keys` of a `bankgate.store.Store` (SQLite file or PostgreSQL).
 
-    Each operation is one statement (the claim two when the key is taken), in autocommit. The store does not own
-    `store`, but on a SQLite file it keeps a connection of its own: call `close` at shutdown. Ended rows stay until
-    `purge` (the claim ignores them meanwhile).
+    Each operation is one statement (the claim two when the key is taken), committed before it returns. The store
+    does not own `store`, but on a SQLite file it keeps a connection of its own: call `close` at shutdown. Ended rows
+    stay until `purge` (the claim ignores them meanwhile).
     """
 
     def __init__(self, store: Store) -> None:

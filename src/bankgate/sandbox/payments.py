@@ -139,7 +139,7 @@ class PaymentBook:
         }
         try:
             if self._store.inline is not None:
-                # A SQLite file: one statement on the process's inline writer, no thread hops (the hot path).
+                # A SQLite file: one statement on the process's inline writer, committed with its turn's others.
                 await self._store.inline.run(_insert, row)
             else:
                 async with self._store.begin() as conn:
