@@ -152,6 +152,33 @@ async def test_a_unit_whose_caller_was_cancelled_before_the_commit_does_not_run(
     assert ran == ["kept"]
 
 
+async def test_submit_queues_the_unit_when_called_and_its_future_is_what_callers_await(store: Store) -> None:
+    assert store.inline is not None
+    ran: list[str] = []
+
+    def write(connection: sqlite3.Connection, key: str) -> str:
+        ran.append(key)
+        return key
+
+    assert await store.inline.submit(write, "opening") == "opening"  # the first call opens the connection first
+    first = store.inline.submit(write, "first")  # queued here, before anything awaits it
+    second = store.inline.submit(write, "second")
+    assert isinstance(first, asyncio.Future)
+    assert await asyncio.gather(second, first) == ["second", "first"]
+    assert ran == ["opening", "first", "second"]  # in the order submitted, not the order awaited
+
+    async def caller(key: str) -> str:
+        return await store.inline.submit(write, key)
+
+    dropped = asyncio.create_task(caller("dropped"))
+    await asyncio.sleep(0)  # the caller awaits the unit's future itself
+    dropped.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await dropped
+    await store.inline.run(write, "after")
+    assert ran[-1] == "after" and "dropped" not in ran
+
+
 async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
     store = Store(f"sqlite+aiosqlite:///{tmp_path / 'bankgate.db'}")
     await store.migrate()

@@ -140,7 +140,7 @@ class PaymentBook:
         try:
             if self._store.inline is not None:
                 # A SQLite file: one statement on the process's inline writer, committed with its turn's others.
-                await self._store.inline.run(_insert, row)
+                await self._store.inline.submit(_insert, row)
             else:
                 async with self._store.begin() as conn:
                     await conn.execute(table.insert().values(row))

@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -59,15 +60,22 @@ class Compiled:
     """A SQLAlchemy Core statement compiled once to a driver's own SQL (SQLite's qmark style by default), with the
     order of its named parameters: running it then skips SQLAlchemy's per-call statement processing."""
 
-    __slots__ = ("defaults", "order", "sql")
+    __slots__ = ("_pick", "defaults", "order", "sql")
 
     def __init__(self, statement: Any, dialect: Dialect | None = None) -> None:
         compiled = statement.compile(dialect=dialect or _QMARK)
         self.sql: str = compiled.string
         self.order: tuple[str, ...] = tuple(compiled.positiontup or ())
         self.defaults: dict[str, Any] = dict(compiled.params)
+        # itemgetter gives a bare value, not a 1-tuple, for a single name
+        self._pick = operator.itemgetter(*self.order) if len(self.order) > 1 else None
 
-    def args(self, params: dict[str, Any]) -> list[Any]:
+    def args(self, params: dict[str, Any]) -> Sequence[Any]:
+        if self._pick is not None:
+            try:
+                return self._pick(params)  # type: ignore[no-any-return]
+            except KeyError:
+                pass
         return [params[name] if name in params else self.defaults[name] for name in self.order]
 
 
@@ -86,7 +94,8 @@ class _Group:
 
 
 class InlineSqlite:
-    """One SQLite file's inline writer: `run(work, ...)` on the loop, `run_in_thread(work, ...)` off it.
+    """One SQLite file's inline writer: `run(work, ...)` (or `submit`, its frameless form) on the loop,
+    `run_in_thread(work, ...)` off it.
 
     `work` receives a `sqlite3.Connection` inside the group's transaction and must not await. A unit of one
     writing statement needs nothing more; several statements that must stand or fall together go in
@@ -128,22 +137,31 @@ class InlineSqlite:
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         """Run `work(connection, *args)` on the loop's thread with the other units of this turn of the loop, and
         return its result once they are committed."""
+        return await self.submit(work, *args)
+
+    def submit(self, work: Callable[..., T], *args: Any) -> Awaitable[T]:
+        """`run` without a coroutine of its own: queue the unit now and return what to await (its future), which
+        saves a frame on every suspension and resumption of the callers' hot paths."""
         if self._closed:
             raise RuntimeError("the SQLite writer is closed")
-        loop = asyncio.get_running_loop()
         if self._inline is None:
-            opened = await loop.run_in_executor(self._thread, self._open_inline)
-            if self._inline is None and not self._closed:
-                self._inline = opened
-            else:
-                opened.close()
+            return self._open_then_run(work, args)
+        loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         group = self._groups.get(loop)
         if group is None:
             group = self._groups[loop] = _Group()
             loop.call_soon(self._flush, loop)
         group.units.append((work, args, future))
-        return await future
+        return future
+
+    async def _open_then_run(self, work: Callable[..., T], args: tuple[Any, ...]) -> T:
+        opened = await asyncio.get_running_loop().run_in_executor(self._thread, self._open_inline)
+        if self._inline is None and not self._closed:
+            self._inline = opened
+        else:
+            opened.close()
+        return await self.submit(work, *args)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         group = self._groups.get(loop)
