@@ -19,7 +19,9 @@ one, and that a repeated key is answered with `Idempotent-Replayed: true`; any n
 a run voids it (wrk's timeout is 30 s, so slow answers count in the latency instead of being dropped), and after
 the payments runs each database must hold a payment (and, with keys, a key record) for every answer wrk counted, so
 nothing was silently replayed. Prints req/s, p99 latency, the server's CPU time per request (read from /proc: on a
-shared machine it shows what the ratio would be with a core to each side) and each ratio against its target. Usage:
+shared machine it shows what the ratio would be with a core to each side), the CPU the middleware adds to each
+request (keyed minus unkeyed: a figure independent of how much the handler itself costs) and each ratio against its
+target. Usage:
 
     python benchmarks/guard.py                        # both pairs, 2 rounds of 10 s runs
     python benchmarks/guard.py --duration 20 --rounds 3 --connections 32 --json results.json
@@ -208,6 +210,8 @@ def compare(subject: dict[str, Any], baseline: dict[str, Any], target: float | N
         "ratio_by_round": rounds,
         # What the ratio would be with the server's core to itself: CPU per request, baseline over subject.
         "cpu_ratio": baseline["server_cpu_us_per_request"] / subject["server_cpu_us_per_request"],
+        # What the middleware adds to each request, in server CPU: the figure that does not depend on the handler.
+        "added_cpu_us": subject["server_cpu_us_per_request"] - baseline["server_cpu_us_per_request"],
     }
     if target is not None:
         result.update(target=target, met=ratio >= target)
@@ -438,7 +442,8 @@ def _line(label: str, figures: dict[str, Any]) -> str:
 def _ratio(compared: dict[str, Any]) -> str:
     spread = ", ".join(f"{ratio:.2f}" for ratio in compared["ratio_by_round"])
     text = (f"  ratio {compared['ratio']:.3f} (by round: {spread}; "
-            f"by server CPU per request: {compared['cpu_ratio']:.2f})")
+            f"by server CPU per request: {compared['cpu_ratio']:.2f}; "
+            f"added: {compared['added_cpu_us']:,.0f} us CPU/req)")
     if "target" in compared:
         text += f"   target >= {compared['target']:.2f}: {'met' if compared['met'] else 'NOT met'}"
     return text

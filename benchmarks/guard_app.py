@@ -1,4 +1,5 @@
-"""The apps `benchmarks/guard.py` serves with uvicorn, chosen by `BENCH_APP`:
+"""The apps `benchmarks/guard.py` serves with uvicorn (and `benchmarks/instructions.py` calls in-process), chosen
+by `BENCH_APP`:
 
 * `bare`: a Starlette app with one JSON `GET /resource` route, nothing in front of it;
 * `guard`: the same app wrapped in `GuardMiddleware(guard=Guard.remote(BENCH_ISSUER))`: keys from the issuer's JWKS;
