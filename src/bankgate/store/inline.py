@@ -141,7 +141,8 @@ class InlineSqlite:
 
     def submit(self, work: Callable[..., T], *args: Any) -> Awaitable[T]:
         """`run` without a coroutine of its own: queue the unit now and return what to await (its future), which
-        saves a frame on every suspension and resumption of the callers' hot paths."""
+        saves a frame on every suspension and resumption of the callers' hot paths. (The first call, which has to
+        open the connection, returns a coroutine that queues the unit once it is open.)"""
         if self._closed:
             raise RuntimeError("the SQLite writer is closed")
         if self._inline is None:
