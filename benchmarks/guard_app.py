@@ -93,4 +93,4 @@ def payments_app() -> Starlette:
 
 app = payments_app() if MODE == "idempotency" else resource_app()
 gc.collect()
-gc.freeze()  # as `bankgate serve` does: full collections walk only what requests made
+gc.freeze()  # as `bankgate serve` does at start-up (Runtime.start): full collections walk only what requests made

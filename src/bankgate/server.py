@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import ipaddress
 import json
 import os
@@ -39,18 +38,7 @@ TLS_DIR = "tls"
 def app_from_environment() -> Starlette:
     """The app factory uvicorn workers import: settings handed over by `serve` through the environment."""
     payload = json.loads(os.environ[_WORKER_SETTINGS])
-    app = create_app(Settings(**payload["settings"]), issuer=payload["issuer"])
-    _freeze_heap()
-    return app
-
-
-def _freeze_heap() -> None:
-    """Keep what the process has built so far (modules, classes, the app: it lives as long as the process) out of
-    the cyclic garbage collector's reach. A full collection then walks only what requests made since, instead of
-    the hundreds of thousands of objects SQLAlchemy, Starlette and cryptography bring, which stalled requests for
-    tens of milliseconds under load."""
-    gc.collect()
-    gc.freeze()
+    return create_app(Settings(**payload["settings"]), issuer=payload["issuer"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +137,7 @@ def serve(
     if tls:
         options.update(tls_options(prepare_tls(settings, hostnames), http))
     if workers <= 1:
-        app = create_app(settings, issuer=issuer)
-        _freeze_heap()
-        uvicorn.run(app, **options)
+        uvicorn.run(create_app(settings, issuer=issuer), **options)
         return
     dumped = settings.model_dump(mode="json")
     if settings.master_key is not None:
