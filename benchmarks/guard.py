@@ -11,8 +11,10 @@ during the run weighs on both.
 2. Idempotency: `POST /payments` (parse the JSON, validate, record the payment in a SQLite file with `PaymentBook`)
    behind `IdempotencyMiddleware(SqlIdempotencyStore)` on the same database, once with a unique
    `Idempotency-Key` per request and once with none (the middleware passes such requests through); each on a
-   server and SQLite file of its own. Target: with keys >= 0.80 of without. If Redis answers on 127.0.0.1:6379,
-   a third server with `RedisIdempotencyStore` joins the rotation (its figure is printed, no target).
+   server and SQLite file of its own. The keyed route is `atomic`, as in the sandbox: the payment commits with its
+   key. Target: with keys >= 0.80 of without. A third server claims each key before the handler runs (the way
+   for any handler, `BENCH_ATOMIC=0`), and if Redis answers on 127.0.0.1:6379 a fourth with
+   `RedisIdempotencyStore` joins the rotation (their figures are printed, no target).
 
 Before measuring, it checks that the protected app answers 200 with the token and 401 without or with a forged
 one, and that a repeated key is answered with `Idempotent-Replayed: true`; any non-2xx answer or socket error during
@@ -401,7 +403,7 @@ def check_recorded(name: str, figures: dict[str, Any], db: Path, *, with_keys: b
 def idempotency_pair(procs: Processes, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """One server per kind of run, each on a fresh SQLite file of its own, all measured in alternation."""
     prefix = f"bankgate-bench:{secrets.token_hex(6)}:"
-    kinds = {"sqlite_keyed": ("sql", True), "no_key": ("sql", False)}
+    kinds = {"sqlite_keyed": ("sql", True), "no_key": ("sql", False), "sqlite_claim_first": ("claim", True)}
     if not args.no_redis and redis_reachable():
         kinds["redis_keyed"] = (REDIS_URL, True)
     try:
@@ -412,19 +414,21 @@ def idempotency_pair(procs: Processes, args: argparse.Namespace, workdir: Path) 
                 fresh_database(db)
                 base, pid = servers.enter_context(app_server(
                     procs, args, workdir, f"idempotency-{name}",
-                    {"BENCH_APP": "idempotency", "BENCH_DB": str(db), "BENCH_IDEMPOTENCY_STORE": store,
-                     "BENCH_REDIS_PREFIX": prefix},
+                    {"BENCH_APP": "idempotency", "BENCH_DB": str(db),
+                     "BENCH_IDEMPOTENCY_STORE": "sql" if store == "claim" else store,
+                     "BENCH_ATOMIC": "0" if store == "claim" else "1", "BENCH_REDIS_PREFIX": prefix},
                 ))
                 check_replay(base)
                 targets[name] = Target(base + "/payments", functools.partial(post_lua, with_keys), pid)
             runs = alternate("idempotency", targets, args)
         for name, (store, with_keys) in kinds.items():
             check_recorded(name, runs[name], workdir / f"{name}.db", with_keys=with_keys,
-                           prefix=None if store == "sql" else prefix)
+                           prefix=prefix if store == REDIS_URL else None)
     finally:
         if "redis_keyed" in kinds:
             redis_keys(prefix, delete=True)
     result: dict[str, Any] = {**runs, **compare(runs["sqlite_keyed"], runs["no_key"], IDEMPOTENCY_TARGET)}
+    result["claim_first"] = compare(runs["sqlite_claim_first"], runs["no_key"], None)
     if "redis_keyed" in runs:
         result["redis"] = compare(runs["redis_keyed"], runs["no_key"], None)
     return result
@@ -462,9 +466,11 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     idem = results.get("idempotency")
     if idem:
         print("\n2. Idempotency-Key: POST /payments, payment recorded in SQLite")
-        print(_line("unique key, SqlIdempotencyStore", idem["sqlite_keyed"]))
+        print(_line("unique key, atomic, SQL store", idem["sqlite_keyed"]))
         print(_line("no key (passed through)", idem["no_key"]))
         print(_ratio(idem))
+        print(_line("unique key, claimed first, SQL", idem["sqlite_claim_first"]))
+        print(_ratio(idem["claim_first"]) + "   (claimed before the handler, against no key; no target)")
         if "redis" in idem:
             print(_line("unique key, RedisIdempotencyStore", idem["redis_keyed"]))
             print(_ratio(idem["redis"]) + "   (Redis against no key; no target)")

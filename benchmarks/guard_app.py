@@ -6,6 +6,8 @@ by `BENCH_APP`:
 * `idempotency`: `POST /payments` (parse the JSON body, validate it, record the payment with `PaymentBook` in the
   SQLite file `BENCH_DB`) behind `IdempotencyMiddleware`, whose store is `SqlIdempotencyStore` on the same database
   (`BENCH_IDEMPOTENCY_STORE=sql`) or `RedisIdempotencyStore` (a redis:// URL, keys under `BENCH_REDIS_PREFIX`).
+  With the SQL store the route is `atomic` (the payment commits with its key, as in the sandbox) unless
+  `BENCH_ATOMIC=0`, which claims the key before the handler runs, as for any other handler.
 
 The handlers are the same in both halves of each pair; only the middleware differs.
 """
@@ -47,8 +49,9 @@ def payments_app() -> Starlette:
         IdempotencyStore,
         RedisIdempotencyStore,
         SqlIdempotencyStore,
+        atomic_key,
     )
-    from bankgate.sandbox.payments import PaymentBook, validate_order
+    from bankgate.sandbox.payments import DUPLICATE, PaymentBook, PaymentRecord, validate_order
     from bankgate.store import Store
 
     store = Store(f"sqlite+aiosqlite:///{os.environ['BENCH_DB']}")
@@ -59,7 +62,12 @@ def payments_app() -> Starlette:
         else RedisIdempotencyStore(spec, prefix=os.environ["BENCH_REDIS_PREFIX"])
     )
 
-    async def create_payment(request: Request) -> Response:
+    atomic = spec == "sql" and os.environ.get("BENCH_ATOMIC", "1") != "0"
+
+    def created(payment: PaymentRecord) -> Response:
+        return JSONResponse(payment.as_json(), 201, headers={"Location": f"/payments/{payment.id}"})
+
+    async def create_payment(request: Request) -> Response:  # the sandbox's handler, less its scope check
         try:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError):
@@ -68,8 +76,16 @@ def payments_app() -> Starlette:
         if isinstance(order, list):
             return JSONResponse({"errors": [{"field": e.field, "message": e.message} for e in order]}, 422)
         key = request.scope.get("state", {}).get("idempotency_key")
-        payment = await book.create("client:bench", order, key)
-        return JSONResponse(payment.as_json(), 201, headers={"Location": f"/payments/{payment.id}"})
+        joined = atomic_key(request.scope)
+        if joined is not None:
+            record, write = book.draft("client:bench", order, key)
+            response = created(record)
+            try:
+                await joined.commit(response, write)
+                return response
+            except DUPLICATE:
+                pass
+        return created(await book.create("client:bench", order, key))
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -85,6 +101,7 @@ def payments_app() -> Starlette:
                 store=keys,
                 principal_of=lambda scope: "client:bench",
                 retention=float(os.environ.get("BENCH_RETENTION", "600")),
+                atomic=(lambda scope: True) if atomic else None,
             )
         ],
         lifespan=lifespan,

@@ -3,16 +3,18 @@
 Timings on a shared VM drift by a third within an hour, which hides changes of a few per cent. This script counts
 instructions instead, with valgrind's callgrind: the payments app of `benchmarks/guard_app.py` (the same handler,
 middleware and SQLite store as `guard.py`'s idempotency pair) is called in-process, without HTTP, 16 requests at a
-time, once with a unique `Idempotency-Key` per request and once without. Each configuration runs twice, with two
-request counts; the difference of the two totals divided by the difference of the counts is the count per request,
-start-up and warm-up cancelling out. Both configurations run side by side (one core each).
+time, without a key, with a unique `Idempotency-Key` per request on the atomic route (the payment commits with its
+key, as in the sandbox), and with a unique key claimed before the handler runs (`BENCH_ATOMIC=0`, the way for any
+handler). Each configuration runs twice, with two request counts; the difference of the two totals divided by the
+difference of the counts is the count per request, start-up and warm-up cancelling out. The configurations run side
+by side (one core each).
 
     python benchmarks/instructions.py                  # 1,600 and 4,800 requests per configuration, ~4 min
     python benchmarks/instructions.py --requests 800 2400
 
-Prints instructions per request with and without a key, the instructions the layer adds, and their ratio (no key
-over key: the share of throughput a CPU-bound server keeps, HTTP's own cost left out, so it reads lower than
-`guard.py`'s ratio). Needs valgrind (Debian: apt-get install valgrind).
+Prints instructions per request of each, the instructions the layer adds, and the ratios (no key over key: the share
+of throughput a CPU-bound server keeps, HTTP's own cost left out, so it reads lower than `guard.py`'s ratio). Needs
+valgrind (Debian: apt-get install valgrind).
 """
 
 from __future__ import annotations
@@ -41,13 +43,17 @@ _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 # -- inside valgrind: drive the app --------------------------------------------------------------------------------
 
 
-async def _drive(keyed: bool, requests: int, database: Path) -> None:
+MODES = ("plain", "atomic", "claim")
+
+
+async def _drive(mode: str, requests: int, database: Path) -> None:
     from bankgate.store import Store
 
     store = Store(f"sqlite+aiosqlite:///{database}")
     await store.migrate()
     await store.close()
-    os.environ.update(BENCH_APP="idempotency", BENCH_DB=str(database), BENCH_IDEMPOTENCY_STORE="sql")
+    os.environ.update(BENCH_APP="idempotency", BENCH_DB=str(database), BENCH_IDEMPOTENCY_STORE="sql",
+                      BENCH_ATOMIC="0" if mode == "claim" else "1")
     sys.path.insert(0, str(HERE))
     import guard_app
 
@@ -57,7 +63,7 @@ async def _drive(keyed: bool, requests: int, database: Path) -> None:
     async def one(number: int) -> None:
         headers = [(b"host", b"bench"), (b"content-type", b"application/json"),
                    (b"content-length", str(len(BODY)).encode())]
-        if keyed:
+        if mode != "plain":
             headers.append((b"idempotency-key", f"key-{number}".encode()))
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
                  "scheme": "http", "path": "/payments", "raw_path": b"/payments", "query_string": b"",
@@ -100,20 +106,20 @@ async def _drive(keyed: bool, requests: int, database: Path) -> None:
         raise SystemExit(f"the app answered {statuses}, not only 201: the count would be of something else")
 
 
-def inner(keyed: bool, requests: int) -> None:
+def inner(mode: str, requests: int) -> None:
     import uvloop
 
     with tempfile.TemporaryDirectory(prefix="bankgate-instructions-") as tmp:
-        uvloop.run(_drive(keyed, requests, Path(tmp) / "bankgate.db"))
+        uvloop.run(_drive(mode, requests, Path(tmp) / "bankgate.db"))
 
 
 # -- outside: run valgrind and compare ---------------------------------------------------------------------------
 
 
-def count(keyed: bool, requests: int) -> int:
+def count(mode: str, requests: int) -> int:
     """Instructions of one whole run under callgrind."""
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-               "--inner", "keyed" if keyed else "plain", str(requests)]
+               "--inner", mode, str(requests)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     found = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
@@ -121,8 +127,8 @@ def count(keyed: bool, requests: int) -> int:
     return int(found.group(1))
 
 
-def per_request(keyed: bool, small: int, large: int) -> float:
-    return (count(keyed, large) - count(keyed, small)) / (large - small)
+def per_request(mode: str, small: int, large: int) -> float:
+    return (count(mode, large) - count(mode, small)) / (large - small)
 
 
 def main() -> None:
@@ -132,23 +138,25 @@ def main() -> None:
     parser.add_argument("--inner", nargs=2, metavar=("MODE", "REQUESTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
-        inner(args.inner[0] == "keyed", int(args.inner[1]))
+        inner(args.inner[0], int(args.inner[1]))
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
     small, large = sorted(args.requests)
     if large - small < CONCURRENCY * 10:
         raise SystemExit("give two request counts at least 160 apart")
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        keyed_future = pool.submit(per_request, True, small, large)
-        plain_future = pool.submit(per_request, False, small, large)
-        keyed, plain = keyed_future.result(), plain_future.result()
+    with ThreadPoolExecutor(max_workers=len(MODES)) as pool:
+        futures = {mode: pool.submit(per_request, mode, small, large) for mode in MODES}
+        counts = {mode: future.result() for mode, future in futures.items()}
+    plain = counts["plain"]
     print(f"POST /payments in-process, {CONCURRENCY} at a time, SQLite; instructions per request "
           f"({large:,} minus {small:,} requests):")
-    rows = [("no key", plain), ("unique key, SqlIdempotencyStore", keyed), ("added by the layer", keyed - plain)]
-    for label, value in rows:
-        print(f"  {label:<34} {value:>10,.0f}")
-    print(f"  {'ratio (no key / key)':<34} {plain / keyed:>10.3f}   (HTTP's share of the baseline left out)")
+    print(f"  {'no key':<44} {plain:>10,.0f}")
+    for mode, label in (("atomic", "unique key, atomic (payment commits with key)"),
+                        ("claim", "unique key, claimed before the handler")):
+        print(f"  {label:<44} {counts[mode]:>10,.0f}   added {counts[mode] - plain:>8,.0f}   "
+              f"ratio {plain / counts[mode]:.3f}")
+    print("  (ratio: no key / key, HTTP's share of the baseline left out)")
 
 if __name__ == "__main__":
     main()

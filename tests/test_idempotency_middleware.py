@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy
 import uvicorn
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
@@ -33,9 +34,11 @@ from bankgate.idempotency import (
     MemoryIdempotencyStore,
     RedisIdempotencyStore,
     SqlIdempotencyStore,
+    Write,
+    atomic_key,
     fingerprint,
 )
-from bankgate.store import Store
+from bankgate.store import Store, schema
 from conftest import free_port
 
 PAYMENT = {"amount": "10.00", "currency": "EUR", "reference": "invoice 42"}
@@ -904,3 +907,144 @@ def test_the_fingerprint_separates_path_and_body_at_their_boundary() -> None:
     assert fingerprint("POST", "a", b"", b"bc") != fingerprint("POST", "ab", b"", b"c")
     assert fingerprint("POST", "/p", b"a=1", b"") != fingerprint("POST", "/p?a=1", b"", b"")
     assert fingerprint("POST", "/p", b"", b"") != fingerprint("post", "/p", b"", b"")
+
+
+# -- atomic routes: the handler's writes commit with the key ----------------------------------------------------
+
+
+class Till:
+    """A payments app whose handler records each payment with `AtomicKey.commit`, in the key store's database."""
+
+    def __init__(self, database: Store) -> None:
+        self.database = database
+        self.runs = 0
+        self.rail_up = False
+
+    async def pay(self, request: Request) -> Response:
+        self.runs += 1
+        order = await request.json()
+        if order.get("amount") == "bad":
+            return JSONResponse({"errors": [{"field": "amount"}], "run": self.runs}, status_code=422)
+        if order.get("amount") == "rail-down" and not self.rail_up:
+            self.rail_up = True  # down for the first attempt only
+            return PlainTextResponse("the payment rail timed out", status_code=502)
+        atomic = atomic_key(request.scope)
+        assert atomic is not None and atomic.key == request.state.idempotency_key
+        payment_id = f"pay_{uuid.uuid4().hex[:16]}"
+        response = JSONResponse({"id": payment_id, **order}, status_code=201,
+                                headers={"Location": f"/pay/{payment_id}"})
+        row = {"id": payment_id, "principal": "client:a", "application_id": "app_1", "amount": "1.00",
+               "currency": "EUR", "reference": "r", "status": "accepted", "environment": "sandbox",
+               "idempotency_key": atomic.key, "created_at": 0.0}
+        await atomic.commit(response, Write(schema.payments.insert(), row))
+        return response
+
+    async def payments(self) -> int:
+        async with self.database.connect() as conn:
+            return len((await conn.execute(sqlalchemy.select(schema.payments.c.id))).all())
+
+    def app(self, store: IdempotencyStore) -> ASGIApp:
+        return with_principal(Starlette(
+            routes=[Route("/pay", self.pay, methods=["POST"])],
+            middleware=[Middleware(IdempotencyMiddleware, store=store, atomic=lambda scope: True)],
+        ))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def till_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The database's URL, resolved before the event loop runs (the PostgreSQL fixture runs its own loop)."""
+    if request.param == "postgresql":
+        return Settings(database_url=request.getfixturevalue("postgres_url"), data_dir=tmp_path).sqlalchemy_url
+    return f"sqlite+aiosqlite:///{tmp_path / 'till.db'}"
+
+
+@pytest.fixture
+async def till(till_database: str) -> AsyncIterator[tuple[Till, httpx.AsyncClient]]:
+    database = Store(till_database)
+    await database.migrate()
+    store = SqlIdempotencyStore(database)
+    till = Till(database)
+    async with client_for(till.app(store)) as client:
+        yield till, client
+    await store.close()
+    await database.close()
+
+
+async def test_an_atomic_route_records_the_payment_with_its_key_and_replays_it(
+    till: tuple[Till, httpx.AsyncClient],
+) -> None:
+    shop, http = till
+    key = idem()
+    first = await http.post("/pay", json=PAYMENT, headers=key)
+    assert first.status_code == 201 and "idempotent-replayed" not in first.headers
+
+    again = await http.post("/pay", json=PAYMENT, headers=key)
+
+    assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json() and again.headers["location"] == first.headers["location"]
+    assert shop.runs == 2 and await shop.payments() == 1  # the handler ran again, its write was not made
+    mismatch = await http.post("/pay", json={**PAYMENT, "amount": "99.00"}, headers=key)
+    assert_problem(mismatch, 422, "different request")
+    assert await shop.payments() == 1
+
+
+async def test_simultaneous_identical_posts_on_an_atomic_route_make_one_payment_and_no_409(
+    till: tuple[Till, httpx.AsyncClient],
+) -> None:
+    shop, http = till
+    key = idem()
+
+    responses = await asyncio.gather(*(http.post("/pay", json=PAYMENT, headers=key) for _ in range(100)))
+
+    assert [r.status_code for r in responses] == [201] * 100  # each waits for the commit, none is told to wait
+    assert sum("idempotent-replayed" not in r.headers for r in responses) == 1
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert await shop.payments() == 1
+
+
+async def test_an_answer_sent_without_a_commit_is_kept_unless_it_is_a_5xx(
+    till: tuple[Till, httpx.AsyncClient],
+) -> None:
+    shop, http = till
+    invalid, flaky = idem(), idem()
+    refused = await http.post("/pay", json={**PAYMENT, "amount": "bad"}, headers=invalid)
+    again = await http.post("/pay", json={**PAYMENT, "amount": "bad"}, headers=invalid)
+    assert refused.status_code == again.status_code == 422
+    assert again.headers["idempotent-replayed"] == "true" and again.json() == refused.json()
+
+    down = await http.post("/pay", json={**PAYMENT, "amount": "rail-down"}, headers=flaky)
+    retried = await http.post("/pay", json={**PAYMENT, "amount": "rail-down"}, headers=flaky)
+    assert down.status_code == 502 and retried.status_code == 201 and "idempotent-replayed" not in retried.headers
+    assert await shop.payments() == 1
+
+
+async def test_a_commit_the_database_refuses_answers_503_and_writes_nothing(tmp_path: Path) -> None:
+    database = Store(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")  # never initialised: no tables
+    till = Till(database)
+    async with client_for(till.app(SqlIdempotencyStore(database))) as http:
+        response = await http.post("/pay", json=PAYMENT, headers=idem())
+    assert_problem(response, 503, "not processed", "same Idempotency-Key")
+    assert response.headers["retry-after"] == "1"
+    await database.close()
+
+
+async def test_atomic_routes_need_a_store_in_the_handlers_database(shop: Shop) -> None:
+    for store in (MemoryIdempotencyStore(), RedisIdempotencyStore("redis://127.0.0.1:1/0")):
+        with pytest.raises(ValueError, match="SqlIdempotencyStore"):
+            IdempotencyMiddleware(shop.app(store), store=store, atomic=lambda scope: True)
+
+
+async def test_routes_outside_atomic_still_claim_first(tmp_path: Path, shop: Shop) -> None:
+    database = Store(f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}")
+    await database.migrate()
+    store = SqlIdempotencyStore(database)
+    app = with_principal(Starlette(routes=shop.routes(), middleware=[
+        Middleware(IdempotencyMiddleware, store=store, atomic=lambda scope: scope["path"] == "/pay")
+    ]))
+    async with client_for(app) as http:
+        key = idem()
+        responses = await asyncio.gather(*(http.post("/payments", json=PAYMENT, headers=key) for _ in range(10)))
+    assert shop.runs["payments"] == 1
+    assert 409 in {r.status_code for r in responses}  # claimed before the handler: the others are told to wait
+    await store.close()
+    await database.close()

@@ -12,18 +12,23 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bankgate.config import Settings
 from bankgate.idempotency import (
+    AtomicStore,
     Claim,
     IdempotencyStore,
     MemoryIdempotencyStore,
     RedisIdempotencyStore,
     SqlIdempotencyStore,
     StoredResponse,
+    Write,
     fingerprint,
     open_store,
 )
+from bankgate.idempotency._sql import decode_headers, encode_headers
 from bankgate.store import Store, schema
 
 FP = fingerprint("POST", "/api/v1/payments", b"", b'{"amount": "10.00"}')
@@ -530,3 +535,126 @@ def test_claim_owners_are_unique_within_a_process_and_differ_in_a_forked_child()
     os.close(read)
     os.waitpid(child, 0)
     assert theirs[:16] != owners[0][:16]  # a new prefix: the parent's counter does not carry over
+
+
+# -- atomic commits: the key, the handler's writes and the response in one transaction ---------------------------
+
+SQL_KINDS = ["sqlite", "postgresql", "sqlite-in-memory"]
+
+
+def _payment_row(payment_id: str, key: str) -> dict[str, object]:
+    return {"id": payment_id, "principal": "client:a", "application_id": "app_1", "amount": "10.00",
+            "currency": "EUR", "reference": "invoice", "status": "accepted", "environment": "sandbox",
+            "idempotency_key": key, "created_at": time.time()}
+
+
+def _pay(payment_id: str, key: str = "k-1") -> Write:
+    return Write(schema.payments.insert(), _payment_row(payment_id, key))
+
+
+async def _payment_ids(backend: Backend) -> list[str]:
+    async with backend.sql[0].connect() as conn:
+        return sorted((await conn.execute(sa.select(schema.payments.c.id))).scalars())
+
+
+async def _key_rows(backend: Backend) -> list[str]:
+    async with backend.sql[0].connect() as conn:
+        table = schema.idempotency_keys
+        return list((await conn.execute(sa.select(table.c.key, table.c.state))).all())
+
+
+async def _commit(store: IdempotencyStore, *writes: Write, key: str = "k-1", fp: str = FP,
+                  response: StoredResponse = RESPONSE, retention: float = DAY) -> Claim:
+    assert isinstance(store, AtomicStore)
+    return await store.commit("client:a", key, fp, response, writes, retention=retention)
+
+
+@pytest.mark.parametrize("backend_kind", SQL_KINDS, indirect=True)
+async def test_a_commit_makes_the_writes_and_keeps_the_response_at_once(backend: Backend) -> None:
+    store = await backend.open()
+
+    first = await _commit(store, _pay("pay_1"))
+
+    assert first.outcome == "claimed" and first.owner
+    assert await _payment_ids(backend) == ["pay_1"]
+    assert await _key_rows(backend) == [("k-1", "completed")]
+    # Every other way in finds the key completed with the response: a claim, and a second commit whose
+    # write is then never made.
+    assert await store.claim("client:a", "k-1", FP, lease=30, retention=DAY) == Claim("completed", response=RESPONSE)
+    assert await _commit(store, _pay("pay_2")) == Claim("completed", response=RESPONSE)
+    assert await _payment_ids(backend) == ["pay_1"]
+
+
+@pytest.mark.parametrize("backend_kind", SQL_KINDS, indirect=True)
+async def test_a_commit_of_a_used_key_writes_nothing_and_says_why(backend: Backend) -> None:
+    store = await backend.open()
+    assert (await _commit(store, _pay("pay_1"))).outcome == "claimed"
+    running = await claimed(store, key="running")
+
+    assert await _commit(store, _pay("pay_2"), fp=OTHER_FP) == Claim("mismatch")
+    in_progress = await _commit(store, _pay("pay_3", "running"), key="running")
+    assert in_progress.outcome == "in_progress" and 0 < (in_progress.retry_after or 0) <= 30
+
+    assert await _payment_ids(backend) == ["pay_1"]
+    assert await store.complete("client:a", "running", running, RESPONSE, retention=DAY)
+
+
+@pytest.mark.parametrize("backend_kind", SQL_KINDS, indirect=True)
+async def test_a_failing_write_leaves_neither_the_writes_nor_the_key(backend: Backend) -> None:
+    store = await backend.open()
+    assert (await _commit(store, _pay("pay_1"))).outcome == "claimed"
+
+    # The second write breaks the payments' primary key: the first write and the key's record go with it.
+    with pytest.raises((sqlite3.IntegrityError, sa.exc.IntegrityError)):
+        await _commit(store, _pay("pay_2", "k-2"), _pay("pay_1", "k-3"), key="k-2")
+
+    assert await _payment_ids(backend) == ["pay_1"]
+    assert await _key_rows(backend) == [("k-1", "completed")]
+    # One write alone (no savepoint: the record is taken back by a statement of its own), over an ended record.
+    await store.claim("client:a", "k-2", FP, lease=0.1, retention=DAY)
+    await asyncio.sleep(0.2)
+    with pytest.raises((sqlite3.IntegrityError, sa.exc.IntegrityError)):
+        await _commit(store, _pay("pay_1", "k-4"), key="k-2")
+    assert await _payment_ids(backend) == ["pay_1"]
+    assert (await _key_rows(backend)) in ([("k-1", "completed")], [("k-1", "completed"), ("k-2", "started")])
+    assert (await _commit(store, _pay("pay_2", "k-2"), key="k-2")).outcome == "claimed"  # the key is still free
+    assert await _payment_ids(backend) == ["pay_1", "pay_2"]
+
+
+@pytest.mark.parametrize("backend_kind", SQL_KINDS, indirect=True)
+async def test_a_commit_takes_over_an_ended_lease_or_retention(backend: Backend) -> None:
+    store = await backend.open()
+    await store.claim("client:a", "k-1", FP, lease=0.2, retention=DAY)  # a crashed request's claim
+    assert (await _commit(store, _pay("pay_old", "old"), key="old", retention=0.2)).outcome == "claimed"
+    await asyncio.sleep(0.35)
+
+    assert (await _commit(store, _pay("pay_1"))).outcome == "claimed"
+    assert (await _commit(store, _pay("pay_new", "old-2"), key="old", fp=OTHER_FP)).outcome == "claimed"
+    assert await _payment_ids(backend) == ["pay_1", "pay_new", "pay_old"]
+
+
+@pytest.mark.parametrize("backend_kind", ["sqlite", "postgresql"], indirect=True)
+async def test_fifty_concurrent_commits_of_one_key_over_four_connections_make_one_payment(
+    backend: Backend,
+) -> None:
+    stores = [await backend.open() for _ in range(4)]
+
+    outcomes = await asyncio.gather(*(
+        _commit(stores[n % 4], _pay(f"pay_{n}"), key="race") for n in range(50)
+    ))
+
+    assert [claim.outcome for claim in outcomes].count("claimed") == 1
+    assert all(claim == Claim("completed", response=RESPONSE) for claim in outcomes if claim.outcome != "claimed")
+    assert len(await _payment_ids(backend)) == 1
+
+
+async def test_only_the_sql_store_commits_writes_with_a_key(store: IdempotencyStore) -> None:
+    assert isinstance(store, AtomicStore) == isinstance(store, SqlIdempotencyStore)
+
+
+@given(st.lists(st.tuples(st.binary(max_size=40), st.binary(max_size=80)), max_size=6))
+def test_headers_are_stored_as_the_json_text_json_dumps_writes(headers: list[tuple[bytes, bytes]]) -> None:
+    pairs = tuple(headers)
+    text = encode_headers(pairs)
+    assert text == json.dumps([[name.decode("latin-1"), value.decode("latin-1")] for name, value in pairs])
+    assert decode_headers(text) == pairs

@@ -219,8 +219,12 @@ async def _storm(urls: list[str], headers: dict[str, str], key: str, count: int)
             await client.aclose()
 
 
-def _assert_one_payment(responses: list[httpx.Response]) -> str:
+def _assert_one_payment(responses: list[httpx.Response], *, atomic: bool = True) -> str:
+    """One payment made, every other answer its replay; on the atomic route (the payment commits with its key,
+    the default) no retry is ever told to wait, with a key claimed first (Redis) some get 409."""
     statuses = [r.status_code for r in responses]
+    if atomic:
+        assert set(statuses) == {201}, statuses
     unexpected = [(r.status_code, r.text) for r in responses if r.status_code not in (201, 409)]
     assert not unexpected, unexpected[:3]
     fresh = [r for r in responses if r.status_code == 201 and "idempotent-replayed" not in r.headers]
@@ -281,9 +285,30 @@ def test_two_processes_sharing_redis_for_idempotency_make_one_payment(
     second = server_factory(env, data_dir=tmp_path / "shared")
     headers = _bearer(first, first.create_client("app_1"))
     responses = asyncio.run(_storm([first.base_url, second.base_url], headers, str(uuid.uuid4()), 100))
-    _assert_one_payment(responses)
+    _assert_one_payment(responses, atomic=False)
     assert len(_sqlite_rows(first, "payments")) == 1
     assert _sqlite_rows(first, "idempotency_keys") == []  # the records live in Redis
+
+
+def test_with_a_processing_delay_the_key_is_claimed_first_and_a_retry_meanwhile_gets_409(
+    server_factory: Any,
+) -> None:
+    server = server_factory({"BANKGATE_SANDBOX_PROCESSING_DELAY": "1.5"})
+    headers = _bearer(server, server.create_client("app_1"))
+    key = str(uuid.uuid4())
+    answers: list[httpx.Response] = []
+    first = threading.Thread(target=lambda: answers.append(_pay(server, headers, key, timeout=30)))
+    first.start()
+    _wait_for(lambda: len(_sqlite_rows(server, "payments")) == 1)  # recorded, the rail still "processing"
+
+    meanwhile = _pay(server, headers, key)
+    first.join(30)
+
+    assert meanwhile.status_code == 409 and 1 <= int(meanwhile.headers["retry-after"]) <= 30
+    assert answers[0].status_code == 201
+    after = _pay(server, headers, key)
+    assert after.headers["idempotent-replayed"] == "true" and after.json() == answers[0].json()
+    assert len(_sqlite_rows(server, "payments")) == 1
 
 
 # -- crashes ---------------------------------------------------------------------------------------------------

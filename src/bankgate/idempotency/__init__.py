@@ -7,6 +7,10 @@
     await store.close()                                    # at shutdown
 
 The guard goes in front, so that keys are scoped by `scope["state"]["principal"].key`.
+
+A handler whose effects are writes to the same database can commit them with its key and its response in one
+transaction (`atomic=` routes, `atomic_key(scope).commit(response, Write(statement, params))`): see
+`IdempotencyMiddleware`.
 """
 
 from __future__ import annotations
@@ -14,15 +18,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bankgate.idempotency._memory import MemoryIdempotencyStore
-from bankgate.idempotency._middleware import IdempotencyMiddleware
+from bankgate.idempotency._middleware import AtomicKey, IdempotencyMiddleware, atomic_key
 from bankgate.idempotency._redis import RedisIdempotencyStore
 from bankgate.idempotency._sql import SqlIdempotencyStore
-from bankgate.idempotency._types import Claim, IdempotencyStore, StoredResponse, fingerprint
+from bankgate.idempotency._types import AtomicStore, Claim, IdempotencyStore, StoredResponse, Write, fingerprint
 
 if TYPE_CHECKING:
     from bankgate.store import Store
 
 __all__ = [
+    "AtomicKey",
+    "AtomicStore",
     "Claim",
     "IdempotencyMiddleware",
     "IdempotencyStore",
@@ -30,6 +36,8 @@ __all__ = [
     "RedisIdempotencyStore",
     "SqlIdempotencyStore",
     "StoredResponse",
+    "Write",
+    "atomic_key",
     "fingerprint",
     "open_store",
 ]

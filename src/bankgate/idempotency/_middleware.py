@@ -7,6 +7,16 @@ one still runs, a retry gets 409 with `Retry-After`. Keys are scoped per princip
 
 Place it behind the guard, which sets `scope["state"]["principal"]`: without a principal, keys fall back to the
 client address ("anonymous:<host>"), which every client behind one proxy shares.
+
+Two ways to hold a key:
+
+* by default the key is claimed (a `started` record with a lease) before the handler runs, and the response is kept
+  before its last byte leaves: right for any handler, whatever it does (call a payment rail, write elsewhere);
+* on routes named `atomic`, whose handler's effects are writes to the store's own database, the handler hands
+  those writes and its response to `AtomicKey.commit`, and the key, the writes and the response commit in one
+  transaction (the design Stripe describes for its API): no lease and no 409 between retries (a concurrent retry
+  waits for the commit and gets the first response), nothing to settle afterwards, and a crash leaves either all
+  of it or none, so the retry can never find the writes made but the key free.
 """
 
 from __future__ import annotations
@@ -18,11 +28,20 @@ import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bankgate.idempotency._types import MAX_KEY_LENGTH, IdempotencyStore, StoredResponse, fingerprint
+from bankgate.idempotency._types import (
+    MAX_KEY_LENGTH,
+    AtomicStore,
+    Claim,
+    IdempotencyStore,
+    StoredResponse,
+    Write,
+    fingerprint,
+)
 
-__all__ = ["IdempotencyMiddleware", "InvalidIdempotencyKey", "parse_idempotency_key"]
+__all__ = ["AtomicKey", "IdempotencyMiddleware", "InvalidIdempotencyKey", "atomic_key", "parse_idempotency_key"]
 
 logger = logging.getLogger("bankgate.idempotency")
 
@@ -197,6 +216,68 @@ async def _replay(send: Send, response: StoredResponse) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
+def _keeps(status: int) -> bool:
+    """Whether a response with `status` is kept for replay: below 500, and not a "did not run" refusal."""
+    return status < 500 and status not in _RETRYABLE_4XX
+
+
+class AtomicKey:
+    """The `Idempotency-Key` of a request on an `atomic` route, in `scope["state"]["idempotency"]` (see
+    `atomic_key`). The handler validates the request, prepares its writes and its response, and calls `commit`
+    once, before it answers:
+
+        atomic = atomic_key(request.scope)
+        if atomic is not None:
+            await atomic.commit(response, Write(payments.insert(), row))
+        return response
+
+    When `commit` answers False, nothing was written: the key had been used already (or is in use on a route that
+    claims first), and the layer answers the request itself - with the first response, 409 or 422 - whatever the
+    handler returns. A database error of one of the writes is raised as it is, with nothing written.
+    """
+
+    __slots__ = ("_fingerprint", "_layer", "_principal", "failure", "key", "outcome")
+
+    def __init__(self, layer: IdempotencyMiddleware, principal: str, key: str, request_fingerprint: str) -> None:
+        self._layer, self._principal, self.key, self._fingerprint = layer, principal, key, request_fingerprint
+        #: What `commit` found, once it has run; or why it failed (nothing was written).
+        self.outcome: Claim | None = None
+        self.failure: Exception | None = None
+
+    def __repr__(self) -> str:
+        return f"AtomicKey(outcome={self.outcome.outcome if self.outcome else None!r})"
+
+    async def commit(self, response: Response, *writes: Write) -> bool:
+        """Make `writes` and keep `response` (a complete, non-streaming response below 500) for the key, in one
+        transaction, if the key is free; True if they were made."""
+        if self.outcome is not None:
+            raise RuntimeError("AtomicKey.commit runs once per request")
+        status = int(response.status_code)
+        if not _keeps(status):
+            raise ValueError(f"a {status} response is not kept for replay; answer it without commit")
+        stored = StoredResponse(status, _kept_headers(response.raw_headers), bytes(response.body))
+        return (await self._record(stored, writes)).outcome == "claimed"
+
+    async def _record(self, response: StoredResponse, writes: tuple[Write, ...]) -> Claim:
+        layer = self._layer
+        store: AtomicStore = layer.store  # type: ignore[assignment]
+        try:
+            self.outcome = await layer._watch.call(store.commit(
+                self._principal, self.key, self._fingerprint, response, writes, retention=layer.retention
+            ))
+        except Exception as exc:
+            self.failure = exc
+            raise
+        return self.outcome
+
+
+def atomic_key(scope: Scope) -> AtomicKey | None:
+    """The `AtomicKey` of a request on an `atomic` route that carries an `Idempotency-Key`, else None."""
+    state = scope.get("state")
+    found = state.get("idempotency") if isinstance(state, dict) else None
+    return found if isinstance(found, AtomicKey) else None
+
+
 class _Running:
     __slots__ = ("key", "owner", "principal", "renew_at", "renewing")
 
@@ -311,6 +392,8 @@ class IdempotencyMiddleware:
     * `principal_of`: who the key belongs to; by default the guard's `scope["state"]["principal"].key`.
     * `max_body_bytes`: larger request bodies are refused with 413 before anything is claimed.
     * `store_timeout`: seconds a store call may take before the request is refused with 503.
+    * `atomic`: a predicate on the scope naming the routes whose handlers commit through `AtomicKey` (the store
+      must be an `AtomicStore`, e.g. `SqlIdempotencyStore` on the database the handler writes to).
 
     Responses below 500 are stored and replayed (except 401, 403 and 429: the request did not run); a 5xx response
     or an exception releases the key, so the retry runs again. When the store cannot be reached the request is
@@ -330,11 +413,17 @@ class IdempotencyMiddleware:
         principal_of: Callable[[Scope], str | None] | None = None,
         max_body_bytes: int = 1_048_576,
         store_timeout: float = 15.0,
+        atomic: Callable[[Scope], bool] | None = None,
     ) -> None:
         if retention <= 0 or lease <= 0 or store_timeout <= 0:
             raise ValueError("retention, lease and store_timeout are positive numbers of seconds")
         if not 400 <= mismatch_status <= 499:
             raise ValueError(f"mismatch_status is a 4xx status (422 or 409), not {mismatch_status}")
+        if atomic is not None and not isinstance(store, AtomicStore):
+            raise ValueError(
+                f"atomic routes commit their writes with the key, in the store's database: {store!r} cannot; "
+                "use SqlIdempotencyStore on the handler's database, or leave `atomic` out"
+            )
         self.app = app
         self.store = store
         self.required = required
@@ -344,6 +433,7 @@ class IdempotencyMiddleware:
         self.principal_of = principal_of or _default_principal
         self.max_body_bytes = max_body_bytes
         self.store_timeout = store_timeout
+        self.atomic = atomic
         self._watch = _Watch(store, lease, store_timeout)
 
     def _is_required(self, scope: Scope) -> bool:
@@ -384,24 +474,33 @@ class IdempotencyMiddleware:
 
         principal = self.principal_of(scope) or _anonymous(scope)
         request_fingerprint = fingerprint(scope["method"], scope["path"], scope.get("query_string", b""), body)
+        if self.atomic is not None and self.atomic(scope):
+            await self._run_atomic(scope, receive, send, body, AtomicKey(self, principal, key, request_fingerprint))
+            return
         try:
             claim = await self._watch.call(
                 self.store.claim(principal, key, request_fingerprint, lease=self.lease, retention=self.retention)
             )
         except Exception as exc:
-            logger.error(
-                "idempotency store unavailable (%s): refusing %s with 503", type(exc).__name__, _target(scope)
-            )
-            await _problem(
-                send, 503, "Idempotency store unavailable",
-                f"the request was not processed; retry with the same Idempotency-Key in {_UNAVAILABLE_RETRY} s",
-                (b"retry-after", str(_UNAVAILABLE_RETRY).encode()),
-            )
+            await self._unavailable(scope, send, exc)
             return
 
         if claim.outcome == "claimed" and claim.owner is not None:
             await self._run(scope, receive, send, body, principal, key, claim.owner)
-        elif claim.outcome == "completed" and claim.response is not None:
+        else:
+            await self._answer(send, claim)
+
+    async def _unavailable(self, scope: Scope, send: Send, exc: Exception) -> None:
+        logger.error("idempotency store unavailable (%s): refusing %s with 503", type(exc).__name__, _target(scope))
+        await _problem(
+            send, 503, "Idempotency store unavailable",
+            f"the request was not processed; retry with the same Idempotency-Key in {_UNAVAILABLE_RETRY} s",
+            (b"retry-after", str(_UNAVAILABLE_RETRY).encode()),
+        )
+
+    async def _answer(self, send: Send, claim: Claim) -> None:
+        """The answer to a request whose key was not free: the first response, 422 (or 409) or 409."""
+        if claim.outcome == "completed" and claim.response is not None:
             await _replay(send, claim.response)
         elif claim.outcome == "mismatch":
             await _problem(
@@ -419,14 +518,83 @@ class IdempotencyMiddleware:
         else:
             raise RuntimeError(f"{self.store!r} answered an incomplete claim: {claim!r}")
 
+    @staticmethod
+    def _without_uncapturable(scope: Scope) -> Scope:
+        extensions = scope.get("extensions")
+        if extensions and any(name in extensions for name in _UNCAPTURABLE):
+            return {**scope, "extensions": {k: v for k, v in extensions.items() if k not in _UNCAPTURABLE}}
+        return scope
+
+    async def _run_atomic(self, scope: Scope, receive: Receive, send: Send, body: bytes, atomic: AtomicKey) -> None:
+        """Run the app of an atomic route. A response it sends after a successful `commit` goes out as it is;
+        after a `commit` that found the key taken, the layer answers instead. A response sent without a commit
+        (e.g. a 422 from validation) is held, then kept with the key, as on other routes, unless the key has
+        been taken meanwhile, in which case the layer answers instead of it."""
+        state = scope.setdefault("state", {})
+        state["idempotency_key"] = atomic.key
+        state["idempotency"] = atomic
+        scope = self._without_uncapturable(scope)
+        body_sent = False
+        held: list[Message] = []
+        answered = started = False
+
+        async def replay_receive() -> Message:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        async def atomic_send(message: Message) -> None:
+            nonlocal answered, started
+            outcome = atomic.outcome
+            if outcome is not None:
+                if outcome.outcome == "claimed":
+                    started = True
+                    await send(message)
+                return  # the key was taken: the layer answers once the app is done
+            held.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
+                await self._settle_held(scope, send, atomic, held)
+
+        try:
+            await self.app(scope, replay_receive, atomic_send)
+        except Exception as exc:
+            if atomic.failure is None or exc is not atomic.failure or started or answered:
+                raise
+            await self._unavailable(scope, send, exc)  # the commit failed: nothing was written
+            return
+        if atomic.outcome is not None and atomic.outcome.outcome != "claimed" and not answered:
+            await self._answer(send, atomic.outcome)
+
+    async def _settle_held(self, scope: Scope, send: Send, atomic: AtomicKey, held: list[Message]) -> None:
+        start = next((m for m in held if m["type"] == "http.response.start"), None)
+        status = int(start["status"]) if start is not None else 0
+        if start is not None and _keeps(status):
+            response = StoredResponse(
+                status,
+                _kept_headers(start.get("headers", ())),
+                b"".join(bytes(m.get("body", b"")) for m in held if m["type"] == "http.response.body"),
+            )
+            try:
+                claim = await atomic._record(response, ())
+            except Exception as exc:
+                # Nothing of this request was committed: its answer goes out unkept, and a retry runs it again.
+                logger.error("could not keep an idempotency response (%s)", type(exc).__name__)
+            else:
+                if claim.outcome != "claimed":
+                    await self._answer(send, claim)
+                    return
+        for message in held:
+            await send(message)
+
     async def _run(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, principal: str, key: str, owner: str
     ) -> None:
         """Run the app on a claimed key; keep its response (status < 500) or give the key back."""
         scope.setdefault("state", {})["idempotency_key"] = key
-        extensions = scope.get("extensions")
-        if extensions and any(name in extensions for name in _UNCAPTURABLE):
-            scope = {**scope, "extensions": {k: v for k, v in extensions.items() if k not in _UNCAPTURABLE}}
+        scope = self._without_uncapturable(scope)
 
         body_sent = False
         status = 0
@@ -461,7 +629,7 @@ class IdempotencyMiddleware:
             kind = message["type"]
             if kind == "http.response.start":
                 status = int(message["status"])
-                keep = status < 500 and status not in _RETRYABLE_4XX
+                keep = _keeps(status)
                 if keep:
                     headers = _kept_headers(message.get("headers", ()))
             elif kind == "http.response.body" and not settled:

@@ -11,6 +11,9 @@ Otherwise the live row is read and judged: mismatch, in progress or completed. E
 so no transaction has to span them: a row that changes between the two is simply read in its newer state (or, gone,
 claimed again).
 
+`commit` (the `AtomicStore` side, for handlers writing to this same database) upserts the key straight into
+`completed`, with its response, and runs the handler's writes in the same transaction: both or neither are kept.
+
 The statements are SQLAlchemy Core, compiled once per dialect to the driver's SQL and run on the driver directly:
 for a SQLite file on the `Store`'s inline writer (`bankgate.store.inline`: committed together with the other
 writes of the same turn of the event loop), for asyncpg in autocommit on a connection of the `Store`'s pool. Any
@@ -30,9 +33,18 @@ from sqlalchemy import and_, bindparam, delete, literal_column, null, or_, selec
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bankgate.idempotency._types import COMPLETED, MAX_KEY_LENGTH, STARTED, Claim, StoredResponse, bounded, new_owner
+from bankgate.idempotency._types import (
+    COMPLETED,
+    MAX_KEY_LENGTH,
+    STARTED,
+    Claim,
+    StoredResponse,
+    Write,
+    bounded,
+    new_owner,
+)
 from bankgate.store import Store, schema
-from bankgate.store.inline import Compiled, InlineSqlite
+from bankgate.store.inline import Compiled, InlineSqlite, savepoint
 
 __all__ = ["SqlIdempotencyStore"]
 
@@ -68,6 +80,11 @@ def _statements(dialect: str) -> dict[str, Any]:
         body=null(),
     )
     new = fresh.excluded
+    # The old row is no longer live: its lease or retention has passed, or it is older than the asker's retention.
+    ended = or_(
+        t.c.expires_at <= bindparam("p_now"),
+        and_(t.c.state == completed, t.c.created_at <= bindparam("p_oldest")),
+    )
     claim = fresh.on_conflict_do_update(
         index_elements=[t.c.principal, t.c.key],
         set_={
@@ -81,15 +98,37 @@ def _statements(dialect: str) -> dict[str, Any]:
             "headers": null(),
             "body": null(),
         },
-        where=or_(
-            t.c.expires_at <= bindparam("p_now"),
-            and_(t.c.state == completed, t.c.created_at <= bindparam("p_oldest")),
-        ),
+        where=ended,
+    )
+    # `commit`: the key taken straight into `completed`, in the transaction of the handler's own writes.
+    kept = insert(t).values(
+        principal=bindparam("p_principal"),
+        key=bindparam("p_key"),
+        fingerprint=bindparam("p_fingerprint"),
+        state=completed,
+        owner=bindparam("p_owner"),
+        lease_until=bindparam("p_now"),
+        expires_at=bindparam("p_expires_at"),
+        created_at=bindparam("p_now"),
+        status=bindparam("p_status"),
+        headers=bindparam("p_headers"),
+        body=bindparam("p_body"),
+    )
+    done = kept.excluded
+    record = kept.on_conflict_do_update(
+        index_elements=[t.c.principal, t.c.key],
+        set_={name: getattr(done, name) for name in (
+            "fingerprint", "state", "owner", "lease_until", "expires_at", "created_at", "status", "headers", "body"
+        )},
+        where=ended,
     )
     if dialect == "postgresql":
-        claim = claim.returning(t.c.owner)  # SQLite reports the row count instead, at half the cost of RETURNING
+        # SQLite reports the row count instead, at half the cost of RETURNING
+        claim = claim.returning(t.c.owner)
+        record = record.returning(t.c.owner)
     return {
         "claim": claim,
+        "record": record,
         "read": select(
             t.c.fingerprint, t.c.state, t.c.lease_until, t.c.expires_at, t.c.created_at,
             t.c.status, t.c.headers, t.c.body,
@@ -108,13 +147,23 @@ def _statements(dialect: str) -> dict[str, Any]:
             body=bindparam("p_body"),
         ),
         "release": delete(t).where(running),
+        "forget": delete(t).where(this_key, t.c.owner == bindparam("p_owner")),
         "purge": delete(t).where(t.c.expires_at <= bindparam("p_now")),
     }
 
 
 def encode_headers(headers: tuple[tuple[bytes, bytes], ...]) -> str:
-    """The `headers` column: JSON text of [name, value] pairs, latin-1 decoded (every byte maps to one char)."""
-    return json.dumps([[name.decode("latin-1"), value.decode("latin-1")] for name, value in headers])
+    """The `headers` column: JSON text of [name, value] pairs, latin-1 decoded (every byte maps to one char).
+
+    The text `json.dumps` would write, put together from the json module's own string encoder: `json.dumps` sets
+    up an encoder on every call, which costs more than encoding a response's few headers."""
+    return "[" + ", ".join(
+        f"[{_json_string(name.decode('latin-1'))}, {_json_string(value.decode('latin-1'))}]"
+        for name, value in headers
+    ) + "]"
+
+
+_json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 def decode_headers(text: str | None) -> tuple[tuple[bytes, bytes], ...]:
@@ -139,6 +188,12 @@ class _Driver(Protocol):
         """Run one writing statement; the number of rows it changed."""
         ...
 
+    def commit(
+        self, params: dict[str, Any], writes: Sequence[Write]
+    ) -> Awaitable[tuple[bool, Sequence[Any] | None]]:
+        """Run the `record` upsert and, if it took the key, `writes`, in one transaction; answers as `claim`."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -150,6 +205,47 @@ class _SqliteFile:
     def __init__(self, writer: InlineSqlite, statements: dict[str, Any]) -> None:
         self._writer = writer
         self._sql = {name: Compiled(statement) for name, statement in statements.items()}
+        # The handlers' statements, compiled on first use (keyed by identity; the statement is kept alive with it).
+        self._writes: dict[int, tuple[Any, Compiled]] = {}
+
+    def _compiled(self, statement: Any) -> Compiled:
+        known = self._writes.get(id(statement))
+        if known is None or known[0] is not statement:
+            known = self._writes[id(statement)] = (statement, Compiled(statement))
+        return known[1]
+
+    def _commit(
+        self, connection: sqlite3.Connection, params: dict[str, Any], writes: Sequence[Write]
+    ) -> tuple[bool, Sequence[Any] | None]:
+        record = self._sql["record"]
+        if len(writes) > 1:
+            with savepoint(connection):  # the record and the writes stand or fall together
+                if connection.execute(record.sql, record.args(params)).rowcount == 1:
+                    for write in writes:
+                        compiled = self._compiled(write.statement)
+                        connection.execute(compiled.sql, compiled.args(write.params))  # type: ignore[arg-type]
+                    return True, None
+        elif connection.execute(record.sql, record.args(params)).rowcount == 1:
+            if writes:
+                # One write needs no savepoint (whose SAVEPOINT and RELEASE cost as much as the write): SQLite undoes
+                # a failing statement by itself, and the record goes with a statement of its own.
+                compiled = self._compiled(writes[0].statement)
+                try:
+                    connection.execute(compiled.sql, compiled.args(writes[0].params))  # type: ignore[arg-type]
+                except BaseException:
+                    if connection.in_transaction:
+                        forget = self._sql["forget"]
+                        connection.execute(forget.sql, forget.args(params))
+                    raise
+            return True, None
+        read = self._sql["read"]
+        rows = connection.execute(read.sql, read.args(params)).fetchall()
+        return False, rows[0] if rows else None
+
+    def commit(
+        self, params: dict[str, Any], writes: Sequence[Write]
+    ) -> Awaitable[tuple[bool, Sequence[Any] | None]]:
+        return self._writer.submit(self._commit, params, writes)
 
     def _claim(self, connection: sqlite3.Connection, params: dict[str, Any]) -> tuple[bool, Sequence[Any] | None]:
         claim, read = self._sql["claim"], self._sql["read"]
@@ -186,6 +282,7 @@ class _Asyncpg:
 
     def __init__(self, engine: AsyncEngine, statements: dict[str, Any]) -> None:
         self._engine = engine
+        self._statements = statements
         self._sql = {name: Compiled(statement, engine.dialect) for name, statement in statements.items()}
 
     async def _run(self, work: Any) -> Any:
@@ -217,6 +314,11 @@ class _Asyncpg:
 
         return await self._run(work)  # type: ignore[no-any-return]
 
+    def commit(
+        self, params: dict[str, Any], writes: Sequence[Write]
+    ) -> Awaitable[tuple[bool, Sequence[Any] | None]]:
+        return _commit_on(self._engine, self._statements, params, writes)
+
     async def close(self) -> None:
         """The pool belongs to the `Store`."""
 
@@ -239,8 +341,27 @@ class _Engine:
         async with self._engine.begin() as conn:
             return int((await conn.execute(self._sql[name], params)).rowcount or 0)
 
+    def commit(
+        self, params: dict[str, Any], writes: Sequence[Write]
+    ) -> Awaitable[tuple[bool, Sequence[Any] | None]]:
+        return _commit_on(self._engine, self._sql, params, writes)
+
     async def close(self) -> None:
         """The engine belongs to the `Store`."""
+
+
+async def _commit_on(
+    engine: AsyncEngine, statements: dict[str, Any], params: dict[str, Any], writes: Sequence[Write]
+) -> tuple[bool, Sequence[Any] | None]:
+    """`commit` through SQLAlchemy: one transaction for the record and the writes (on PostgreSQL a concurrent
+    commit of the same key waits for this one's row lock, then finds the key taken)."""
+    async with engine.begin() as conn:
+        result = await conn.execute(statements["record"], params)
+        if (result.rowcount == 1) if engine.dialect.name == "sqlite" else (result.first() is not None):
+            for write in writes:
+                await conn.execute(write.statement, dict(write.params))
+            return True, None
+        return False, (await conn.execute(statements["read"], params)).first()
 
 
 def _driver_for(store: Store) -> _Driver:
@@ -255,8 +376,8 @@ def _driver_for(store: Store) -> _Driver:
 class SqlIdempotencyStore:
     """Key records in `schema.idempotency_keys` of a `bankgate.store.Store` (SQLite file or PostgreSQL).
 
-    Each operation is one statement (the claim two when the key is taken), committed before it returns. The store
-    does not own `store`, but on a SQLite file it keeps a connection of its own: call `close` at shutdown. Ended rows
+    Each operation is one statement (the claim two when the key is taken), committed before it returns; `commit`
+    (`AtomicStore`) adds the handler's writes to the same transaction. The store does not own `store`. Ended rows
     stay until `purge` (the claim ignores them meanwhile).
     """
 
@@ -313,6 +434,35 @@ class SqlIdempotencyStore:
     async def release(self, principal: str, key: str, owner: str) -> None:
         params = {"p_principal": bounded(principal, _PRINCIPAL_LENGTH), "p_key": key, "p_owner": owner}
         await self._driver.execute("release", params)
+
+    async def commit(
+        self,
+        principal: str,
+        key: str,
+        fingerprint: str,
+        response: StoredResponse,
+        writes: Sequence[Write],
+        *,
+        retention: float,
+    ) -> Claim:
+        params = {
+            "p_principal": bounded(principal, _PRINCIPAL_LENGTH),
+            "p_key": _check_key(key),
+            "p_fingerprint": fingerprint,
+            "p_owner": new_owner(),
+            "p_status": response.status,
+            "p_headers": encode_headers(response.headers),
+            "p_body": response.body,
+        }
+        for _ in range(_ATTEMPTS):
+            now = time.time()
+            params.update(p_now=now, p_expires_at=now + retention, p_oldest=now - retention)
+            won, row = await self._driver.commit(params, writes)
+            if won:
+                return Claim("claimed", owner=params["p_owner"])
+            if row is not None and (judged := _judge(row, fingerprint, now, now - retention)) is not None:
+                return judged
+        raise RuntimeError(f"the commit of an idempotency key did not settle after {_ATTEMPTS} attempts")
 
     async def purge(self) -> int:
         return await self._driver.execute("purge", {"p_now": time.time()})

@@ -12,16 +12,19 @@ import hashlib
 import itertools
 import os
 import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "COMPLETED",
     "MAX_KEY_LENGTH",
     "STARTED",
+    "AtomicStore",
     "Claim",
     "IdempotencyStore",
     "StoredResponse",
+    "Write",
     "fingerprint",
 ]
 
@@ -93,6 +96,41 @@ class IdempotencyStore(Protocol):
 
     async def close(self) -> None:
         """Release what the store opened itself (connections it did not receive from the caller)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A write a handler hands to `AtomicStore.commit`, to be made in the same transaction as its key's record:
+    a SQLAlchemy Core statement (built once, at import) and its named parameters."""
+
+    statement: Any
+    params: Mapping[str, Any]
+
+    def __repr__(self) -> str:  # the parameters may be anything a handler writes: not shown
+        return f"Write({type(self.statement).__name__} on {getattr(self.statement, 'table', '?')})"
+
+
+@runtime_checkable
+class AtomicStore(Protocol):
+    """A store that keeps key records in the database the handler writes to, so that a key, the handler's writes
+    and the response to replay commit in one transaction (see `AtomicKey`): no lease, no window in which the
+    writes exist but the key's record does not."""
+
+    async def commit(
+        self,
+        principal: str,
+        key: str,
+        fingerprint: str,
+        response: StoredResponse,
+        writes: Sequence[Write],
+        *,
+        retention: float,
+    ) -> Claim:
+        """If the key is free, make `writes` and keep `response` for `retention` seconds, all or nothing, and
+        answer `claimed`; else make nothing and answer what `claim` would (`completed`, `mismatch`,
+        `in_progress`). An error of one of the writes (e.g. a unique constraint) is raised as the database
+        raised it, with nothing written."""
         ...
 
 

@@ -2,7 +2,10 @@
 `GET /api/v1/payments/{id}`. It exists so that integrators can try the whole flow against a sandbox server: get a
 token (either style), pay, retry the same payment and see it replayed rather than paid twice.
 
-Every route sits behind the server's guard; `POST` also behind the Idempotency-Key layer.
+Every route sits behind the server's guard; `POST` also behind the Idempotency-Key layer. When the key records
+live in the same database as the payments (the default), a payment and its key commit in one transaction
+(`AtomicKey`); with a processing delay (a slow payment rail, simulated) or another key store, the key is claimed
+before the payment is made, so a retry during the delay gets 409.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
 from bankgate.guard import GuardMiddleware, Principal, insufficient_scope, principal_of
-from bankgate.idempotency import IdempotencyMiddleware
-from bankgate.sandbox.payments import FieldError, KeyReused, PaymentBook, validate_order
+from bankgate.idempotency import AtomicStore, IdempotencyMiddleware, atomic_key
+from bankgate.sandbox.payments import DUPLICATE, FieldError, KeyReused, PaymentBook, PaymentRecord, validate_order
 
 __all__ = ["PAYMENTS_PATH", "account_for", "sandbox_app"]
 
@@ -84,14 +87,26 @@ class SandboxApi:
             return Response(err.body(), err.status, headers={k.decode(): v.decode("latin-1")
                                                              for k, v in err.headers("bankgate")})
         key = request.scope.get("state", {}).get("idempotency_key")
+        atomic = atomic_key(request.scope)
+        if atomic is not None:
+            record, write = self._book.draft(principal.key, order, key)
+            response = self._created(record)
+            try:
+                await atomic.commit(response, write)  # when the key was used already, the layer answers instead
+                return response
+            except DUPLICATE:
+                pass  # a payment has this key but the key's record has ended: `create` finds that payment
         try:
             payment = await self._book.create(principal.key, order, key)
         except KeyReused:
             return problem(409, "Conflict", "this Idempotency-Key was used for another payment; send a new key")
         if self._delay:
             await asyncio.sleep(self._delay)
-        location = f"{PAYMENTS_PATH}/{payment.id}"
-        return JSONResponse(payment.as_json(), 201, headers={"Location": location})
+        return self._created(payment)
+
+    @staticmethod
+    def _created(payment: PaymentRecord) -> Response:
+        return JSONResponse(payment.as_json(), 201, headers={"Location": f"{PAYMENTS_PATH}/{payment.id}"})
 
     async def get_payment(self, request: Request) -> Response:
         principal = _principal(request)
@@ -146,6 +161,11 @@ def sandbox_app(runtime: Any) -> Any:
     def required(scope: Any) -> bool:
         return settings.idempotency_required or scope["path"] == PAYMENTS_PATH
 
+    def atomic(scope: Any) -> bool:
+        return scope["path"] == PAYMENTS_PATH
+
+    # A payment commits with its key when both live in one database and nothing slow comes between them.
+    joined = isinstance(runtime.idempotency, AtomicStore) and not settings.sandbox_processing_delay
     idempotent = IdempotencyMiddleware(
         _Unavailable(router),
         store=runtime.idempotency,
@@ -153,5 +173,6 @@ def sandbox_app(runtime: Any) -> Any:
         retention=settings.idempotency_retention,
         lease=settings.idempotency_lease,
         mismatch_status=settings.idempotency_mismatch_status,
+        atomic=atomic if joined else None,
     )
     return GuardMiddleware(idempotent, guard=runtime.guard)

@@ -6,6 +6,7 @@ import re
 import secrets
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -14,13 +15,25 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from bankgate.credentials.scopes import APPLICATION_ID
+from bankgate.idempotency import Write
 from bankgate.sandbox.currencies import MINOR_UNITS
 from bankgate.store import Store, schema
 from bankgate.store.inline import Compiled
 
-__all__ = ["FieldError", "KeyReused", "PaymentBook", "PaymentOrder", "PaymentRecord", "validate_order"]
+__all__ = [
+    "DUPLICATE",
+    "FieldError",
+    "KeyReused",
+    "PaymentBook",
+    "PaymentOrder",
+    "PaymentRecord",
+    "validate_order",
+]
 
-_INSERT = Compiled(schema.payments.insert().values({c.name: None for c in schema.payments.columns}))
+_INSERT_STATEMENT = schema.payments.insert()  # every column, named after it
+_INSERT = Compiled(_INSERT_STATEMENT)
+#: What the database raises when a payment with the same (principal, idempotency key) exists already.
+DUPLICATE = (IntegrityError, sqlite3.IntegrityError)
 _AMOUNT = re.compile(r"(0|[1-9][0-9]{0,14})(\.[0-9]+)?")
 _MAX_REFERENCE = 140
 
@@ -116,10 +129,10 @@ class PaymentBook:
     def __repr__(self) -> str:
         return f"PaymentBook(environment={self._environment!r})"
 
-    async def create(self, principal: str, order: PaymentOrder, idempotency_key: str | None) -> PaymentRecord:
-        """Record a payment. With an idempotency key, at most one payment exists per (principal, key), whatever
-        happened to earlier attempts: a retry after a crash finds the payment the first attempt committed."""
-        table = schema.payments
+    def draft(
+        self, principal: str, order: PaymentOrder, idempotency_key: str | None
+    ) -> tuple[PaymentRecord, Write]:
+        """A new payment, and the write that records it (for `AtomicKey.commit`; `create` makes it itself)."""
         record = PaymentRecord(
             id="pay_" + secrets.token_hex(12),
             principal=principal,
@@ -137,14 +150,22 @@ class PaymentBook:
             "status": record.status, "environment": record.environment, "idempotency_key": idempotency_key,
             "created_at": record.created_at,
         }
+        return record, Write(_INSERT_STATEMENT, row)
+
+    async def create(self, principal: str, order: PaymentOrder, idempotency_key: str | None) -> PaymentRecord:
+        """Record a payment. With an idempotency key, at most one payment exists per (principal, key), whatever
+        happened to earlier attempts: a retry after a crash finds the payment the first attempt committed."""
+        table = schema.payments
+        record, write = self.draft(principal, order, idempotency_key)
+        row = write.params
         try:
             if self._store.inline is not None:
                 # A SQLite file: one statement on the process's inline writer, committed with its turn's others.
                 await self._store.inline.submit(_insert, row)
             else:
                 async with self._store.begin() as conn:
-                    await conn.execute(table.insert().values(row))
-        except (IntegrityError, sqlite3.IntegrityError):
+                    await conn.execute(table.insert().values(dict(row)))
+        except DUPLICATE:
             if idempotency_key is None:
                 raise
             async with self._store.connect() as conn:
@@ -179,5 +200,5 @@ class PaymentBook:
                              status=r["status"], environment=r["environment"], created_at=r["created_at"])
 
 
-def _insert(connection: sqlite3.Connection, row: dict[str, Any]) -> None:
+def _insert(connection: sqlite3.Connection, row: Mapping[str, Any]) -> None:
     connection.execute(_INSERT.sql, _INSERT.args(row))
