@@ -194,6 +194,20 @@ def _declared_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """The app's `receive`: the body the layer has read, in one message, then the server's own messages."""
+    body_sent = False
+
+    async def replay_receive() -> Message:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay_receive
+
+
 async def _problem(send: Send, status: int, title: str, detail: str, *extra: tuple[bytes, bytes]) -> None:
     """An RFC 9457 problem details response."""
     body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
@@ -534,16 +548,8 @@ class IdempotencyMiddleware:
         state["idempotency_key"] = atomic.key
         state["idempotency"] = atomic
         scope = self._without_uncapturable(scope)
-        body_sent = False
         held: list[Message] = []
         answered = started = False
-
-        async def replay_receive() -> Message:
-            nonlocal body_sent
-            if not body_sent:
-                body_sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
 
         async def atomic_send(message: Message) -> None:
             nonlocal answered, started
@@ -559,7 +565,7 @@ class IdempotencyMiddleware:
                 await self._settle_held(scope, send, atomic, held)
 
         try:
-            await self.app(scope, replay_receive, atomic_send)
+            await self.app(scope, _replaying(body, receive), atomic_send)
         except Exception as exc:
             if atomic.failure is None or exc is not atomic.failure or started or answered:
                 raise
@@ -596,19 +602,11 @@ class IdempotencyMiddleware:
         scope.setdefault("state", {})["idempotency_key"] = key
         scope = self._without_uncapturable(scope)
 
-        body_sent = False
         status = 0
         keep = False
         headers: tuple[tuple[bytes, bytes], ...] = ()
         chunks: list[bytes] = []
         settled = False
-
-        async def replay_receive() -> Message:
-            nonlocal body_sent
-            if not body_sent:
-                body_sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
 
         async def settle(response: StoredResponse | None) -> None:
             nonlocal settled
@@ -642,7 +640,7 @@ class IdempotencyMiddleware:
 
         self._watch.start(principal, key, owner)
         try:
-            await self.app(scope, replay_receive, capture_send)
+            await self.app(scope, _replaying(body, receive), capture_send)
         except BaseException:
             if not settled:
                 await settle(None)
