@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bankgate.config import Settings
 from bankgate.guard import Principal
 from bankgate.idempotency import (
+    AtomicKey,
     IdempotencyMiddleware,
     IdempotencyStore,
     MemoryIdempotencyStore,
@@ -1026,6 +1027,26 @@ async def test_a_commit_the_database_refuses_answers_503_and_writes_nothing(tmp_
     assert_problem(response, 503, "not processed", "same Idempotency-Key")
     assert response.headers["retry-after"] == "1"
     await database.close()
+
+
+async def test_commit_refuses_what_cannot_be_kept_before_touching_the_store(
+    till: tuple[Till, httpx.AsyncClient],
+) -> None:
+    shop, _ = till
+    store = SqlIdempotencyStore(shop.database)
+    layer = IdempotencyMiddleware(shop.app(store), store=store, atomic=lambda scope: True)
+    key = AtomicKey(layer, "client:a", "k-1", fingerprint("POST", "/pay", b"", b"{}"))
+    with pytest.raises(ValueError, match="502"):
+        await key.commit(PlainTextResponse("rail down", status_code=502))
+    with pytest.raises(TypeError, match="StreamingResponse"):
+        await key.commit(StreamingResponse(iter([b"x"])))
+    assert key.outcome is None
+    assert await key.commit(JSONResponse({"id": "pay_1"}, status_code=201)) is True
+    with pytest.raises(RuntimeError, match="once"):
+        await key.commit(JSONResponse({"id": "pay_2"}, status_code=201))
+    claim = await store.claim("client:a", "k-1", fingerprint("POST", "/pay", b"", b"{}"), lease=30, retention=60)
+    assert claim.outcome == "completed" and claim.response is not None
+    assert claim.response.body == b'{"id":"pay_1"}' and claim.response.status == 201
 
 
 async def test_atomic_routes_need_a_store_in_the_handlers_database(shop: Shop) -> None:

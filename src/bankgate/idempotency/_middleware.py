@@ -269,7 +269,10 @@ class AtomicKey:
         status = int(response.status_code)
         if not _keeps(status):
             raise ValueError(f"a {status} response is not kept for replay; answer it without commit")
-        stored = StoredResponse(status, _kept_headers(response.raw_headers), bytes(response.body))
+        body = getattr(response, "body", None)
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise TypeError(f"commit keeps a complete response; send a {type(response).__name__} without commit")
+        stored = StoredResponse(status, _kept_headers(response.raw_headers), bytes(body))
         return (await self._record(stored, writes)).outcome == "claimed"
 
     async def _record(self, response: StoredResponse, writes: tuple[Write, ...]) -> Claim:

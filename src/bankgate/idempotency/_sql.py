@@ -66,61 +66,37 @@ def _statements(dialect: str) -> dict[str, Any]:
     started, completed = literal_column(f"'{STARTED}'"), literal_column(f"'{COMPLETED}'")
     this_key = and_(t.c.principal == bindparam("p_principal"), t.c.key == bindparam("p_key"))
     running = and_(this_key, t.c.owner == bindparam("p_owner"), t.c.state == started)
-    fresh = insert(t).values(
-        principal=bindparam("p_principal"),
-        key=bindparam("p_key"),
-        fingerprint=bindparam("p_fingerprint"),
-        state=started,
-        owner=bindparam("p_owner"),
-        lease_until=bindparam("p_lease_until"),
-        expires_at=bindparam("p_lease_until"),
-        created_at=bindparam("p_now"),
-        status=null(),
-        headers=null(),
-        body=null(),
-    )
-    new = fresh.excluded
     # The old row is no longer live: its lease or retention has passed, or it is older than the asker's retention.
     ended = or_(
         t.c.expires_at <= bindparam("p_now"),
         and_(t.c.state == completed, t.c.created_at <= bindparam("p_oldest")),
     )
-    claim = fresh.on_conflict_do_update(
-        index_elements=[t.c.principal, t.c.key],
-        set_={
-            "fingerprint": new.fingerprint,
-            "state": new.state,
-            "owner": new.owner,
-            "lease_until": new.lease_until,
-            "expires_at": new.expires_at,
-            "created_at": new.created_at,
-            "status": null(),
-            "headers": null(),
-            "body": null(),
-        },
-        where=ended,
+
+    def take(**values: Any) -> Any:
+        """Insert the key's row, or take over its row if that is no longer live (every column but the key's)."""
+        fresh = insert(t).values(
+            principal=bindparam("p_principal"),
+            key=bindparam("p_key"),
+            fingerprint=bindparam("p_fingerprint"),
+            owner=bindparam("p_owner"),
+            **values,
+        )
+        taken = ("fingerprint", "owner", *values)
+        return fresh.on_conflict_do_update(
+            index_elements=[t.c.principal, t.c.key],
+            set_={name: getattr(fresh.excluded, name) for name in taken},
+            where=ended,
+        )
+
+    claim = take(
+        state=started, lease_until=bindparam("p_lease_until"), expires_at=bindparam("p_lease_until"),
+        created_at=bindparam("p_now"), status=null(), headers=null(), body=null(),
     )
     # `commit`: the key taken straight into `completed`, in the transaction of the handler's own writes.
-    kept = insert(t).values(
-        principal=bindparam("p_principal"),
-        key=bindparam("p_key"),
-        fingerprint=bindparam("p_fingerprint"),
-        state=completed,
-        owner=bindparam("p_owner"),
-        lease_until=bindparam("p_now"),
-        expires_at=bindparam("p_expires_at"),
-        created_at=bindparam("p_now"),
-        status=bindparam("p_status"),
-        headers=bindparam("p_headers"),
+    record = take(
+        state=completed, lease_until=bindparam("p_now"), expires_at=bindparam("p_expires_at"),
+        created_at=bindparam("p_now"), status=bindparam("p_status"), headers=bindparam("p_headers"),
         body=bindparam("p_body"),
-    )
-    done = kept.excluded
-    record = kept.on_conflict_do_update(
-        index_elements=[t.c.principal, t.c.key],
-        set_={name: getattr(done, name) for name in (
-            "fingerprint", "state", "owner", "lease_until", "expires_at", "created_at", "status", "headers", "body"
-        )},
-        where=ended,
     )
     if dialect == "postgresql":
         # SQLite reports the row count instead, at half the cost of RETURNING
