@@ -658,3 +658,14 @@ def test_headers_are_stored_as_the_json_text_json_dumps_writes(headers: list[tup
     text = encode_headers(pairs)
     assert text == json.dumps([[name.decode("latin-1"), value.decode("latin-1")] for name, value in pairs])
     assert decode_headers(text) == pairs
+
+
+@pytest.mark.parametrize("backend_kind", ["sqlite"], indirect=True)
+async def test_statements_built_per_request_do_not_grow_the_compiled_cache(backend: Backend) -> None:
+    store = await backend.open()
+    for n in range(150):  # a new statement object every time, as a handler that builds it per request would
+        assert (await _commit(store, _pay(f"pay_{n}", f"k-{n}"), key=f"k-{n}")).outcome == "claimed"
+
+    assert len(await _payment_ids(backend)) == 150
+    cache = store._driver._writes  # type: ignore[attr-defined]  # the bound itself, white-box
+    assert 0 < len(cache) <= 64

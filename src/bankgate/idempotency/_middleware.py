@@ -242,7 +242,7 @@ class AtomicKey:
 
         atomic = atomic_key(request.scope)
         if atomic is not None:
-            await atomic.commit(response, Write(payments.insert(), row))
+            await atomic.commit(response, Write(INSERT_PAYMENT, row))  # INSERT_PAYMENT = payments.insert(), once
         return response
 
     When `commit` answers False, nothing was written: the key had been used already (or is in use on a route that

@@ -182,11 +182,15 @@ class _SqliteFile:
         self._writer = writer
         self._sql = {name: Compiled(statement) for name, statement in statements.items()}
         # The handlers' statements, compiled on first use (keyed by identity; the statement is kept alive with it).
+        # Bounded: a handler that builds its statement on every request pays a compilation each time, but the
+        # cache does not grow with it.
         self._writes: dict[int, tuple[Any, Compiled]] = {}
 
     def _compiled(self, statement: Any) -> Compiled:
         known = self._writes.get(id(statement))
         if known is None or known[0] is not statement:
+            if len(self._writes) >= _COMPILED_WRITES:
+                self._writes.clear()
             known = self._writes[id(statement)] = (statement, Compiled(statement))
         return known[1]
 
@@ -247,6 +251,7 @@ class _SqliteFile:
 
 
 _INLINE_BODY_BYTES = 64 * 1024
+_COMPILED_WRITES = 64  # distinct handler statements kept compiled (build them once, at import)
 
 
 _COMMAND_COUNT = re.compile(r"(\d+)$")
