@@ -82,8 +82,40 @@ def _form_or_json(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _guard_errors() -> dict[str, Any]:
-    """RFC 6750 §3.1 answers of the guard (with WWW-Authenticate on 401 and 403)."""
-    return {status: _json(_OAUTH_ERROR, "RFC 6750 error") for status in ("401", "403")}
+    """RFC 6750 §3.1 answers of the guard (with WWW-Authenticate on 401 and 403): a malformed or duplicate
+    Authorization header, a credential in the URL (400), no or a bad token (401), an address or application not
+    allowed (403), a Basic key pair throttled (429), a check that cannot be made now (503 + Retry-After)."""
+    return {status: _json(_OAUTH_ERROR, "RFC 6750 error") for status in ("400", "401", "403", "429", "503")}
+
+
+def _user_errors(*statuses: str) -> dict[str, Any]:
+    """The certificate style's answers: problem details, and the provider's `errors` list for a malformed
+    Authorization header (400)."""
+    answers = _problems(*statuses)
+    if "400" in answers:
+        answers["400"] = {
+            "description": "a malformed Authorization header (the provider's errors list), or a malformed request",
+            "content": {"application/json": {"schema": _PARSE_FAILURE},
+                        "application/problem+json": {"schema": _PROBLEM}},
+        }
+    return answers
+
+
+def _sandbox_errors(*statuses: str) -> dict[str, Any]:
+    """The sandbox's own problem details beside the guard's answers (a 400 or 503 may come from either)."""
+    answers = _guard_errors()
+    for status, problem in _problems(*statuses).items():
+        if status in answers:
+            answers[status] = {"description": f"{answers[status]['description']}, or problem details",
+                               "content": {**answers[status]["content"], **problem["content"]}}
+        else:
+            answers[status] = problem
+    return answers
+
+
+def _plain_errors() -> dict[str, Any]:
+    """Routes without authentication: a credential in the URL (400), the server unable to answer now (503)."""
+    return _oauth_errors("400", "503")
 
 
 _PAYMENT_ORDER = {
@@ -173,8 +205,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                             },
                             "the token; expires_in is a string of seconds",
                         ),
-                        "400": _json(_PARSE_FAILURE, "malformed Authorization header"),
-                        **_problems("401", "403", "429", "503"),
+                        **_user_errors("400", "401", "403", "429", "503"),
                     },
                 }
             },
@@ -201,7 +232,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _json({"type": "object"}, "password set"),
-                        **_problems("400", "401", "403", "429"),
+                        **_user_errors("400", "401", "403", "413", "429", "503"),
                     },
                 }
             },
@@ -210,7 +241,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "summary": "List the user's certificates with their thumbprints",
                     "security": user_basic,
                     "parameters": [username],
-                    "responses": {"200": _json({"type": "object"}, "certificates"), **_problems("401", "403")},
+                    "responses": {"200": _json({"type": "object"}, "certificates"),
+                                  **_user_errors("400", "401", "403", "429", "503")},
                 }
             },
             "/api/v1/users/{username}/certificates/{serial}": {
@@ -224,7 +256,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "the certificate",
                                 "content": {"application/x-pem-file": {"schema": {"type": "string"}}}},
-                        **_problems("401", "403", "404"),
+                        **_user_errors("400", "401", "403", "404", "429", "503"),
                     },
                 }
             },
@@ -233,7 +265,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "summary": "Token introspection (RFC 7662); a client sees only its own tokens",
                     "security": basic,
                     "requestBody": _form_or_json(_TOKEN_PARAMS),
-                    "responses": {"200": _json({"type": "object"}, "active or not"), **_oauth_errors("400", "401")},
+                    "responses": {"200": _json({"type": "object"}, "active or not"),
+                                  **_oauth_errors("400", "401", "403", "413", "429", "503")},
                 }
             },
             "/oauth/revoke": {
@@ -242,22 +275,23 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "security": basic,
                     "requestBody": _form_or_json(_TOKEN_PARAMS),
                     "responses": {"200": {"description": "revoked (or nothing to revoke)"},
-                                  **_oauth_errors("400", "401")},
+                                  **_oauth_errors("400", "401", "403", "413", "429", "503")},
                 }
             },
             "/.well-known/jwks.json": {"get": {"summary": "Signing keys (RFC 7517)",
-                                               "responses": {"200": {"description": "JWK set"}}}},
+                                               "responses": {"200": {"description": "JWK set"}, **_plain_errors()}}},
             "/.well-known/oauth-authorization-server": {
-                "get": {"summary": "Server metadata (RFC 8414)", "responses": {"200": {"description": "metadata"}}}
+                "get": {"summary": "Server metadata (RFC 8414)",
+                        "responses": {"200": {"description": "metadata"}, **_plain_errors()}}
             },
-            "/healthz": {"get": {"summary": "Health", "responses": {"200": {"description": "ok"}}}},
+            "/healthz": {"get": {"summary": "Health", "responses": {"200": {"description": "ok"}, **_plain_errors()}}},
             "/api/v1/whoami": {
                 "get": {"summary": "Whom the credentials speak for", "security": api_auth,
                         "responses": {"200": _json({"type": "object"}, "the principal"), **_guard_errors()}},
             },
             "/api/v1/accounts": {
                 "get": {"summary": "Sandbox: one account per application of the caller", "security": api_auth,
-                        "responses": {"200": _json({"type": "object"}, "accounts"), **_guard_errors()}},
+                        "responses": {"200": _json({"type": "object"}, "accounts"), **_sandbox_errors("503")}},
             },
             "/api/v1/payments": {
                 "post": {
@@ -268,8 +302,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "responses": {
                         "201": {**_json(_PAYMENT, "the payment (Location: its URL; Idempotent-Replayed: true on "
                                         "a replay)")},
-                        **_guard_errors(),
-                        **_problems("400", "409", "422"),
+                        **_sandbox_errors("400", "404", "409", "413", "422", "503"),
                     },
                 }
             },
@@ -279,7 +312,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "security": api_auth,
                     "parameters": [{"name": "payment_id", "in": "path", "required": True,
                                     "schema": {"type": "string"}}],
-                    "responses": {"200": _json(_PAYMENT, "the payment"), **_guard_errors(), **_problems("404")},
+                    "responses": {"200": _json(_PAYMENT, "the payment"), **_sandbox_errors("404", "503")},
                 }
             },
         },

@@ -1,0 +1,115 @@
+"""`/openapi.json` documents every answer: schemathesis drives each operation of the in-process app with generated
+requests (anonymous, with generated credentials, and with valid ones) and checks that no answer is a 5xx, that every
+status is documented, and that every body matches its documented schema."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+
+from bankgate.app import create_app
+from bankgate.config import Settings
+from bankgate.openapi import openapi_document
+from bankgate.services import Services
+
+ISSUER = "http://testserver"
+CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
+
+
+async def _prepare(settings: Settings) -> dict[str, str]:
+    services = await Services.open(settings, initialise=True)
+    try:
+        await services.init()
+        issued = await services.clients.create("conformance", ["app_12345"])
+        basic_issued = await services.clients.create("conformance basic", ["app_12345"], auth_mode="basic")
+    finally:
+        await services.close()
+    return {
+        "api_key": issued.client.api_key,
+        "secret_key": issued.secret_key,
+        "basic_api_key": basic_issued.client.api_key,
+        "basic_secret_key": basic_issued.secret_key,
+    }
+
+
+def _from_loopback(app: Any) -> Any:
+    """The app as a loopback client reaches it (the ASGI test transports name the client `testclient`)."""
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "client": ("127.0.0.1", 50000)}
+        await app(scope, receive, send)
+
+    return asgi
+
+
+async def _token(app_settings: Settings, credentials: dict[str, str]) -> str:
+    app = create_app(app_settings)
+    async with app.starlette.router.lifespan_context(app.starlette):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as client:
+            answer = await client.post(
+                "/oauth/token",
+                data={"grant_type": "client_credentials"},
+                auth=(credentials["api_key"], credentials["secret_key"]),
+            )
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["access_token"])
+
+
+@pytest.fixture(scope="module")
+def conformance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    data_dir: Path = tmp_path_factory.mktemp("conformance")
+    app_settings = Settings(data_dir=data_dir, issuer=ISSUER, audit_flush_interval=0.05)
+    credentials = asyncio.run(_prepare(app_settings))
+    token = asyncio.run(_token(app_settings, credentials))
+    app = _from_loopback(create_app(app_settings))
+    yield {
+        "schema": schemathesis.openapi.from_asgi("/openapi.json", app),
+        "bearer": f"Bearer {token}",
+        "client_basic": "Basic " + base64.b64encode(
+            f"{credentials['api_key']}:{credentials['secret_key']}".encode()).decode(),
+        "api_basic": "Basic " + base64.b64encode(
+            f"{credentials['basic_api_key']}:{credentials['basic_secret_key']}".encode()).decode(),
+    }
+
+
+def _valid_authorization(path: str, conformance: dict[str, Any]) -> str | None:
+    if path.startswith("/oauth/"):
+        return str(conformance["client_basic"])
+    if path in ("/api/v1/whoami", "/api/v1/accounts") or path.startswith("/api/v1/payments"):
+        return str(conformance["bearer"])
+    return None
+
+
+OPERATIONS = [
+    (method.upper(), path)
+    for path, item in openapi_document(ISSUER)["paths"].items()
+    for method in item
+]
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
+def test_every_answer_is_documented(method: str, path: str, conformance: dict[str, Any]) -> None:
+    operation = conformance["schema"][path][method]
+    authorization = _valid_authorization(path, conformance)
+
+    @given(case=operation.as_strategy())
+    @settings(max_examples=200, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def call(case: Any) -> None:
+        case.call_and_validate(checks=CHECKS)
+        if authorization is not None:
+            case.call_and_validate(headers={"Authorization": authorization}, checks=CHECKS)
+
+    call()
