@@ -175,7 +175,9 @@ class UserDirectory:
         self._environment: Environment = environment
         self._passphrase_ttl = passphrase_ttl
         self._hasher = hasher
-        self._verifications = asyncio.Semaphore(max_verifications or max(2, os.cpu_count() or 2))
+        #: argon2 verifications allowed to run at once in this process (default: one per core, at least 2).
+        self.max_verifications = max_verifications or max(2, os.cpu_count() or 2)
+        self._verifications = asyncio.Semaphore(self.max_verifications)
 
     def __repr__(self) -> str:
         return f"UserDirectory(environment={self._environment!r})"
