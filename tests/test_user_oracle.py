@@ -55,13 +55,13 @@ class Argon2Calls:
         lock = threading.Lock()
         original = PasswordHasher.verify
 
-        def verify(hasher: PasswordHasher, hash: str | bytes, password: str | bytes) -> bool:  # noqa: A002
+        def verify(hasher: PasswordHasher, stored: str | bytes, password: str | bytes) -> bool:
             with lock:
                 self.count += 1
                 self.running += 1
                 self.peak = max(self.peak, self.running)
             try:
-                return original(hasher, hash, password)
+                return original(hasher, stored, password)
             finally:
                 with lock:
                     self.running -= 1

@@ -1,9 +1,11 @@
 """Authenticating an M2M user (the certificate style): Basic username:password, the client certificate issued
 to that user, the IP allow list, brute-force throttling, and the answers in the provider's error shapes.
 
-The order of the checks is the defence: a request without a certificate of this user, or from an address that is
-not allowed, or while throttled, is refused before any argon2 work, so password guessing needs a stolen
-certificate, an allowed address, and patience.
+The order of the checks is the defence: a request without a valid bankgate certificate, or while throttled, is
+refused before any argon2 work, so password guessing needs a certificate and patience. Past that point every
+account-related refusal (unknown user, wrong password, another user's certificate) is one answer after one argon2
+verification, and the allow list and the onboarding state are told only to a caller whose password matched: the
+answers and their timing say nothing about which usernames exist.
 """
 
 from __future__ import annotations
