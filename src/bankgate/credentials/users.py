@@ -309,8 +309,9 @@ class UserDirectory:
         to check (unknown user, passphrase used, password not set yet): the caller cannot be told apart by
         the time it takes. At most `max_verifications` run at once in this process, so a flood waits here
         instead of filling the thread pool (each verification holds `memory_cost` KiB)."""
-        target = stored if stored is not None else await self._dummy_hash()
         async with self._verifications:
+            dummy = await self._dummy_hash()  # made by the first verification of any kind: it costs all alike
+            target = stored if stored is not None else dummy
             try:
                 matched: bool = await asyncio.to_thread(self._hasher.verify, target, candidate)
             except (VerifyMismatchError, VerificationError, InvalidHashError):
