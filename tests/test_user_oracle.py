@@ -26,6 +26,7 @@ from conftest import AUTHORIZE, PASSWORD, user_basic
 
 WRONG_PASSPHRASE = "aaaaa-bbbbb-ccccc-ddddd-eeeee"
 WRONG_PASSWORD = "Wrong-Harbour-7-Lantern"
+NEW_PASSWORD = "Second-Harbour-8-Beacon"
 ELSEWHERE = ("10.9.8.7", 40000)  # not on the sandbox's default allow list (loopback only)
 
 
@@ -346,3 +347,36 @@ async def test_a_change_made_elsewhere_is_read_again_before_a_negative_answer(
     assert listing.status_code == 200, listing.text
     early = await _certificates(bankgate.http, "later-user", later.initial_passphrase)
     assert early.status_code == 403 and "reset the initial passphrase first" in early.json()["detail"]
+
+
+async def test_a_password_changed_elsewhere_works_at_once(bankgate: Bankgate, tmp_path: Path) -> None:
+    await bankgate.user("onboarded-user")
+    assert (await _certificates(bankgate.http, "onboarded-user", PASSWORD)).status_code == 200  # record cached
+    other = await Services.open(load_settings(data_dir=tmp_path / "data"))
+    try:
+        again = await other.users.new_passphrase("onboarded-user")
+        await other.users.reset_password("onboarded-user", again.initial_passphrase, NEW_PASSWORD)
+    finally:
+        await other.close()
+    assert (await _certificates(bankgate.http, "onboarded-user", NEW_PASSWORD)).status_code == 200
+    assert (await _certificates(bankgate.http, "onboarded-user", PASSWORD)).status_code == 401
+
+
+async def test_a_disabled_user_and_another_environments_user_are_answered_as_unknown(
+    bankgate: Bankgate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy import update
+
+    from bankgate.store import schema
+
+    for name in ("disabled-user", "production-user"):
+        await bankgate.user(name)
+    async with bankgate.runtime.services.store.begin() as conn:
+        users = schema.users
+        await conn.execute(update(users).where(users.c.username == "disabled-user").values(status="disabled"))
+        await conn.execute(update(users).where(users.c.username == "production-user").values(environment="production"))
+    argon2 = Argon2Calls(monkeypatch)
+    answers = [_answer(await _certificates(bankgate.http, name, PASSWORD))
+               for name in ("nobody-here", "disabled-user", "production-user")]  # the right password, even
+    assert answers[0][0] == 401 and answers == [answers[0]] * 3
+    assert argon2.count == 3
