@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import secrets
 import string
@@ -38,7 +39,16 @@ __all__ = [
 M2M_USER_TYPE = "4"
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{2,63}")
 _PASSPHRASE_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # noqa: S105 - an alphabet; no 0/o, 1/l/i
+#: One message for an unknown user and a wrong passphrase, so usernames cannot be probed.
+WRONG_PASSPHRASE = "the username or initial passphrase is wrong"  # noqa: S105 - a message, not a passphrase
 _COMMON = {"password", "passw0rd", "qwerty", "letmein", "welcome", "changeme", "administrator", "bankgate"}
+
+
+_DUMMY_HASHES: dict[tuple[object, ...], str] = {}  # hasher parameters -> a hash of a random secret
+
+
+def _parameters(hasher: PasswordHasher) -> tuple[object, ...]:
+    return (hasher.type, hasher.time_cost, hasher.memory_cost, hasher.parallelism, hasher.hash_len, hasher.salt_len)
 
 
 class UserNotFoundError(LookupError):
@@ -153,12 +163,21 @@ class UserDirectory:
     """M2M users in the store. Password checks run argon2id in a worker thread, off the event loop."""
 
     def __init__(
-        self, store: Store, environment: Environment, *, passphrase_ttl: float = 7 * 86400, hasher: PasswordHasher
+        self,
+        store: Store,
+        environment: Environment,
+        *,
+        passphrase_ttl: float = 7 * 86400,
+        hasher: PasswordHasher,
+        max_verifications: int | None = None,
     ) -> None:
         self._store = store
         self._environment: Environment = environment
         self._passphrase_ttl = passphrase_ttl
         self._hasher = hasher
+        #: argon2 verifications allowed to run at once in this process (default: one per core, at least 2).
+        self.max_verifications = max_verifications or max(2, os.cpu_count() or 2)
+        self._verifications = asyncio.Semaphore(self.max_verifications)
 
     def __repr__(self) -> str:
         return f"UserDirectory(environment={self._environment!r})"
@@ -274,44 +293,77 @@ class UserDirectory:
             rows = (await conn.execute(select(schema.users).order_by(schema.users.c.created_at))).all()
         return [self._record(row) for row in rows]
 
-    # -- passwords ----------------------------------------------------------------------------------------
+    # -- passwords ---------------------------------------------------------------------------------------
+
+    async def _dummy_hash(self) -> str:
+        key = _parameters(self._hasher)
+        dummy = _DUMMY_HASHES.get(key)
+        if dummy is None:
+            dummy = _DUMMY_HASHES.setdefault(
+                key, await asyncio.to_thread(self._hasher.hash, secrets.token_urlsafe(32))
+            )
+        return dummy
 
     async def _verify(self, stored: str | None, candidate: str) -> bool:
-        if stored is None:
-            return False
-        try:
-            return await asyncio.to_thread(self._hasher.verify, stored, candidate)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            return False
+        """Exactly one argon2 verification, against a dummy hash of the same parameters when there is no hash
+        to check (unknown user, passphrase used, password not set yet): the caller cannot be told apart by
+        the time it takes. At most `max_verifications` run at once in this process, so a flood waits here
+        instead of filling the thread pool (each verification holds `memory_cost` KiB)."""
+        async with self._verifications:
+            dummy = await self._dummy_hash()  # made by the first verification of any kind: it costs all alike
+            target = stored if stored is not None else dummy
+            try:
+                matched: bool = await asyncio.to_thread(self._hasher.verify, target, candidate)
+            except (VerifyMismatchError, VerificationError, InvalidHashError):
+                matched = False
+        return matched and stored is not None
 
-    async def verify_password(self, user: UserRecord, password: str) -> bool:
-        """argon2id check of the user's password (False while the passphrase has not been reset)."""
-        return await self._verify(user.password_hash, password)
+    async def verify_password(self, user: UserRecord | None, password: str) -> bool:
+        """argon2id check of the user's password; False, after the same work, for no user or while the initial
+        passphrase has not been reset."""
+        return await self._verify(user.password_hash if user is not None else None, password)
 
-    async def reset_password(self, username: str, passphrase: str, new_password: str) -> UserRecord:
-        """Exchange the single-use initial passphrase for a new password."""
+    async def verify_passphrase(self, user: UserRecord | None, passphrase: str) -> bool:
+        """argon2id check of the user's initial passphrase; False, after the same work, for no user or once it
+        has been used. Expiry is not checked here: `check_passphrase` says so after the passphrase matched."""
+        return await self._verify(user.passphrase_hash if user is not None else None, passphrase)
+
+    async def check_passphrase(self, username: str, passphrase: str) -> UserRecord:
+        """The user whose initial passphrase this is, after exactly one argon2 verification whatever the case.
+
+        Unknown, disabled or another environment's user, used passphrase, wrong passphrase: PassphraseError
+        with the same message (its `reason` is for the audit trail). Only once the passphrase matched may the
+        answer say more: expired.
+        """
         user = await self.find(username)
-        if user is None or user.status != "active":
-            # Same answer as a wrong passphrase, so usernames cannot be probed.
-            raise PassphraseError("unknown_user", "the username or initial passphrase is wrong")
+        if user is not None and (user.status != "active" or user.environment != self._environment):
+            user = None
+        matched = await self.verify_passphrase(user, passphrase)
+        if user is None:
+            raise PassphraseError("unknown_user", WRONG_PASSPHRASE)
         if user.passphrase_hash is None:
             raise PassphraseError(
                 "passphrase_used", "the initial passphrase has been used already; ask your integration manager "
                 "for a new one if you lost the password"
             )
-        if not await self._verify(user.passphrase_hash, passphrase):
-            raise PassphraseError("wrong_passphrase", "the username or initial passphrase is wrong")
+        if not matched:
+            raise PassphraseError("wrong_passphrase", WRONG_PASSPHRASE)
         if user.passphrase_expires_at is not None and time.time() >= user.passphrase_expires_at:
             raise PassphraseError(
                 "passphrase_expired", "the initial passphrase has expired; ask your integration manager for a new one"
             )
+        return user
+
+    async def set_password(self, user: UserRecord, passphrase: str, new_password: str) -> UserRecord:
+        """Store `new_password` for a user returned by `check_passphrase` with `passphrase`. The update applies
+        only while the passphrase hash is still the one checked, so a passphrase is used once even when racing."""
         check_password_strength(new_password, username=user.username, passphrase=passphrase)
         password_hash = await asyncio.to_thread(self._hasher.hash, new_password)
         async with self._store.begin() as conn:
             result = await conn.execute(
                 update(schema.users)
                 .where(schema.users.c.id == user.id)
-                .where(schema.users.c.passphrase_hash == user.passphrase_hash)  # single use, even when racing
+                .where(schema.users.c.passphrase_hash == user.passphrase_hash)
                 .values(
                     password_hash=password_hash,
                     password_changed_at=time.time(),
@@ -321,4 +373,9 @@ class UserDirectory:
             )
             if result.rowcount != 1:
                 raise PassphraseError("passphrase_used", "the initial passphrase has been used already")
-        return await self.get(username)
+        return await self.get(user.username)
+
+    async def reset_password(self, username: str, passphrase: str, new_password: str) -> UserRecord:
+        """Exchange the single-use initial passphrase for a new password."""
+        user = await self.check_passphrase(username, passphrase)
+        return await self.set_password(user, passphrase, new_password)

@@ -19,7 +19,7 @@ from bankgate.credentials.users import USERNAME, PassphraseError, WeakPasswordEr
 from bankgate.oauth.errors import OAuthError
 from bankgate.oauth.http import Receive, Scope, Send, header, respond
 from bankgate.oauth.request import read_params
-from bankgate.oauth.userauth import UserAuthError, authenticate_user
+from bankgate.oauth.userauth import UserAuthError, authenticate_user, forget_user
 from bankgate.runtime import Runtime
 from bankgate.throttle import keys_for
 
@@ -27,6 +27,12 @@ __all__ = ["CertificateDownloadEndpoint", "CertificateListEndpoint", "PasswordRe
 
 log = logging.getLogger("bankgate.oauth")
 
+#: Unknown user, wrong passphrase, passphrase used already: one answer, so none of them can be told apart.
+_NOT_THE_PASSPHRASE = frozenset({"unknown_user", "wrong_passphrase", "passphrase_used"})
+_NOT_RECOGNISED = (
+    "the username or initial passphrase is wrong; if you reset it already, use your password, or ask your "
+    "integration manager for a new passphrase"
+)
 _JSON = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
 
@@ -79,20 +85,28 @@ class PasswordResetEndpoint(_AccountEndpoint):
         if retry_after is not None:
             raise UserAuthError(429, "Too Many Requests", f"too many failed attempts; retry in "
                                 f"{max(1, round(retry_after))} s", reason="throttled", retry_after=retry_after)
-        user = await runtime.services.users.find(username)
-        if user is not None and not await runtime.services.allowlist.allows("user", user.id, source_ip):
+        users = runtime.services.users
+        try:
+            # Exactly one argon2 verification whoever asks; nothing about the account before it matched.
+            user = await users.check_passphrase(username, passphrase)
+        except PassphraseError as exc:
+            if exc.reason not in _NOT_THE_PASSPHRASE:
+                raise UserAuthError(403, "Forbidden", str(exc), reason=exc.reason) from None
+            retry_after = await throttle.failure(keys)
+            raise UserAuthError(401, "Unauthorized", _NOT_RECOGNISED, reason=exc.reason,
+                                retry_after=retry_after) from None
+        if not await runtime.services.allowlist.allows("user", user.id, source_ip):
             raise UserAuthError(403, "Forbidden", f"requests from {source_ip} are not allowed for this user; ask "
                                 "your integration manager to allow-list the address", reason="ip_not_allowed")
         try:
-            user = await runtime.services.users.reset_password(username, passphrase, new_password)
-        except PassphraseError as exc:
-            if exc.reason in ("unknown_user", "wrong_passphrase"):
-                retry_after = await throttle.failure(keys)
-                raise UserAuthError(401, "Unauthorized", str(exc), reason=exc.reason,
-                                    retry_after=retry_after) from None
-            raise UserAuthError(403, "Forbidden", str(exc), reason=exc.reason) from None
+            user = await users.set_password(user, passphrase, new_password)
+        except PassphraseError as exc:  # another request used the passphrase meanwhile
+            retry_after = await throttle.failure(keys)
+            raise UserAuthError(401, "Unauthorized", _NOT_RECOGNISED, reason=exc.reason,
+                                retry_after=retry_after) from None
         except WeakPasswordError as exc:
             raise UserAuthError(400, "Bad Request", str(exc), reason="weak_password") from None
+        forget_user(runtime, user.username)
         await throttle.success(keys)
         runtime.audit(self.event, user.username, "success", source_ip, {"user_id": user.id})
         body = {

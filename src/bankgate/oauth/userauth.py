@@ -1,9 +1,11 @@
 """Authenticating an M2M user (the certificate style): Basic username:password, the client certificate issued
 to that user, the IP allow list, brute-force throttling, and the answers in the provider's error shapes.
 
-The order of the checks is the defence: a request without a certificate of this user, or from an address that is
-not allowed, or while throttled, is refused before any argon2 work, so password guessing needs a stolen
-certificate, an allowed address, and patience.
+The order of the checks is the defence: a request without a valid bankgate certificate, or while throttled, is
+refused before any argon2 work, so password guessing needs a certificate and patience. Past that point every
+account-related refusal (unknown user, wrong password, another user's certificate) is one answer after one argon2
+verification, and the allow list and the onboarding state are told only to a caller whose password matched: the
+answers and their timing say nothing about which usernames exist.
 """
 
 from __future__ import annotations
@@ -108,17 +110,41 @@ def parse_user_basic(authorization: str | None) -> UserCredentials:
 
 @dataclass(slots=True)
 class UserAuthCaches:
-    """Per-process caches: user records and certificates (revocations seen within the TTL) and password
-    checks already passed (keyed by an HMAC of user, password hash and password, so a changed password misses)."""
+    """Per-process caches: user records and certificates (changes made elsewhere seen within the TTL, or at once
+    through `forget_user`/`forget_certificate`) and password checks already passed (keyed by an HMAC of user,
+    hash and password, so a changed password misses). `rechecked` bounds the re-reads of a user record behind a
+    negative answer to one per username per second."""
 
     users: TtlCache[str, UserRecord | None]
     certificates: TtlCache[str, Any]
     passwords: TtlCache[str, bool]
+    rechecked: TtlCache[str, bool] = field(default_factory=lambda: TtlCache(RECHECK_INTERVAL))
 
     @classmethod
     def for_runtime(cls, runtime: Runtime) -> UserAuthCaches:
         ttl = runtime.settings.client_cache_ttl
         return cls(TtlCache(ttl), TtlCache(ttl), TtlCache(max(ttl, 60.0), limit=10_000))
+
+    def forget_user(self, username: str) -> None:
+        """The user changed (password, passphrase, status): the next request reads the record again."""
+        self.users.forget(username)
+
+    def forget_certificate(self, key: str) -> None:
+        """The certificate changed (revoked); `key` is the SHA-256 hex of its DER."""
+        self.certificates.forget(key)
+
+    def recheck_due(self, username: str) -> bool:
+        """True at most once per username per `RECHECK_INTERVAL`: a flood of wrong answers for one name reads the
+        database once a second, not once a request."""
+        found, _ = self.rechecked.lookup(username)
+        if found:
+            return False
+        self.rechecked.store(username, True)
+        return True
+
+
+#: At most one re-read per username per this many seconds behind a negative answer from a cached record.
+RECHECK_INTERVAL = 1.0
 
 
 def _caches(runtime: Runtime) -> UserAuthCaches:
@@ -129,8 +155,21 @@ def _caches(runtime: Runtime) -> UserAuthCaches:
     return caches
 
 
+def forget_user(runtime: Runtime, username: str) -> None:
+    """A change made through this server (a passphrase reset): its next request must not see the old record."""
+    _caches(runtime).forget_user(username)
+
+
 async def _user(runtime: Runtime, username: str) -> UserRecord | None:
     return await _caches(runtime).users.get(username, lambda: runtime.services.users.find(username))
+
+
+async def _fresh_user(runtime: Runtime, username: str) -> UserRecord | None:
+    """The record read again from the database, when a re-read is due for this name; else the cached one."""
+    caches = _caches(runtime)
+    if caches.recheck_due(username):
+        caches.forget_user(username)
+    return await _user(runtime, username)
 
 
 async def _certificate(runtime: Runtime, der: bytes) -> Any:
@@ -138,13 +177,21 @@ async def _certificate(runtime: Runtime, der: bytes) -> Any:
     return await _caches(runtime).certificates.get(key, lambda: runtime.services.pki.find_by_der(der))
 
 
-async def _password_ok(runtime: Runtime, user: UserRecord, password: str) -> bool:
+async def _password_ok(runtime: Runtime, user: UserRecord | None, password: str) -> bool:
+    """Whether `password` is the user's credential: the password, or the initial passphrase until it is reset.
+    Exactly one argon2 verification unless this very check passed recently; None (no such user, or not one that
+    may use this certificate) costs the same, against a dummy hash."""
+    users = runtime.services.users
+    if user is None:
+        return await users.verify_password(None, password)
     caches = _caches(runtime)
-    key = runtime.services.vault.hash_secret(f"{user.id}\0{user.password_hash}\0{password}")
+    stored = user.passphrase_hash if user.must_reset else user.password_hash
+    key = runtime.services.vault.hash_secret(f"{user.id}\0{user.must_reset}\0{stored}\0{password}")
     found, _ = caches.passwords.lookup(key)
     if found:
         return True
-    if await runtime.services.users.verify_password(user, password):
+    check = users.verify_passphrase if user.must_reset else users.verify_password
+    if await check(user, password):
         caches.passwords.store(key, True)
         return True
     return False
@@ -176,6 +223,32 @@ async def authenticate_user(
         raise
 
 
+def _eligible(runtime: Runtime, user: UserRecord | None, certificate: Any) -> bool:
+    return (
+        user is not None
+        and user.status == "active"
+        and user.environment == runtime.settings.environment
+        and (certificate is None or certificate.user_id == user.id)
+    )
+
+
+def _failure_reason(runtime: Runtime, user: UserRecord | None, certificate: Any) -> str:
+    """Why the answer was 401, for the audit trail only: the caller is told the same whatever the reason."""
+    if user is None or user.environment != runtime.settings.environment:
+        return "unknown_user"
+    if user.status != "active":
+        return "user_disabled"
+    if certificate is not None and certificate.user_id != user.id:
+        return "foreign_certificate"
+    return "wrong_password"
+
+
+def _same_secrets(a: UserRecord | None, b: UserRecord | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (a.id, a.status, a.password_hash, a.passphrase_hash) == (b.id, b.status, b.password_hash, b.passphrase_hash)
+
+
 async def _authenticate(
     runtime: Runtime,
     scope: Scope,
@@ -184,6 +257,12 @@ async def _authenticate(
     require_certificate: bool,
     context: dict[str, Any],
 ) -> AuthenticatedUser:
+    """Cheap checks that say nothing about accounts, then the throttle, then exactly one argon2 verification
+    whoever the user is, and only then anything about the account (allow list, passphrase not reset).
+
+    Unknown, disabled or another environment's user, another user's certificate, wrong password: one answer
+    (401 "the username or password is wrong"), the same work, and a failure counted under every throttle key.
+    """
     certificate = None
     if require_certificate:
         der = runtime.client_certs.der(scope)
@@ -207,13 +286,24 @@ async def _authenticate(
             429, "Too Many Requests", f"too many failed attempts; retry in {max(1, round(retry_after))} s",
             reason="throttled", retry_after=retry_after,
         )
-    user = await _user(runtime, credentials.username)
-    if user is None or user.status != "active" or user.environment != runtime.settings.environment:
-        await throttle.failure(keys)
-        raise _unauthorized("the username or password is wrong", "unknown_user")
-    if certificate is not None and certificate.user_id != user.id:
-        await throttle.failure(keys)
-        raise _unauthorized("the client certificate belongs to another user", "foreign_certificate")
+    username = credentials.username
+    cached, _ = _caches(runtime).users.lookup(username)
+    user = await _user(runtime, username)
+    if cached and (user is None or user.must_reset or user.status != "active"):
+        # A negative answer to come from a record that may be stale ("unknown", "reset first"): read it again.
+        user = await _fresh_user(runtime, username)
+    ok = await _password_ok(runtime, user if _eligible(runtime, user, certificate) else None, credentials.password)
+    if not ok and cached and user is not None and _eligible(runtime, user, certificate):
+        # The password may have changed elsewhere since the record was cached: check against the new one (a
+        # second verification only when the stored hash really changed, which a guesser cannot cause).
+        fresh = await _fresh_user(runtime, username)
+        if not _same_secrets(user, fresh):
+            user = fresh
+            ok = _eligible(runtime, user, certificate) and await _password_ok(runtime, user, credentials.password)
+    if not ok or user is None:
+        error = _unauthorized("the username or password is wrong", _failure_reason(runtime, user, certificate))
+        error.retry_after = await throttle.failure(keys)
+        raise error
     if not await runtime.services.allowlist.allows("user", user.id, source_ip):
         from bankgate.credentials.allowlist import describe_default
 
@@ -229,10 +319,5 @@ async def _authenticate(
             '{"passphrase": …, "new_password": …}',
             "passphrase_not_reset",
         )
-    if not await _password_ok(runtime, user, credentials.password):
-        retry_after = await throttle.failure(keys)
-        error = _unauthorized("the username or password is wrong", "wrong_password")
-        error.retry_after = retry_after
-        raise error
     await throttle.success(keys)
     return AuthenticatedUser(user, certificate)
