@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
-import os
 import re
 import shlex
 import sys
@@ -35,6 +34,7 @@ from bankgate.credentials.allowlist import AllowEntry, SubjectKind, describe_def
 from bankgate.credentials.clients import ClientNotFoundError, IssuedSecret
 from bankgate.credentials.scopes import ScopeError
 from bankgate.credentials.users import NewUser, PassphraseError, UserRecord, WeakPasswordError
+from bankgate.files import private_dir, write_private
 from bankgate.pki import CertificateNotFoundError, CertificateRecord, IssuedCertificate
 from bankgate.services import Services
 from bankgate.store import SchemaMissingError
@@ -757,22 +757,15 @@ async def _audit_cert(services: Services, event: str, record: CertificateRecord,
     await services.audit.write(AuditEvent(event, _actor(), "success", None, detail))
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create `path` with `mode` (never over an existing file)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-
-
 def _write_issued(issued: IssuedCertificate, out: Path) -> dict[str, str | None]:
     files: dict[str, str | None] = {"certificate_file": str(out / f"{issued.serial}.crt.pem"),
                                     "private_key_file": None, "pkcs12_file": None}
-    _write_new(out / f"{issued.serial}.crt.pem", issued.certificate_pem.encode("ascii"), 0o644)
+    write_private(out / f"{issued.serial}.crt.pem", issued.certificate_pem.encode("ascii"), replace=False)
     if issued.private_key_pem is not None and issued.pkcs12 is not None:
         files["private_key_file"] = str(out / f"{issued.serial}.key.pem")
         files["pkcs12_file"] = str(out / f"{issued.serial}.p12")
-        _write_new(out / f"{issued.serial}.key.pem", issued.private_key_pem.encode("ascii"), 0o600)
-        _write_new(out / f"{issued.serial}.p12", issued.pkcs12, 0o600)
+        write_private(out / f"{issued.serial}.key.pem", issued.private_key_pem.encode("ascii"), replace=False)
+        write_private(out / f"{issued.serial}.p12", issued.pkcs12, replace=False)
     return files
 
 
@@ -794,7 +787,7 @@ def certs_issue(
     if key_type not in ("ec", "rsa"):
         raise CliError(f"--key-type {key_type} is not one of: ec, rsa")
     request = csr.read_bytes() if csr is not None else None
-    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(out)
 
     async def job(services: Services) -> tuple[UserRecord, IssuedCertificate, dict[str, str | None]]:
         user = await _cert_user(services, username)
@@ -897,7 +890,7 @@ def certs_download(
     if out is None:
         sys.stdout.write(record.certificate_pem)
         return
-    out.write_text(record.certificate_pem)
+    write_private(out, record.certificate_pem.encode("ascii"))
     errors.print(f"wrote {out} (thumbprint {record.thumbprint})", highlight=False, markup=False)
 
 
@@ -949,7 +942,7 @@ def ca_cert(
     if out is None:
         sys.stdout.write(pem)
         return
-    out.write_text(pem)
+    write_private(out, pem.encode("ascii"))
     errors.print(f"wrote {out}", highlight=False, markup=False)
 
 
