@@ -20,7 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Algorithm", "Environment", "Settings", "load_settings"]
+__all__ = ["Algorithm", "Environment", "Settings", "listen_url", "load_settings"]
 
 Environment = Literal["sandbox", "production"]
 Algorithm = Literal["RS256", "ES256", "EdDSA"]
@@ -203,12 +203,18 @@ class Settings(BaseSettings):
         return "live" if self.environment == "production" else "test"
 
     def issuer_for(self, host: str, port: int, *, tls: bool = False) -> str:
+        """The configured issuer, else the URL of `host:port` (see `listen_url`)."""
         if self.issuer:
             return self.issuer.rstrip("/")
-        shown = f"[{host}]" if ":" in host else host
-        if host in ("0.0.0.0", "::"):  # noqa: S104 - a bind-all address is not a URL anyone can reach
-            shown = "127.0.0.1"
-        return f"{'https' if tls else 'http'}://{shown}:{port}"
+        return listen_url(host, port, tls=tls)
+
+
+def listen_url(host: str, port: int, *, tls: bool = False) -> str:
+    """`http(s)://host:port` for a bound address; a bind-all address is not a URL anyone can reach: loopback."""
+    shown = f"[{host}]" if ":" in host else host
+    if host in ("0.0.0.0", "::"):  # noqa: S104
+        shown = "127.0.0.1"
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
 
 
 def _toml_path(init: dict[str, Any]) -> Path | None:
