@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
+    token_status: int = Field(
+        default=201, description="Status of a successful POST /oauth/token: 201 as the Banked seed documents, or 200 "
+        "as RFC 6749 §5.1 says, for strict clients (openid-client, oauth4webapi) that accept nothing else."
+    )
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -151,6 +155,13 @@ class Settings(BaseSettings):
     def _check_mismatch_status(cls, value: int) -> int:
         if value not in (409, 422):
             raise ValueError("must be 422 (the IETF draft) or 409 (as Banked documents)")
+        return value
+
+    @field_validator("token_status")
+    @classmethod
+    def _check_token_status(cls, value: int) -> int:
+        if value not in (200, 201):
+            raise ValueError("must be 201 (as Banked documents) or 200 (RFC 6749 §5.1, for strict OAuth clients)")
         return value
 
     @field_validator("trusted_proxies")
