@@ -111,6 +111,10 @@ def test_init_issuer_sets_the_issuer_of_servers_started_without_one(server_facto
     assert cli_json("init", "--issuer", "https://new.example.com", "--data-dir", str(data))["issuer"] == (
         "https://new.example.com")
     assert cli_json("init", "--data-dir", str(data))["issuer"] == "https://new.example.com"
+    changes = [(e["detail"]["issuer"], e["detail"]["previous"])
+               for e in cli_json("audit", "tail", "--event", "issuer.set", "--data-dir", str(data))]
+    assert sorted(changes) == [("https://auth.example.com", None), ("https://new.example.com",
+                                                                      "https://auth.example.com")]
 
 
 def test_init_refuses_an_issuer_that_is_not_an_http_url(tmp_path: Path) -> None:

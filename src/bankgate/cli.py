@@ -145,8 +145,11 @@ def init(
 
     async def job(services: Services) -> tuple[InitReport, str | None]:
         report = await services.init()
-        if settings.issuer:
+        previous = await services.stored_issuer()
+        if settings.issuer and settings.issuer.rstrip("/") != previous:
             await services.set_issuer(settings.issuer)
+            await services.audit.write(AuditEvent("issuer.set", _actor(), "success", None,
+                                                  {"issuer": settings.issuer.rstrip("/"), "previous": previous}))
         return report, await services.stored_issuer()
 
     report, stored_issuer = _run(settings, job, initialise=True)
