@@ -84,7 +84,8 @@ def test_init_twice_creates_one_signing_key_and_reports_it(tmp_path: Path) -> No
     first = bg_json(directory, "init")
     second = bg_json(directory, "init")
 
-    assert set(first) == {"data_dir", "database", "environment", "signing_key", "created_signing_key"}
+    assert set(first) == {"data_dir", "database", "environment", "issuer", "signing_key", "created_signing_key"}
+    assert first["issuer"] is None  # until `init --issuer URL` or the first `serve` stores one
     assert first["created_signing_key"] is True
     assert second["created_signing_key"] is False
     assert second["signing_key"]["kid"] == first["signing_key"]["kid"]

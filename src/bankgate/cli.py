@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
-import os
 import re
 import shlex
 import sys
@@ -30,13 +29,14 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from bankgate.audit import AuditEvent, Outcome
-from bankgate.config import Settings, load_settings
+from bankgate.config import Settings, listen_url, load_settings
 from bankgate.credentials.allowlist import AllowEntry, SubjectKind, describe_default, parse_cidr
 from bankgate.credentials.clients import ClientNotFoundError, IssuedSecret
 from bankgate.credentials.scopes import ScopeError
 from bankgate.credentials.users import NewUser, PassphraseError, UserRecord, WeakPasswordError
+from bankgate.files import private_dir, write_private
 from bankgate.pki import CertificateNotFoundError, CertificateRecord, IssuedCertificate
-from bankgate.services import Services
+from bankgate.services import InitReport, IssuerChoice, Services
 from bankgate.store import SchemaMissingError
 from bankgate.vault import MasterKeyError
 
@@ -132,16 +132,34 @@ def _ts(value: float | None) -> str:
 
 
 @app.command()
-def init(data_dir: DataDir = None, database_url: DatabaseUrl = None, as_json: AsJson = False) -> None:
+def init(
+    issuer: Annotated[str | None, typer.Option(help="Public URL used as `iss` by every server on this database "
+                                               "started without --issuer; stored in the database "
+                                               "[env: BANKGATE_ISSUER]", show_default=False)] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    as_json: AsJson = False,
+) -> None:
     """Create the master key, the database schema and the first signing key. Safe to run twice."""
-    settings = _settings(data_dir, database_url)
-    report = _run(settings, lambda s: s.init(), initialise=True)
+    settings = _settings(data_dir, database_url, issuer=issuer)
+
+    async def job(services: Services) -> tuple[InitReport, str | None]:
+        report = await services.init()
+        previous = await services.stored_issuer()
+        if settings.issuer and settings.issuer.rstrip("/") != previous:
+            await services.set_issuer(settings.issuer)
+            await services.audit.write(AuditEvent("issuer.set", _actor(), "success", None,
+                                                  {"issuer": settings.issuer.rstrip("/"), "previous": previous}))
+        return report, await services.stored_issuer()
+
+    report, stored_issuer = _run(settings, job, initialise=True)
     if as_json:
         _emit_json(
             {
                 "data_dir": report.data_dir,
                 "database": report.database,
                 "environment": report.environment,
+                "issuer": stored_issuer,
                 "signing_key": report.signing_key.as_json(),
                 "created_signing_key": report.created_key,
             }
@@ -150,13 +168,20 @@ def init(data_dir: DataDir = None, database_url: DatabaseUrl = None, as_json: As
     console.print(f"[green]ready[/green] {report.environment} environment, database {report.database}")
     verb = "created" if report.created_key else "kept"
     console.print(f"signing key {verb}: {report.signing_key.alg} kid={report.signing_key.kid}")
+    if stored_issuer:
+        console.print(f"issuer {stored_issuer} (servers started without --issuer use it)", highlight=False)
+    else:
+        console.print("issuer: the first server to start stores its own address; set one with --issuer URL",
+                      highlight=False)
 
 
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind [env: BANKGATE_HOST, default 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="Port [env: BANKGATE_PORT, default 8000]")] = None,
-    issuer: Annotated[str | None, typer.Option(help="Public URL used as `iss` [env: BANKGATE_ISSUER]")] = None,
+    issuer: Annotated[str | None, typer.Option(help="Public URL used as `iss` by this server [env: BANKGATE_ISSUER, "
+                                               "default: the one stored in the database, else http(s)://host:port, "
+                                               "then stored for the others]", show_default=False)] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes sharing the database.")] = 1,
     access_log: Annotated[bool, typer.Option(help="Log every request (off: the audit trail records "
                                                   "authentication).")] = False,
@@ -189,9 +214,15 @@ def serve(
     settings = _settings(data_dir, database_url, host=host, port=port, issuer=issuer,
                          trusted_proxies=trusted_proxy or None, client_cert_header=client_cert_header,
                          client_cert_header_name=client_cert_header_name)
-    report = _run(settings, lambda s: s.init(), initialise=True)
-    errors.print(f"bankgate {report.environment}: issuer {settings.issuer_for(settings.host, settings.port, tls=tls)}, "
-                 f"signing key {report.signing_key.alg} {report.signing_key.kid}")
+
+    async def prepare(services: Services) -> tuple[InitReport, IssuerChoice]:
+        report = await services.init()
+        return report, await services.resolve_issuer(listen_url(settings.host, settings.port, tls=tls))
+
+    report, chosen = _run(settings, prepare, initialise=True)
+    errors.print(f"bankgate {report.environment}: {chosen.describe()}; signing key {report.signing_key.alg} "
+                 f"{report.signing_key.kid}", highlight=False, markup=False, soft_wrap=True)
+    settings = settings.model_copy(update={"issuer": chosen.url})
     run_server(settings, workers=workers, access_log=access_log, tls=tls, hostnames=hostname or [], http=http)
 
 
@@ -222,7 +253,10 @@ def quickstart(
         return issued
 
     issued = _run(settings, prepare, initialise=True)
+    # A one-process demo on any port: its own address is its issuer (or BANKGATE_ISSUER), never the stored one,
+    # which stays for the `serve` processes of this database.
     base = settings.issuer_for(settings.host, settings.port)
+    settings = settings.model_copy(update={"issuer": base})
     credentials = f"{issued.client.api_key}:{issued.secret_key}"
     curl = (
         f"curl -s -X POST {base}/oauth/token -u {shlex.quote(credentials)} "
@@ -757,22 +791,15 @@ async def _audit_cert(services: Services, event: str, record: CertificateRecord,
     await services.audit.write(AuditEvent(event, _actor(), "success", None, detail))
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create `path` with `mode` (never over an existing file)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-
-
 def _write_issued(issued: IssuedCertificate, out: Path) -> dict[str, str | None]:
     files: dict[str, str | None] = {"certificate_file": str(out / f"{issued.serial}.crt.pem"),
                                     "private_key_file": None, "pkcs12_file": None}
-    _write_new(out / f"{issued.serial}.crt.pem", issued.certificate_pem.encode("ascii"), 0o644)
+    write_private(out / f"{issued.serial}.crt.pem", issued.certificate_pem.encode("ascii"), replace=False)
     if issued.private_key_pem is not None and issued.pkcs12 is not None:
         files["private_key_file"] = str(out / f"{issued.serial}.key.pem")
         files["pkcs12_file"] = str(out / f"{issued.serial}.p12")
-        _write_new(out / f"{issued.serial}.key.pem", issued.private_key_pem.encode("ascii"), 0o600)
-        _write_new(out / f"{issued.serial}.p12", issued.pkcs12, 0o600)
+        write_private(out / f"{issued.serial}.key.pem", issued.private_key_pem.encode("ascii"), replace=False)
+        write_private(out / f"{issued.serial}.p12", issued.pkcs12, replace=False)
     return files
 
 
@@ -794,7 +821,7 @@ def certs_issue(
     if key_type not in ("ec", "rsa"):
         raise CliError(f"--key-type {key_type} is not one of: ec, rsa")
     request = csr.read_bytes() if csr is not None else None
-    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(out)
 
     async def job(services: Services) -> tuple[UserRecord, IssuedCertificate, dict[str, str | None]]:
         user = await _cert_user(services, username)
@@ -897,7 +924,7 @@ def certs_download(
     if out is None:
         sys.stdout.write(record.certificate_pem)
         return
-    out.write_text(record.certificate_pem)
+    write_private(out, record.certificate_pem.encode("ascii"))
     errors.print(f"wrote {out} (thumbprint {record.thumbprint})", highlight=False, markup=False)
 
 
@@ -949,7 +976,7 @@ def ca_cert(
     if out is None:
         sys.stdout.write(pem)
         return
-    out.write_text(pem)
+    write_private(out, pem.encode("ascii"))
     errors.print(f"wrote {out}", highlight=False, markup=False)
 
 

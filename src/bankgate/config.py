@@ -20,7 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Algorithm", "Environment", "Settings", "load_settings"]
+__all__ = ["Algorithm", "Environment", "Settings", "listen_url", "load_settings"]
 
 Environment = Literal["sandbox", "production"]
 Algorithm = Literal["RS256", "ES256", "EdDSA"]
@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
+    token_status: int = Field(
+        default=201, description="Status of a successful POST /oauth/token: 201 as the Banked seed documents, or 200 "
+        "as RFC 6749 §5.1 says, for strict clients (openid-client, oauth4webapi) that accept nothing else."
+    )
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -151,6 +155,13 @@ class Settings(BaseSettings):
     def _check_mismatch_status(cls, value: int) -> int:
         if value not in (409, 422):
             raise ValueError("must be 422 (the IETF draft) or 409 (as Banked documents)")
+        return value
+
+    @field_validator("token_status")
+    @classmethod
+    def _check_token_status(cls, value: int) -> int:
+        if value not in (200, 201):
+            raise ValueError("must be 201 (as Banked documents) or 200 (RFC 6749 §5.1, for strict OAuth clients)")
         return value
 
     @field_validator("trusted_proxies")
@@ -203,12 +214,18 @@ class Settings(BaseSettings):
         return "live" if self.environment == "production" else "test"
 
     def issuer_for(self, host: str, port: int, *, tls: bool = False) -> str:
+        """The configured issuer, else the URL of `host:port` (see `listen_url`)."""
         if self.issuer:
             return self.issuer.rstrip("/")
-        shown = f"[{host}]" if ":" in host else host
-        if host in ("0.0.0.0", "::"):  # noqa: S104 - a bind-all address is not a URL anyone can reach
-            shown = "127.0.0.1"
-        return f"{'https' if tls else 'http'}://{shown}:{port}"
+        return listen_url(host, port, tls=tls)
+
+
+def listen_url(host: str, port: int, *, tls: bool = False) -> str:
+    """`http(s)://host:port` for a bound address; a bind-all address is not a URL anyone can reach: loopback."""
+    shown = f"[{host}]" if ":" in host else host
+    if host in ("0.0.0.0", "::"):  # noqa: S104
+        shown = "127.0.0.1"
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
 
 
 def _toml_path(init: dict[str, Any]) -> Path | None:

@@ -139,7 +139,8 @@ _PAYMENT = {
 }
 
 
-def openapi_document(server_url: str) -> dict[str, Any]:
+def openapi_document(server_url: str, *, token_status: int = 201) -> dict[str, Any]:
+    """The OpenAPI 3.1 document; `token_status` is the configured success status of POST /oauth/token."""
     api_auth = [{"bearer": []}, {"clientBasic": []}]
     idempotency_key = {"name": "Idempotency-Key", "in": "header", "required": True,
                        "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
@@ -172,7 +173,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "security": basic,
                     "requestBody": _form_or_json(_TOKEN_REQUEST),
                     "responses": {
-                        "201": _json(
+                        str(token_status): _json(
                             {
                                 "type": "object",
                                 "required": ["access_token", "token_type", "expires_in", "scope", "created_at"],

@@ -18,9 +18,11 @@ from bankgate.tokens.keys import KeyStore, SigningKey
 from bankgate.tokens.revocation import RevocationList
 from bankgate.vault import MasterKeyError, Vault, load_master_key
 
-__all__ = ["InitReport", "Services"]
+__all__ = ["InitReport", "IssuerChoice", "Services"]
 
 VAULT_CHECK = "vault_check"
+#: The issuer URL every server process on this database uses unless one is configured for it (see `resolve_issuer`).
+ISSUER = "issuer"
 #: How long past retirement a signing key stays in the JWKS beyond the longest token lifetime.
 KEY_PUBLISH_MARGIN = 300
 
@@ -32,6 +34,24 @@ class InitReport:
     environment: str
     signing_key: SigningKey
     created_key: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerChoice:
+    """The issuer a server process uses, and why: what it prints at start, so an operator sees where it came from."""
+
+    url: str
+    source: str
+    #: Another issuer is stored in the database: tokens of this process are refused by processes that use it.
+    conflicts_with: str | None = None
+
+    def describe(self) -> str:
+        text = f"issuer {self.url} ({self.source})"
+        if self.conflicts_with is not None:
+            text += (f"; warning: the database holds issuer {self.conflicts_with}, which servers started without "
+                     "an issuer use, and they refuse this server's tokens (change the stored one with "
+                     "`bankgate init --issuer URL`)")
+        return text
 
 
 class Services:
@@ -110,6 +130,40 @@ class Services:
             signing_key=key,
             created_key=created,
         )
+
+    async def stored_issuer(self) -> str | None:
+        return await self.store.get_meta(ISSUER)
+
+    async def set_issuer(self, url: str) -> None:
+        """Store the issuer that server processes on this database use unless one is configured for them."""
+        await self.store.put_meta(ISSUER, url.rstrip("/"))
+
+    async def resolve_issuer(self, computed: str) -> IssuerChoice:
+        """The issuer of a server process, agreed by every process on this database without configuration.
+
+        Tokens carry `iss` (RFC 9068 §2.2) and each process refuses tokens of another issuer, so processes sharing
+        a database must share the issuer. A configured issuer (`--issuer`, `BANKGATE_ISSUER`) wins for its
+        process; otherwise the one stored in the database (`bankgate init --issuer URL`) is used; otherwise
+        `computed` (this process's own `http(s)://host:port`). Whichever a process uses is stored if none is yet
+        (put-if-absent): the first process to start decides and the others, started without one, follow.
+        """
+        configured = self.settings.issuer.rstrip("/") if self.settings.issuer else None
+        stored = await self.stored_issuer()
+        if configured is not None:
+            if stored is None:
+                stored = await self.store.put_meta_if_absent(ISSUER, configured)
+                if stored == configured:
+                    return IssuerChoice(configured, "--issuer/BANKGATE_ISSUER; stored for servers started without "
+                                        "one")
+            conflict = stored if stored != configured else None
+            return IssuerChoice(configured, "--issuer/BANKGATE_ISSUER", conflict)
+        if stored is not None:
+            return IssuerChoice(stored, "stored in the database; change it with `bankgate init --issuer URL`")
+        chosen = await self.store.put_meta_if_absent(ISSUER, computed.rstrip("/"))
+        if chosen != computed.rstrip("/"):  # another process stored its own first
+            return IssuerChoice(chosen, "stored in the database; change it with `bankgate init --issuer URL`")
+        return IssuerChoice(chosen, "this server's address, stored in the database for the servers that share it; "
+                            "change it with `bankgate init --issuer URL`")
 
     async def close(self) -> None:
         await self.store.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import os
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +16,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from bankgate.files import private_dir, tighten, write_private
 
 __all__ = ["MasterKeyError", "Vault", "load_master_key"]
 
@@ -42,20 +43,20 @@ def _decode_master(text: str, source: str) -> bytes:
 
 
 def load_master_key(configured: str | None, data_dir: Path, *, create: bool) -> bytes:
-    """Read the master key from settings, else from `<data_dir>/master.key` (created 0600 when `create`)."""
+    """Read the master key from settings, else from `<data_dir>/master.key` (created 0600 when `create`, in a
+    data directory created 0700; an existing file readable by others is made 0600)."""
     if configured:
         return _decode_master(configured, "BANKGATE_MASTER_KEY")
     path = data_dir / MASTER_KEY_FILE
     if path.is_file():
+        tighten(path)
         return _decode_master(path.read_text(), str(path))
     if not create:
         raise MasterKeyError(f"no master key: {path} does not exist and BANKGATE_MASTER_KEY is not set; "
                              "run `bankgate init` first")
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(data_dir)
     raw = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(base64.b64encode(raw).decode() + "\n")
+    write_private(path, (base64.b64encode(raw).decode() + "\n").encode(), replace=False)
     return raw
 
 

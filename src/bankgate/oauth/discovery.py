@@ -47,4 +47,4 @@ async def metadata_endpoint(request: Request) -> JSONResponse:
 
 async def openapi_endpoint(request: Request) -> JSONResponse:
     runtime: Runtime = request.app.state.runtime
-    return JSONResponse(openapi_document(runtime.issuer_url))
+    return JSONResponse(openapi_document(runtime.issuer_url, token_status=runtime.settings.token_status))

@@ -1,4 +1,7 @@
-"""Token endpoint, client credentials grant (RFC 6749 §4.4), as the Banked seed shows it: 201 with `created_at`."""
+"""Token endpoint, client credentials grant (RFC 6749 §4.4), as the Banked seed shows it: 201 with `created_at`.
+
+RFC 6749 §5.1 answers 200, and strict clients accept nothing else: `BANKGATE_TOKEN_STATUS=200` is for them.
+"""
 
 from __future__ import annotations
 
@@ -66,4 +69,4 @@ class TokenEndpoint(OAuthEndpoint):
                 "created_at": issued.created_at,
             }
         )
-        await respond(send, 201, body, JSON_NO_STORE)
+        await respond(send, runtime.settings.token_status, body, JSON_NO_STORE)

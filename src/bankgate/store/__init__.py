@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bankgate.store import schema
@@ -68,14 +68,28 @@ class Store:
             raise  # e.g. the server is down or the database itself does not exist: not a missing schema
 
     async def put_meta_if_absent(self, key: str, value: str) -> str:
-        """Store `value` unless `key` already holds one; return what the key holds now."""
+        """Store `value` unless `key` already holds one; return what the key holds now. Of processes racing to
+        store a value, one wins and all return its value (the loser's insert meets the primary key)."""
+        try:
+            async with self.begin() as conn:
+                row = await conn.execute(select(schema.meta.c.value).where(schema.meta.c.key == key))
+                current = row.scalar_one_or_none()
+                if current is None:
+                    await conn.execute(schema.meta.insert().values(key=key, value=value))
+                    current = value
+            return current
+        except IntegrityError:
+            stored = await self.get_meta(key)
+            if stored is None:
+                raise
+            return stored
+
+    async def put_meta(self, key: str, value: str) -> None:
+        """Store `value` under `key`, replacing what it held."""
         async with self.begin() as conn:
-            row = await conn.execute(select(schema.meta.c.value).where(schema.meta.c.key == key))
-            current = row.scalar_one_or_none()
-            if current is None:
+            updated = await conn.execute(update(schema.meta).where(schema.meta.c.key == key).values(value=value))
+            if updated.rowcount == 0:
                 await conn.execute(schema.meta.insert().values(key=key, value=value))
-                current = value
-        return current
 
     async def close(self) -> None:
         if self.inline is not None:

@@ -9,7 +9,12 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from bankgate.files import private_dir, private_file, tighten
+
 __all__ = ["open_engine", "sqlite_file"]
+
+#: The files SQLite keeps next to a database in WAL mode; it creates them with the database file's own mode.
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -28,12 +33,23 @@ def sqlite_file(url: URL) -> str | None:
     return url.database if url.database and url.database != ":memory:" else None
 
 
+def secure_sqlite_file(database: str) -> None:
+    """Create the SQLite file 0600 (and its directory 0700) before SQLite does, or take others' access off an
+    existing one and its `-wal`/`-shm`: SQLite itself would create them 0644 under the usual umask, and gives the
+    `-wal` and `-shm` files the database file's mode, so owning the main file's mode settles all three."""
+    path = Path(database)
+    private_dir(path.parent)
+    private_file(path)
+    for suffix in SQLITE_COMPANIONS:
+        tighten(path.with_name(path.name + suffix))
+
+
 def open_engine(url: str) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        if database and database != ":memory:" and not database.startswith("file:"):
+            secure_sqlite_file(database)
         # One connection per process for a file: SQLite writes one transaction at a time anyway, and connections of
         # the same process competing for the write lock meet SQLite's busy handler, which sleeps 1, 2, 5, 10 ... ms
         # (under load: a p99 of a second). With one connection the process's transactions simply queue.
