@@ -140,6 +140,8 @@ async def _answer(scope: Scope, send: Send, status: int, message: str, *, malfor
     header on the certificate style's routes: the provider's `AuthorizationParseFailure` list)."""
     retry_after = RETRY_AFTER if status == 503 else None
     family = _family(scope.get("path", ""))
+    if malformed_header and family == "sandbox":
+        family = "guard"  # the sandbox's credentials are the guard's business: its answer, as for any other
     if family == "guard":
         error = {400: "invalid_request", 503: "temporarily_unavailable"}.get(status, "server_error")
         await GuardError(status, error, message, retry_after=retry_after).send(send)
