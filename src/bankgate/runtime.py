@@ -114,8 +114,8 @@ class Runtime:
         self.keys.replace(await self.services.keys.load(known=self.keys.by_kid))
 
     async def _every(self, interval: float, job: Any) -> None:
-        """Run `job` every `interval` seconds. An outage goes to the outage log (one line, not one per run); the
-        first run that works after it ends the outage there. Any other failure is a defect, logged in full."""
+        """Run `job` every `interval` seconds. An outage goes to the outage log (one line, not one per run). Any
+        other failure is a defect, logged in full."""
         failing: str | None = None
         while True:
             await asyncio.sleep(interval)
@@ -128,9 +128,11 @@ class Runtime:
                 else:
                     self.outages.failed(failing, exc)
             else:
-                if failing is not None:
+                # A job may succeed without a statement (nothing to do): the database's outage ends only when a
+                # statement completes (`_statement_ran`); another service's when a job that failed on it works.
+                if failing is not None and failing != DATABASE:
                     self.outages.reachable(failing)
-                    failing = None
+                failing = None
 
     def audit(
         self,
