@@ -6,6 +6,7 @@ Use the `throwaway_postgres` fixture (import it into the test module), or `Postg
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -101,8 +102,6 @@ def throwaway_postgres() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         if cluster.running():
-            try:
+            with contextlib.suppress(AssertionError):
                 cluster.stop()
-            except AssertionError:
-                pass
         shutil.rmtree(root, ignore_errors=True)
