@@ -21,6 +21,9 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+from starlette.requests import Request
+from starlette.responses import Response
+
 from bankgate.guard.core import GuardError
 from bankgate.oauth.errors import OAuthError
 from bankgate.oauth.http import DuplicateHeader, Message, Receive, Scope, Send, respond, single_header
@@ -63,13 +66,16 @@ def query_secret(query: bytes) -> str | None:
     return None
 
 
-async def _no_answer(scope: Scope, receive: Receive, send: Send) -> None:
+class _Unanswered(Response):
     """What Starlette's last-resort handler sends: nothing, so the exception reaches the boundary unanswered."""
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
+        return None
 
-async def defer_to_boundary(request: Any, exc: Exception) -> Callable[..., Any]:
+
+async def defer_to_boundary(request: Request, exc: Exception) -> Response:
     """Starlette's handler for `Exception`: answer nothing and let Starlette re-raise to the boundary."""
-    return _no_answer
+    return _Unanswered()
 
 
 class ErrorBoundary:
