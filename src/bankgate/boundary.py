@@ -19,7 +19,7 @@ import json
 import logging
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_to_bytes
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -49,20 +49,21 @@ QUERY_SECRETS: dict[str, str] = {
     "refresh_token": "the request body (form or JSON)",
     "assertion": "the request body (form or JSON)",
 }
-_MARKERS = tuple({name.encode() for name in QUERY_SECRETS} | {b"%"})
+_NAMES = frozenset(name.encode() for name in QUERY_SECRETS)
 _SANDBOX = ("/api/v1/accounts", "/api/v1/payments")
 _PROBLEM_HEADERS = [(b"content-type", b"application/problem+json"), (b"cache-control", b"no-store")]
 
 
 def query_secret(query: bytes) -> str | None:
-    """The first credential-bearing parameter name in a raw query string, if any (names compared ignoring case)."""
-    lowered = query.lower()
-    if not any(marker in lowered for marker in _MARKERS):
-        return None  # the usual query (`grant_type=client_credentials&scope=app_1`): nothing to parse
-    text = lowered.decode("latin-1")
-    for name, _ in parse_qsl(text, keep_blank_values=True, encoding="latin-1"):
-        if name.strip() in QUERY_SECRETS:
-            return name.strip()
+    """The first credential-bearing parameter name in a raw query string, if any (names compared ignoring case,
+    percent-encoded ones decoded)."""
+    for pair in query.split(b"&"):
+        name = pair.partition(b"=")[0].lower()
+        if b"%" in name or b"+" in name:
+            name = unquote_to_bytes(name.replace(b"+", b" ")).lower()
+        name = name.strip()
+        if name in _NAMES:
+            return name.decode()
     return None
 
 
