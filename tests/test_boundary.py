@@ -270,3 +270,19 @@ def test_the_outage_log_says_once_then_counts_at_most_once_a_minute_then_recover
     assert len(caplog.records) == 3
     assert caplog.records[2].getMessage().startswith("database reachable again after 1235 refused requests")
     assert not outages.down("database")
+
+
+async def test_a_statement_that_completes_ends_the_outage_in_the_log(
+    bankgate: Bankgate, caplog: pytest.LogCaptureFixture
+) -> None:
+    outages = bankgate.runtime.outages
+    caplog.set_level(logging.WARNING, logger="bankgate")
+    outages.refused("database", _database_down())
+    assert outages.down("database")
+    # A request that needs no statement does not end it.
+    assert (await bankgate.http.get("/healthz")).status_code == 200
+    assert outages.down("database")
+    async with bankgate.runtime.services.store.connect() as connection:
+        await connection.exec_driver_sql("SELECT 1")
+    assert not outages.down("database")
+    assert caplog.records[-1].getMessage().startswith("database reachable again after 1 refused requests")
