@@ -286,3 +286,29 @@ async def test_a_statement_that_completes_ends_the_outage_in_the_log(
         await connection.exec_driver_sql("SELECT 1")
     assert not outages.down("database")
     assert caplog.records[-1].getMessage().startswith("database reachable again after 1 refused requests")
+
+
+async def test_background_jobs_report_an_outage_once_and_a_defect_in_full(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from bankgate.runtime import Runtime
+
+    caplog.set_level(logging.WARNING, logger="bankgate")
+    runs: list[int] = []
+    fake = SimpleNamespace(outages=OutageLog(logging.getLogger("bankgate")))
+
+    async def sync() -> None:
+        runs.append(1)
+        if len(runs) <= 20:
+            raise _database_down()
+        if len(runs) == 21:
+            raise KeyError("a bug")
+
+    task = asyncio.create_task(Runtime._every(fake, 0.001, sync))  # type: ignore[arg-type]
+    while len(runs) < 25:
+        await asyncio.sleep(0.005)
+    task.cancel()
+    messages = [(r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    assert messages[0][0].startswith("database unavailable: OperationalError (ConnectionRefusedError)")
+    assert messages[1:] == [("background job sync failed; will retry", True)], messages
