@@ -312,3 +312,15 @@ async def test_background_jobs_report_an_outage_once_and_a_defect_in_full(caplog
     messages = [(r.getMessage(), r.exc_info is not None) for r in caplog.records]
     assert messages[0][0].startswith("database unavailable: OperationalError (ConnectionRefusedError)")
     assert messages[1:] == [("background job sync failed; will retry", True)], messages
+
+
+async def test_malformed_payment_bodies_are_4xx_never_500(bankgate: Bankgate) -> None:
+    bodies = [b"", b"[]", b'"x"', b"null", b"1e999999", b"NaN", b"\xff\xfe", b'{"amount": {}}',
+              b'{"application_id": ["app_1"], "amount": 1, "currency": null, "reference": {}}', b"{" * 10]
+    for number, body in enumerate(bodies):
+        response = await bankgate.http.post(
+            "/api/v1/payments", content=body,
+            headers={**bankgate.bearer, "Idempotency-Key": f"bad-{number}", "Content-Type": "application/json"},
+        )
+        assert 400 <= response.status_code < 500, (body, response.status_code, response.text)
+        assert response.headers["content-type"] == "application/problem+json", (body, response.text)
