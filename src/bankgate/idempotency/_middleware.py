@@ -598,7 +598,7 @@ class IdempotencyMiddleware:
                 claim = await atomic._record(response, ())
             except Exception as exc:
                 # Nothing of this request was committed: its answer goes out unkept, and a retry runs it again.
-                logger.error("could not keep an idempotency response (%s)", type(exc).__name__)
+                self.outages.failed(self._service, exc)
             else:
                 if claim.outcome != "claimed":
                     await self._answer(send, claim)
@@ -631,7 +631,7 @@ class IdempotencyMiddleware:
                     logger.warning("an idempotency lease was taken over before its response was kept")
             except Exception as exc:
                 # The key stays `started` until its lease ends; a retry after that runs again.
-                logger.error("could not settle an idempotency key (%s)", type(exc).__name__)
+                self.outages.failed(self._service, exc)
 
         async def capture_send(message: Message) -> None:
             nonlocal status, headers, keep
