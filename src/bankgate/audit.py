@@ -102,9 +102,9 @@ class AuditLog:
         except Exception as exc:
             # Keep the events for the next attempt rather than lose them to a transient database error.
             self._pending[:0] = batch
-            service = unavailable_service(exc) if self.outages is not None else None
+            service = unavailable_service(exc)
             if self.outages is not None and service is not None:
-                self.outages.failed(service, exc)
+                self.outages.failed(service, exc)  # one line per outage, not one per flush
             else:
                 log.exception("could not write %d audit events; will retry", len(batch))
 

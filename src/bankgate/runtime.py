@@ -9,6 +9,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from sqlalchemy import event
+
 from bankgate.audit import AuditEvent, Outcome
 from bankgate.config import Settings
 from bankgate.outage import DATABASE, OutageLog, unavailable_service
@@ -74,8 +76,6 @@ class Runtime:
             await services.close()
             raise
         services.audit.start()
-        from sqlalchemy import event
-
         # Any statement that completes shows the database answers again: that ends an outage in the log.
         event.listen(services.store.engine.sync_engine, "after_cursor_execute", runtime._statement_ran)
         # Everything loaded so far lives as long as the server: keep it out of the cyclic collector's scans,
@@ -97,8 +97,6 @@ class Runtime:
         self.outages.reachable(DATABASE)
 
     async def stop(self) -> None:
-        from sqlalchemy import event
-
         with contextlib.suppress(Exception):
             event.remove(self.services.store.engine.sync_engine, "after_cursor_execute", self._statement_ran)
         for task in self._tasks:
