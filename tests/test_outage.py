@@ -76,10 +76,9 @@ def test_database_outage_is_503_everywhere_logged_once_and_recovers(
         assert "Traceback" not in outage_log, outage_log[-3000:]
         lines = [line for line in outage_log.splitlines() if line.strip()]
         assert len(lines) < refused / 10, "\n".join(lines[-40:])
-        assert [line for line in lines if "unavailable" in line or "reachable" in line] == [
-            "database unavailable: ConnectionRefusedError: [Errno 111] Connection refused; refusing requests that "
-            "need it with 503"
-        ], "\n".join(lines)
+        reported = [line for line in lines if "unavailable" in line or "reachable" in line]
+        assert len(reported) == 1 and reported[0].startswith("database unavailable: "), "\n".join(lines)
+        assert reported[0].endswith("refusing requests that need it with 503"), reported
 
         throwaway_postgres.start()
         throwaway_postgres.wait_accepting()
