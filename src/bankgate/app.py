@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bankgate.boundary import ErrorBoundary, defer_to_boundary
 from bankgate.config import Settings
 from bankgate.guard.whoami import WhoAmIEndpoint
 from bankgate.oauth.account import CertificateDownloadEndpoint, CertificateListEndpoint, PasswordResetEndpoint
@@ -20,6 +21,7 @@ from bankgate.oauth.discovery import jwks_endpoint, metadata_endpoint, openapi_e
 from bankgate.oauth.introspect import IntrospectionEndpoint
 from bankgate.oauth.revoke import RevocationEndpoint
 from bankgate.oauth.token import TokenEndpoint
+from bankgate.outage import OutageLog
 from bankgate.runtime import Runtime
 
 __all__ = ["BankgateApp", "create_app"]
@@ -50,7 +52,8 @@ _SANDBOX_ROOTS = frozenset({"accounts", "payments"})
 
 
 class BankgateApp:
-    """The Starlette app, with requests to the token endpoints sent to them directly.
+    """The Starlette app, with requests to the token endpoints sent to them directly, all behind one
+    `ErrorBoundary` (outages answered 503, defects 500, duplicate Authorization and secrets in URLs 400).
 
     The token endpoints are plain ASGI apps and also registered as Starlette routes (so other methods get a
     405 and the routing stays in one list); the direct dispatch only skips the framework layers on the hot paths.
@@ -60,8 +63,17 @@ class BankgateApp:
         self.starlette = starlette
         self.state = starlette.state
         self._direct = direct
+        self._boundary = ErrorBoundary(self._dispatch, self._outages)
+        self._idle_outages = OutageLog()  # only until the runtime exists
+
+    def _outages(self) -> OutageLog:
+        runtime = getattr(self.state, "runtime", None)
+        return runtime.outages if runtime is not None else self._idle_outages
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._boundary(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
             endpoint = self._direct.get((scope["method"], path))
@@ -89,7 +101,9 @@ def create_app(settings: Settings, *, issuer: str | None = None) -> ASGIApp:
         finally:
             await runtime.stop()
 
-    starlette = Starlette(lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    # Any other exception goes, unanswered, to the ErrorBoundary around the whole app.
+    starlette = Starlette(lifespan=lifespan,
+                          exception_handlers={HTTPException: _http_error, Exception: defer_to_boundary})
     state = starlette.state
     direct: dict[tuple[str, str], ASGIApp] = {
         ("POST", "/oauth/token"): TokenEndpoint(state),

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import orjson
 from sqlalchemy import insert, select
 
+from bankgate.outage import OutageLog, unavailable_service
 from bankgate.store import Store, schema
 
 __all__ = ["AuditEvent", "AuditLog", "Outcome"]
@@ -67,6 +68,8 @@ class AuditLog:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._insert_sql: str | None = None
+        #: Where a database outage is logged (set by the server's Runtime); without one, each failure is logged.
+        self.outages: OutageLog | None = None
 
     def record(self, event: AuditEvent) -> None:
         """Queue an event (never blocks); written by the background flusher."""
@@ -96,10 +99,14 @@ class AuditLog:
             return
         try:
             await self.write(*batch)
-        except Exception:
+        except Exception as exc:
             # Keep the events for the next attempt rather than lose them to a transient database error.
             self._pending[:0] = batch
-            log.exception("could not write %d audit events; will retry", len(batch))
+            service = unavailable_service(exc)
+            if self.outages is not None and service is not None:
+                self.outages.failed(service, exc)  # one line per outage, not one per flush
+            else:
+                log.exception("could not write %d audit events; will retry", len(batch))
 
     async def _run(self) -> None:
         while True:

@@ -9,8 +9,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from sqlalchemy import event
+
 from bankgate.audit import AuditEvent, Outcome
 from bankgate.config import Settings
+from bankgate.outage import DATABASE, OutageLog, unavailable_service
 from bankgate.services import Services
 from bankgate.tokens.issuer import TokenIssuer
 from bankgate.tokens.keys import KeyRing
@@ -32,6 +35,9 @@ class Runtime:
         self.settings: Settings = services.settings
         self.keys = keys
         self.issuer_url = issuer_url
+        #: Outages of the database and Redis, logged once each with a count (requests, background jobs, audit).
+        self.outages = OutageLog(log)
+        services.audit.outages = self.outages
         self.tokens = TokenIssuer(
             keys, issuer=issuer_url, audience=self.settings.audience, environment=self.settings.environment
         )
@@ -70,6 +76,8 @@ class Runtime:
             await services.close()
             raise
         services.audit.start()
+        # Any statement that completes shows the database answers again: that ends an outage in the log.
+        event.listen(services.store.engine.sync_engine, "after_cursor_execute", runtime._statement_ran)
         # Everything loaded so far lives as long as the server: keep it out of the cyclic collector's scans,
         # which otherwise walk these objects again and again under load.
         gc.collect()
@@ -85,7 +93,12 @@ class Runtime:
         ]
         return runtime
 
+    def _statement_ran(self, *_: Any) -> None:
+        self.outages.reachable(DATABASE)
+
     async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            event.remove(self.services.store.engine.sync_engine, "after_cursor_execute", self._statement_ran)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -98,14 +111,26 @@ class Runtime:
     async def refresh_keys(self) -> None:
         self.keys.replace(await self.services.keys.load(known=self.keys.by_kid))
 
-    @staticmethod
-    async def _every(interval: float, job: Any) -> None:
+    async def _every(self, interval: float, job: Any) -> None:
+        """Run `job` every `interval` seconds. An outage goes to the outage log (one line, not one per run). Any
+        other failure is a defect, logged in full."""
+        failing: str | None = None
         while True:
             await asyncio.sleep(interval)
             try:
                 await job()
-            except Exception:
-                log.exception("background job %s failed; will retry", getattr(job, "__name__", job))
+            except Exception as exc:
+                failing = unavailable_service(exc)
+                if failing is None:
+                    log.exception("background job %s failed; will retry", getattr(job, "__name__", job))
+                else:
+                    self.outages.failed(failing, exc)
+            else:
+                # A job may succeed without a statement (nothing to do): the database's outage ends only when a
+                # statement completes (`_statement_ran`); another service's when a job that failed on it works.
+                if failing is not None and failing != DATABASE:
+                    self.outages.reachable(failing)
+                failing = None
 
     def audit(
         self,

@@ -21,6 +21,7 @@ from bankgate.certheaders import ClientCertificateSource
 from bankgate.guard.keys import RemoteJWKS
 from bankgate.guard.verifier import InvalidToken, Principal, TokenVerifier, VerifierUnavailable
 from bankgate.net import TrustedProxies
+from bankgate.oauth.http import DuplicateHeader, single_header
 
 __all__ = ["BasicAuthenticator", "Guard", "GuardError", "insufficient_scope", "parse_authorization"]
 
@@ -98,12 +99,10 @@ class GuardError(Exception):
 
 def _authorization(scope: Scope) -> str | None:
     """The one Authorization header, as ASCII text; None when absent."""
-    found: bytes | None = None
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            if found is not None:
-                raise GuardError(400, "invalid_request", "send exactly one Authorization header")
-            found = value
+    try:
+        found = single_header(scope, b"authorization")
+    except DuplicateHeader:
+        raise GuardError(400, "invalid_request", "send exactly one Authorization header") from None
     if found is None:
         return None
     if len(found) > _MAX_AUTHORIZATION:

@@ -6,17 +6,12 @@ the credentials speak for. It lets an integrator check a token end to end before
 from __future__ import annotations
 
 import json
-import logging
-
-from sqlalchemy.exc import SQLAlchemyError
 
 from bankgate.guard.core import GuardError
 from bankgate.oauth.http import Receive, Scope, Send, respond
 from bankgate.runtime import Runtime
 
 __all__ = ["WhoAmIEndpoint"]
-
-log = logging.getLogger("bankgate.guard")
 
 
 class WhoAmIEndpoint:
@@ -30,12 +25,6 @@ class WhoAmIEndpoint:
             principal = await guard.authenticate(scope)
         except GuardError as err:
             await err.send(send, guard.realm, basic=guard.accepts_basic)
-            return
-        except (SQLAlchemyError, OSError, TimeoutError):
-            log.exception("whoami failed: database unavailable")
-            err = GuardError(503, "temporarily_unavailable", "the server cannot reach its database; retry",
-                             retry_after=2)
-            await err.send(send, guard.realm)
             return
         body = {**principal.as_json(), "source_ip": runtime.proxies.client_ip(scope)}
         await respond(send, 200, json.dumps(body).encode(),

@@ -40,6 +40,7 @@ from bankgate.idempotency._types import (
     Write,
     fingerprint,
 )
+from bankgate.outage import DATABASE, REDIS, OutageLog
 
 __all__ = ["AtomicKey", "IdempotencyMiddleware", "InvalidIdempotencyKey", "atomic_key", "parse_idempotency_key"]
 
@@ -411,6 +412,8 @@ class IdempotencyMiddleware:
     * `store_timeout`: seconds a store call may take before the request is refused with 503.
     * `atomic`: a predicate on the scope naming the routes whose handlers commit through `AtomicKey` (the store
       must be an `AtomicStore`, e.g. `SqlIdempotencyStore` on the database the handler writes to).
+    * `outages`: where an unreachable store is logged, once per outage with a count (`bankgate.outage`); by
+      default a log of this layer's own.
 
     Responses below 500 are stored and replayed (except 401, 403 and 429: the request did not run); a 5xx response
     or an exception releases the key, so the retry runs again. When the store cannot be reached the request is
@@ -431,6 +434,7 @@ class IdempotencyMiddleware:
         max_body_bytes: int = 1_048_576,
         store_timeout: float = 15.0,
         atomic: Callable[[Scope], bool] | None = None,
+        outages: OutageLog | None = None,
     ) -> None:
         if retention <= 0 or lease <= 0 or store_timeout <= 0:
             raise ValueError("retention, lease and store_timeout are positive numbers of seconds")
@@ -452,6 +456,9 @@ class IdempotencyMiddleware:
         self.store_timeout = store_timeout
         self.atomic = atomic
         self._watch = _Watch(store, lease, store_timeout)
+        self.outages = outages or OutageLog(logger)
+        # The store's name in the outage log: a timeout does not say which service it waited for.
+        self._service = REDIS if "redis" in type(store).__module__ else DATABASE
 
     def _is_required(self, scope: Scope) -> bool:
         return self.required(scope) if callable(self.required) else bool(self.required)
@@ -501,6 +508,7 @@ class IdempotencyMiddleware:
         except Exception as exc:
             await self._unavailable(scope, send, exc)
             return
+        self.outages.reachable(self._service)
 
         if claim.outcome == "claimed" and claim.owner is not None:
             await self._run(scope, receive, send, body, principal, key, claim.owner)
@@ -508,7 +516,7 @@ class IdempotencyMiddleware:
             await self._answer(send, claim)
 
     async def _unavailable(self, scope: Scope, send: Send, exc: Exception) -> None:
-        logger.error("idempotency store unavailable (%s): refusing %s with 503", type(exc).__name__, _target(scope))
+        self.outages.refused(self._service, exc)
         await _problem(
             send, 503, "Idempotency store unavailable",
             f"the request was not processed; retry with the same Idempotency-Key in {_UNAVAILABLE_RETRY} s",
@@ -590,7 +598,7 @@ class IdempotencyMiddleware:
                 claim = await atomic._record(response, ())
             except Exception as exc:
                 # Nothing of this request was committed: its answer goes out unkept, and a retry runs it again.
-                logger.error("could not keep an idempotency response (%s)", type(exc).__name__)
+                self.outages.failed(self._service, exc)
             else:
                 if claim.outcome != "claimed":
                     await self._answer(send, claim)
@@ -623,7 +631,7 @@ class IdempotencyMiddleware:
                     logger.warning("an idempotency lease was taken over before its response was kept")
             except Exception as exc:
                 # The key stays `started` until its lease ends; a retry after that runs again.
-                logger.error("could not settle an idempotency key (%s)", type(exc).__name__)
+                self.outages.failed(self._service, exc)
 
         async def capture_send(message: Message) -> None:
             nonlocal status, headers, keep

@@ -9,11 +9,9 @@ certificate that carries the thumbprint.
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 import orjson
-from sqlalchemy.exc import SQLAlchemyError
 
 from bankgate.credentials.users import USERNAME, PassphraseError, WeakPasswordError
 from bankgate.oauth.errors import OAuthError
@@ -24,8 +22,6 @@ from bankgate.runtime import Runtime
 from bankgate.throttle import keys_for
 
 __all__ = ["CertificateDownloadEndpoint", "CertificateListEndpoint", "PasswordResetEndpoint"]
-
-log = logging.getLogger("bankgate.oauth")
 
 #: Unknown user, wrong passphrase, passphrase used already: one answer, so none of them can be told apart.
 _NOT_THE_PASSPHRASE = frozenset({"unknown_user", "wrong_passphrase", "passphrase_used"})
@@ -52,14 +48,7 @@ class _AccountEndpoint:
             actor = username if USERNAME.fullmatch(username) else err.actor
             runtime.audit(self.event, actor, "failure", source_ip, {"reason": err.reason})
             await err.send(send, scope.get("path", ""))
-        except (SQLAlchemyError, OSError, TimeoutError):
-            log.exception("%s failed: database unavailable", type(self).__name__)
-            await UserAuthError(503, "Service Unavailable", "the server cannot reach its database; retry shortly",
-                                reason="server_error", retry_after=2).send(send, scope.get("path", ""))
-        except Exception:
-            log.exception("%s failed", type(self).__name__)
-            await UserAuthError(500, "Internal Server Error", "the server failed to handle this request; retry "
-                                "later", reason="server_error").send(send, scope.get("path", ""))
+        # Anything else (the database down: 503; a defect: 500) is answered by the app's ErrorBoundary.
 
     async def handle(
         self, runtime: Runtime, scope: Scope, receive: Receive, send: Send, username: str, source_ip: str | None

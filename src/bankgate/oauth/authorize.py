@@ -8,18 +8,13 @@ binding it to the certificate, so a resource server accepts it only over a conne
 
 from __future__ import annotations
 
-import logging
-
 import orjson
-from sqlalchemy.exc import SQLAlchemyError
 
 from bankgate.oauth.http import Receive, Scope, Send, respond
 from bankgate.oauth.userauth import UserAuthError, authenticate_user
 from bankgate.runtime import Runtime
 
 __all__ = ["AuthorizeEndpoint"]
-
-log = logging.getLogger("bankgate.oauth")
 
 _HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
 #: The seed's tokens say `"ver": "1.0"`.
@@ -66,20 +61,6 @@ class AuthorizeEndpoint:
             runtime.audit("token.denied", err.actor if actor == "anonymous" else actor, "failure", source_ip,
                           {"style": "certificate", "reason": err.reason, "thumbprint": err.thumbprint or thumbprint})
             await err.send(send, scope.get("path", ""))
-            return
-        except (SQLAlchemyError, OSError, TimeoutError):
-            log.exception("authorize failed: database unavailable")
-            runtime.audit("token.denied", actor, "failure", source_ip,
-                          {"style": "certificate", "reason": "server_error"})
-            await UserAuthError(503, "Service Unavailable", "the server cannot reach its database; retry shortly",
-                                reason="server_error", retry_after=2).send(send, scope.get("path", ""))
-            return
-        except Exception:
-            log.exception("authorize failed")
-            runtime.audit("token.denied", actor, "failure", source_ip,
-                          {"style": "certificate", "reason": "server_error"})
-            await UserAuthError(500, "Internal Server Error", "the server failed to handle this request; retry "
-                                "later", reason="server_error").send(send, scope.get("path", ""))
             return
         runtime.audit(
             "token.issued",

@@ -5,10 +5,7 @@ middleware style): the token endpoint is the hot path, so no framework request o
 
 from __future__ import annotations
 
-import logging
 from typing import Any
-
-from sqlalchemy.exc import SQLAlchemyError
 
 from bankgate.credentials.allowlist import describe_default
 from bankgate.credentials.clients import ClientAuthError, ClientRecord
@@ -19,8 +16,6 @@ from bankgate.runtime import Runtime
 from bankgate.throttle import keys_for
 
 __all__ = ["OAuthEndpoint"]
-
-log = logging.getLogger("bankgate.oauth")
 
 _FAILED = "client authentication failed: check the API key and secret key"
 
@@ -56,16 +51,7 @@ class OAuthEndpoint:
             runtime.audit(self.denied_event, actor, "failure", source_ip,
                           {"reason": err.audit_reason, "error": err.error})
             await err.send(send)
-        except (SQLAlchemyError, OSError, TimeoutError):
-            log.exception("%s failed: database unavailable", type(self).__name__)
-            err = OAuthError.unavailable()
-            runtime.audit(self.denied_event, actor, "failure", source_ip, {"reason": err.audit_reason})
-            await err.send(send)
-        except Exception:
-            # A defect, not the caller's fault: say so in the spec's terms rather than as a bare 500 page.
-            log.exception("%s failed", type(self).__name__)
-            runtime.audit(self.denied_event, actor, "failure", source_ip, {"reason": "server_error"})
-            await OAuthError("server_error", "the server failed to handle this request; retry later", 500).send(send)
+        # Anything else (the database down: 503; a defect: 500) is answered by the app's ErrorBoundary.
 
     @staticmethod
     async def authenticate(runtime: Runtime, api_key: str, secret: str, source_ip: str | None) -> ClientRecord:

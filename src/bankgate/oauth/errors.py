@@ -50,13 +50,3 @@ class OAuthError(Exception):
     @classmethod
     def invalid_client(cls, description: str, *, reason: str = "invalid_client") -> OAuthError:
         return cls("invalid_client", description, 401, audit_reason=reason)
-
-    @classmethod
-    def unavailable(cls) -> OAuthError:
-        return cls(
-            "temporarily_unavailable",
-            "the server cannot reach its database right now; retry shortly",
-            503,
-            audit_reason="server_error",
-            retry_after=2,
-        )

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["BodyTooLarge", "Receive", "Scope", "Send", "header", "read_body", "respond"]
+__all__ = [
+    "BodyTooLarge", "DuplicateHeader", "Message", "Receive", "Scope", "Send", "header", "read_body", "respond",
+    "single_header",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -17,8 +20,35 @@ class BodyTooLarge(Exception):
     pass
 
 
+class DuplicateHeader(Exception):
+    """A header that must appear once appeared twice; the error boundary answers 400."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the {name} header appears more than once")
+        self.name = name
+
+
+#: Headers with one value (RFC 7230 §3.2.2): a second copy is refused, never silently dropped or preferred.
+_SINGLE = {b"authorization": "Authorization"}
+
+
+def single_header(scope: Scope, name: bytes) -> bytes | None:
+    """The one value of header `name` (lower-case bytes); raises DuplicateHeader when it appears twice."""
+    found: bytes | None = None
+    for key, value in scope["headers"]:
+        if key == name:
+            if found is not None:
+                raise DuplicateHeader(_SINGLE.get(name) or name.decode("latin-1"))
+            found = value
+    return found
+
+
 def header(scope: Scope, name: bytes) -> str | None:
-    """The first value of header `name` (lower-case bytes), decoded as Latin-1 like HTTP/1.1 itself."""
+    """The value of header `name` (lower-case bytes), decoded as Latin-1 like HTTP/1.1 itself: the first one, but
+    for the headers that must appear once (Authorization), which raise DuplicateHeader when repeated."""
+    if name in _SINGLE:
+        value = single_header(scope, name)
+        return None if value is None else value.decode("latin-1")
     for key, value in scope["headers"]:
         if key == name:
             return value.decode("latin-1")

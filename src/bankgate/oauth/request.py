@@ -147,11 +147,7 @@ def _parse_basic(authorization: str) -> ClientCredentials:
 
 def client_credentials(authorization: str | None, params: Params) -> ClientCredentials:
     """Client credentials from `Authorization: Basic` (client_secret_basic) or the body (client_secret_post)."""
-    posted = params.get("client_secret")
-    if "client_secret" in params.in_query:
-        raise OAuthError.invalid_request(
-            "never put client_secret in the URL; send Authorization: Basic base64(api_key:secret_key)"
-        )
+    posted = params.get("client_secret")  # never from the URL: the ErrorBoundary refuses secrets in query strings
     if authorization:
         if posted is not None:
             raise OAuthError.invalid_request(

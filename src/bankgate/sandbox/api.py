@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
@@ -26,8 +24,6 @@ from bankgate.idempotency import AtomicStore, IdempotencyMiddleware, atomic_key
 from bankgate.sandbox.payments import DUPLICATE, FieldError, KeyReused, PaymentBook, PaymentRecord, validate_order
 
 __all__ = ["PAYMENTS_PATH", "account_for", "sandbox_app"]
-
-log = logging.getLogger("bankgate.sandbox")
 
 PAYMENTS_PATH = "/api/v1/payments"
 ACCOUNTS_PATH = "/api/v1/accounts"
@@ -76,7 +72,7 @@ class SandboxApi:
         raw = await request.body()
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep to parse
             return problem(400, "Bad Request", "the body is not JSON: send application/json like "
                            '{"application_id": "app_1", "amount": "12.50", "currency": "EUR", "reference": "…"}')
         order = validate_order(body)
@@ -123,31 +119,6 @@ class SandboxApi:
                        errors=[{"field": e.field, "message": e.message} for e in errors])
 
 
-class _Unavailable:
-    """Database trouble under a sandbox route: 503 with Retry-After, never a bare 500."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        started = False
-
-        async def tracking_send(message: Any) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except (SQLAlchemyError, OSError, TimeoutError):
-            log.exception("sandbox request failed: database unavailable")
-            if started:
-                raise
-            response = problem(503, "Service Unavailable", "the server cannot reach its database; retry shortly")
-            response.headers["Retry-After"] = "2"
-            await response(scope, receive, send)
-
-
 def sandbox_app(runtime: Any) -> Any:
     """The sandbox API as one ASGI app: guard -> Idempotency-Key layer -> routes."""
     settings = runtime.settings
@@ -167,12 +138,13 @@ def sandbox_app(runtime: Any) -> Any:
     # A payment commits with its key when both live in one database and nothing slow comes between them.
     joined = isinstance(runtime.idempotency, AtomicStore) and not settings.sandbox_processing_delay
     idempotent = IdempotencyMiddleware(
-        _Unavailable(router),
+        router,  # database trouble under a route: the app's ErrorBoundary answers 503
         store=runtime.idempotency,
         required=required,
         retention=settings.idempotency_retention,
         lease=settings.idempotency_lease,
         mismatch_status=settings.idempotency_mismatch_status,
         atomic=atomic if joined else None,
+        outages=runtime.outages,
     )
     return GuardMiddleware(idempotent, guard=runtime.guard)
