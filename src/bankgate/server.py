@@ -1,5 +1,9 @@
 """Running the server with uvicorn (one process, or several workers sharing the database).
 
+Every connection, HTTP or HTTPS, is served by `bankgate.http11`'s protocols: bounded header size and count,
+deadlines for unfinished headers and bodies. A stop (SIGTERM, SIGINT) lets running requests finish for at most
+`shutdown_timeout` seconds. The access log (`--access-log`) never writes the value of a secret query parameter.
+
 With `tls`, uvicorn serves HTTPS with a server certificate from the environment's built-in CA and asks every client
 for a certificate from that CA (`CERT_OPTIONAL`: a request without one still reaches the app, which can then say
 what is missing); `bankgate.mtls` puts the client certificate into each request's ASGI TLS extension.
@@ -9,23 +13,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import ipaddress
 import json
+import logging
 import os
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 import uvicorn
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
+from uvicorn.config import LOGGING_CONFIG
 
 from bankgate.app import create_app
 from bankgate.config import Settings
+from bankgate.http11 import Limits, http_protocol
 
-__all__ = ["HTTP_IMPLEMENTATIONS", "TLSFiles", "app_from_environment", "prepare_tls", "serve"]
+__all__ = [
+    "HTTP_IMPLEMENTATIONS",
+    "SECRET_QUERY_PARAMETERS",
+    "RedactQuerySecrets",
+    "TLSFiles",
+    "app_from_environment",
+    "limits_from",
+    "prepare_tls",
+    "redact_query",
+    "serve",
+]
 
 _WORKER_SETTINGS = "BANKGATE_WORKER_SETTINGS"
 HTTP_IMPLEMENTATIONS = ("httptools", "h11")
@@ -35,7 +53,7 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 TLS_DIR = "tls"
 
 
-def app_from_environment() -> Starlette:
+def app_from_environment() -> ASGIApp:
     """The app factory uvicorn workers import: settings handed over by `serve` through the environment."""
     payload = json.loads(os.environ[_WORKER_SETTINGS])
     return create_app(Settings(**payload["settings"]), issuer=payload["issuer"])
@@ -97,17 +115,66 @@ def prepare_tls(settings: Settings, hostnames: Sequence[str] = ()) -> TLSFiles:
     return files
 
 
-def tls_options(files: TLSFiles, http: str) -> dict[str, Any]:
+def tls_options(files: TLSFiles, http: str, limits: Limits | None = None) -> dict[str, Any]:
     """uvicorn options for HTTPS asking for (not requiring) a client certificate from the bankgate CA."""
-    from bankgate.mtls import PROTOCOLS
-
     return {
         "ssl_certfile": str(files.server),  # key and certificate in one file: never a mismatched pair
         "ssl_ca_certs": str(files.ca),
         "ssl_cert_reqs": ssl.CERT_OPTIONAL,
         "ssl_ciphers": TLS12_CIPHERS,
-        "http": PROTOCOLS[http],
+        "http": http_protocol(http, limits or Limits()),
     }
+
+
+#: Query parameters whose values the access log never writes: OAuth and bankgate credentials and tokens
+#: (RFC 6749 §2.3.1, §4.1.2; RFC 7662/7009 `token`; RFC 7521 `assertion`), and any name containing one of
+#: `_SECRET_PARTS`. bankgate refuses them in query strings; the log must not keep them either.
+SECRET_QUERY_PARAMETERS = frozenset({
+    "access_token", "api_key", "apikey", "assertion", "client_assertion", "client_secret", "code", "code_verifier",
+    "id_token", "new_password", "passphrase", "password", "refresh_token", "secret", "secret_key", "token",
+})
+_SECRET_PARTS = ("secret", "password", "passphrase", "token", "assertion", "api_key")
+REDACTED = "***"
+
+
+def _is_secret_name(name: str) -> bool:
+    name = unquote_plus(name).strip().lower().replace("-", "_")
+    return name in SECRET_QUERY_PARAMETERS or any(part in name for part in _SECRET_PARTS)
+
+
+def redact_query(target: str) -> str:
+    """`target` (a path with its query string) with the value of every secret parameter replaced by `***`."""
+    path, mark, query = target.partition("?")
+    if not mark:
+        return target
+    fields = []
+    for field in query.split("&"):
+        name, equals, _ = field.partition("=")
+        fields.append(f"{name}={REDACTED}" if equals and _is_secret_name(name) else field)
+    return f"{path}?{'&'.join(fields)}"
+
+
+class RedactQuerySecrets(logging.Filter):
+    """On uvicorn's access logger: secret query parameter values out of every logged request line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_query(arg) if isinstance(arg, str) and "?" in arg else arg
+                                for arg in record.args)
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration plus the access log's redaction (applied in every worker too)."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_query_secrets"] = {"()": f"{__name__}.RedactQuerySecrets"}
+    config["loggers"]["uvicorn.access"]["filters"] = ["redact_query_secrets"]
+    return config
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(max_header_bytes=settings.max_header_bytes, max_headers=settings.max_headers,
+                  header_timeout=settings.header_timeout, body_timeout=settings.body_timeout)
 
 
 def serve(
@@ -132,10 +199,14 @@ def serve(
         "access_log": access_log,
         "log_level": "info",
         "lifespan": "on",
-        "http": http,
+        "http": http_protocol(http, limits_from(settings)),
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "timeout_keep_alive": settings.keep_alive_timeout,
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
+        "log_config": log_config(),
     }
     if tls:
-        options.update(tls_options(prepare_tls(settings, hostnames), http))
+        options.update(tls_options(prepare_tls(settings, hostnames), http, limits_from(settings)))
     if workers <= 1:
         uvicorn.run(create_app(settings, issuer=issuer), **options)
         return
