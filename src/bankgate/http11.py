@@ -38,6 +38,7 @@ __all__ = ["H11Protocol", "HttpToolsProtocol", "Limits", "http_protocol"]
 logger = logging.getLogger("uvicorn.error")
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+TLS_CLOSE_WAIT = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +60,12 @@ def _head_size(method: bytes, target: bytes, headers: Any) -> int:
     return len(method) + len(target) + len(b"  HTTP/1.1\r\n\r\n") + sum(len(n) + len(v) + 4 for n, v in headers)
 
 
-def _answer(transport: asyncio.BaseTransport, status: int, message: str) -> None:
-    """Write a whole error response outside uvicorn's request cycle, and close the connection after it."""
+def _response(status: int, message: str) -> bytes:
+    """A whole error response, written outside uvicorn's request cycle; the connection closes after it."""
     body = json.dumps({"error": "invalid_request", "error_description": message}).encode()
     head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
-    if not transport.is_closing():
-        transport.write(head + body)  # type: ignore[attr-defined]
-        transport.close()
+    return head + body
 
 
 def _with_body_deadline(app: ASGIApp, timeout: float, timed_out: Callable[[Any], None]) -> ASGIApp:
@@ -108,6 +107,7 @@ class _Bounds:
     app: ASGIApp
 
     def _start_bounds(self) -> None:
+        self._lost = False
         self._refusal: tuple[int, str] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self.app = _with_body_deadline(self.app, self.limits.body_timeout, self._body_timed_out)
@@ -125,6 +125,31 @@ class _Bounds:
     def _head_begun(self) -> bool:
         raise NotImplementedError
 
+    def _close(self, answer: bytes = b"") -> None:
+        """Write `answer` and close; a TLS connection is dropped `TLS_CLOSE_WAIT` s later at the latest.
+
+        A TLS close waits (up to 30 s) for the peer's close_notify, reading and decrypting all the while: a client
+        that goes on sending, or never answers, would hold the connection that long.
+        """
+        if self.transport.is_closing():
+            return
+        if answer:
+            self.transport.write(answer)
+        self.transport.close()
+        if self.transport.get_extra_info("ssl_object") is not None:
+            self.loop.call_later(TLS_CLOSE_WAIT, self._drop)
+
+    def _drop(self) -> None:
+        if not self._lost:
+            self.transport.abort()
+
+    def _bounds_lost(self) -> None:
+        self._lost = True
+        self._disarm_head_timer()
+
+    def timeout_keep_alive_handler(self) -> None:
+        self._close()
+
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if self.transport.is_closing():
@@ -135,17 +160,17 @@ class _Bounds:
         elif self._head_begun():
             logger.info("Request headers not complete within %g s: 408, connection closed",
                         self.limits.header_timeout)
-            _answer(self.transport, 408, f"the request headers did not arrive within {self.limits.header_timeout:g} s")
+            self._close(_response(408, f"the request headers did not arrive within {self.limits.header_timeout:g} s"))
         else:
-            self.transport.close()
+            self._close()
 
     def _body_timed_out(self, cycle: Any) -> None:
         logger.info("No request body bytes for %g s: 408, connection closed", self.limits.body_timeout)
         cycle.keep_alive = False
         if cycle.response_started:
-            self.transport.close()
+            self._close()
         else:
-            _answer(self.transport, 408, f"the request body stopped arriving for {self.limits.body_timeout:g} s")
+            self._close(_response(408, f"the request body stopped arriving for {self.limits.body_timeout:g} s"))
         cycle.disconnected = True  # whatever the application answers now is dropped
 
     def _refuse_head(self, problem: str) -> None:
@@ -180,7 +205,7 @@ class HttpToolsProtocol(_Bounds, HttpToolsTLSProtocol):
         self._start_bounds()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_timer()
+        self._bounds_lost()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -203,7 +228,7 @@ class HttpToolsProtocol(_Bounds, HttpToolsTLSProtocol):
         if self._refusal is None:
             super().send_400_response(msg)
         else:
-            _answer(self.transport, *self._refusal)
+            self._close(_response(*self._refusal))
 
     def on_message_begin(self) -> None:
         self._head_started = True
@@ -263,7 +288,7 @@ class H11Protocol(_Bounds, H11TLSProtocol):
         self._start_bounds()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_timer()
+        self._bounds_lost()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -292,7 +317,7 @@ class H11Protocol(_Bounds, H11TLSProtocol):
         if self._refusal is None:
             super().send_400_response(msg)
         else:
-            _answer(self.transport, *self._refusal)
+            self._close(_response(*self._refusal))
 
 
 _CLASSES: dict[str, type[HttpToolsProtocol | H11Protocol]] = {"httptools": HttpToolsProtocol, "h11": H11Protocol}

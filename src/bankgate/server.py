@@ -16,14 +16,13 @@ import contextlib
 import copy
 import ipaddress
 import json
-import logging
 import os
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import urlsplit
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -35,13 +34,11 @@ from bankgate.http11 import Limits, http_protocol
 
 __all__ = [
     "HTTP_IMPLEMENTATIONS",
-    "SECRET_QUERY_PARAMETERS",
-    "RedactQuerySecrets",
     "TLSFiles",
     "app_from_environment",
     "limits_from",
+    "log_config",
     "prepare_tls",
-    "redact_query",
     "serve",
 ]
 
@@ -126,48 +123,10 @@ def tls_options(files: TLSFiles, http: str, limits: Limits | None = None) -> dic
     }
 
 
-#: Query parameters whose values the access log never writes: OAuth and bankgate credentials and tokens
-#: (RFC 6749 §2.3.1, §4.1.2; RFC 7662/7009 `token`; RFC 7521 `assertion`), and any name containing one of
-#: `_SECRET_PARTS`. bankgate refuses them in query strings; the log must not keep them either.
-SECRET_QUERY_PARAMETERS = frozenset({
-    "access_token", "api_key", "apikey", "assertion", "client_assertion", "client_secret", "code", "code_verifier",
-    "id_token", "new_password", "passphrase", "password", "refresh_token", "secret", "secret_key", "token",
-})
-_SECRET_PARTS = ("secret", "password", "passphrase", "token", "assertion", "api_key")
-REDACTED = "***"
-
-
-def _is_secret_name(name: str) -> bool:
-    name = unquote_plus(name).strip().lower().replace("-", "_")
-    return name in SECRET_QUERY_PARAMETERS or any(part in name for part in _SECRET_PARTS)
-
-
-def redact_query(target: str) -> str:
-    """`target` (a path with its query string) with the value of every secret parameter replaced by `***`."""
-    path, mark, query = target.partition("?")
-    if not mark:
-        return target
-    fields = []
-    for field in query.split("&"):
-        name, equals, _ = field.partition("=")
-        fields.append(f"{name}={REDACTED}" if equals and _is_secret_name(name) else field)
-    return f"{path}?{'&'.join(fields)}"
-
-
-class RedactQuerySecrets(logging.Filter):
-    """On uvicorn's access logger: secret query parameter values out of every logged request line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact_query(arg) if isinstance(arg, str) and "?" in arg else arg
-                                for arg in record.args)
-        return True
-
-
 def log_config() -> dict[str, Any]:
     """uvicorn's logging configuration plus the access log's redaction (applied in every worker too)."""
     config = copy.deepcopy(LOGGING_CONFIG)
-    config.setdefault("filters", {})["redact_query_secrets"] = {"()": f"{__name__}.RedactQuerySecrets"}
+    config.setdefault("filters", {})["redact_query_secrets"] = {"()": "bankgate.accesslog.RedactQuerySecrets"}
     config["loggers"]["uvicorn.access"]["filters"] = ["redact_query_secrets"]
     return config
 
