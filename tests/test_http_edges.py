@@ -219,6 +219,31 @@ def test_a_second_request_on_a_kept_alive_connection_has_its_deadline_too(edge: 
     assert _status(answer) == 408 and closed
 
 
+def test_a_body_trickling_in_after_an_early_answer_is_not_waited_for(edge: Server) -> None:
+    """The server answers 401 without reading the body; the rest of it, a byte at a time, is bounded too."""
+    started = time.monotonic()
+    with _connect(edge) as sock:
+        sock.sendall(b"POST /api/v1/payments HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer nope\r\n"
+                     b"Idempotency-Key: k1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        assert _status(_read_response(sock)) == 401
+        closed = False
+        while not closed and time.monotonic() - started < TIMEOUT + 2 * MARGIN:
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                break
+            closed = _read_until_closed(sock, 0.3)[1]
+    assert time.monotonic() - started < TIMEOUT + 2 * MARGIN, "the connection was kept open"
+
+
+def test_pipelined_requests_are_all_answered(edge: Server) -> None:
+    with _connect(edge) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 2
+                     + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        answers, closed = _read_until_closed(sock, 10)
+    assert answers.count(b"HTTP/1.1 200 OK\r\n") == 3 and closed
+
+
 def test_an_idle_kept_alive_connection_is_closed(edge: Server) -> None:
     with _connect(edge) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")

@@ -125,6 +125,11 @@ class _Bounds:
     def _head_begun(self) -> bool:
         raise NotImplementedError
 
+    def _answered(self) -> bool:
+        """The request was answered before its body was read (a 401, say) and the body is still arriving: the
+        rest of it, and the next request's headers, get one header deadline, however slowly they trickle in."""
+        return self.cycle is not None and self.cycle.response_complete
+
     def _close(self, answer: bytes = b"") -> None:
         """Write `answer` and close; a TLS connection is dropped `TLS_CLOSE_WAIT` s later at the latest.
 
@@ -211,7 +216,7 @@ class HttpToolsProtocol(_Bounds, HttpToolsTLSProtocol):
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
             return
-        if self._head_pending:
+        if self._head_pending or self._answered():
             self._arm_head_timer()
         super().data_received(data)
         if self._head_pending and not self.transport.is_closing():
@@ -294,12 +299,12 @@ class H11Protocol(_Bounds, H11TLSProtocol):
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
             return
-        if self.conn.their_state is not h11.SEND_BODY:
+        if self.conn.their_state is not h11.SEND_BODY or self._answered():
             self._arm_head_timer()
         super().data_received(data)
 
     def _head_begun(self) -> bool:
-        return bool(self.conn.trailing_data[0].strip())
+        return self.conn.their_state is not h11.SEND_BODY and bool(self.conn.trailing_data[0].strip())
 
     def _request_head(self, event: h11.Request) -> None:
         problem = None
