@@ -236,6 +236,16 @@ def test_a_body_trickling_in_after_an_early_answer_is_not_waited_for(edge: Serve
     assert time.monotonic() - started < TIMEOUT + 2 * MARGIN, "the connection was kept open"
 
 
+def test_a_large_body_does_not_count_toward_the_next_requests_headers(edge: Server) -> None:
+    body = b"grant_type=client_credentials&pad=" + b"p" * 16000
+    with _connect(edge) as sock:
+        sock.sendall(b"POST /oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded"
+                     b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                     + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        answers, closed = _read_until_closed(sock, 10)
+    assert b"HTTP/1.1 401 " in answers and answers.count(b"HTTP/1.1 200 OK\r\n") == 1 and closed
+
+
 def test_pipelined_requests_are_all_answered(edge: Server) -> None:
     with _connect(edge) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 2

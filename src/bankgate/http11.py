@@ -193,16 +193,20 @@ class _Bounds:
 class HttpToolsProtocol(_Bounds, HttpToolsTLSProtocol):
     """uvicorn's httptools protocol, TLS-aware, with bounded requests.
 
-    httptools keeps an unfinished header field (or URL) in its own buffer, out of sight, so bytes are counted in
-    `data_received` from the end of one request's headers to the end of the next one's.
+    httptools keeps an unfinished header field (or URL) in its own buffer, out of sight, so the bytes of an
+    unfinished head are counted in `data_received`: every byte of a read in which a request began, less the
+    previous request's body bytes in front of it, and every byte of the reads after it until its headers end.
     """
 
     def __init__(self, *args: Any, limits: Limits = Limits(), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits
-        self._head_pending = True  # the next request's headers are not complete yet
-        self._head_started = False  # ... and some of them have been parsed
+        self._head_started = False  # a request has begun and its headers are not complete
+        self._in_body = False  # a request's headers are complete and its body is not
+        self._completed = False  # a request ended in the current read
         self._head_bytes = 0
+        self._body_bytes = 0  # body bytes parsed in the current read
+        self._body_before_head = 0  # ... of them before the request now begun
         self._fields = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -216,14 +220,20 @@ class HttpToolsProtocol(_Bounds, HttpToolsTLSProtocol):
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
             return
-        if self._head_pending or self._answered():
-            self._arm_head_timer()
+        started_before = self._head_started
+        self._body_bytes = 0
+        self._completed = False
         super().data_received(data)
-        if self._head_pending and not self.transport.is_closing():
-            self._head_bytes += len(data)
+        if self.transport.is_closing():
+            return
+        if self._head_started:
+            self._head_bytes += len(data) - (0 if started_before else self._body_before_head)
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse_head(self._too_many_bytes())
                 self.send_400_response("")
+                return
+        if self._head_started or self._answered() or not (self._in_body or self._completed):
+            self._arm_head_timer()
 
     def _head_begun(self) -> bool:
         return self._head_started
@@ -237,6 +247,8 @@ class HttpToolsProtocol(_Bounds, HttpToolsTLSProtocol):
 
     def on_message_begin(self) -> None:
         self._head_started = True
+        self._head_bytes = 0
+        self._body_before_head = self._body_bytes
         self._fields = 0
         super().on_message_begin()
 
@@ -251,13 +263,18 @@ class HttpToolsProtocol(_Bounds, HttpToolsTLSProtocol):
         if _head_size(self.parser.get_method(), self.url, self.headers) > self.limits.max_header_bytes:
             self._refuse_head(self._too_many_bytes())
             raise _Refused
-        self._head_pending = self._head_started = False
-        self._head_bytes = 0
+        self._head_started = False
+        self._in_body = True
         self._disarm_head_timer()
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
-        self._head_pending = True
+        self._in_body = False
+        self._completed = True
         super().on_message_complete()
 
 
@@ -299,9 +316,13 @@ class H11Protocol(_Bounds, H11TLSProtocol):
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
             return
-        if self.conn.their_state is not h11.SEND_BODY or self._answered():
-            self._arm_head_timer()
         super().data_received(data)
+        if self.transport.is_closing():
+            return
+        state = self.conn.their_state
+        if (state is h11.IDLE or (state is h11.DONE and self.conn.trailing_data[0])
+                or (state is h11.SEND_BODY and self._answered())):
+            self._arm_head_timer()
 
     def _head_begun(self) -> bool:
         return self.conn.their_state is not h11.SEND_BODY and bool(self.conn.trailing_data[0].strip())
