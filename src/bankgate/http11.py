@@ -207,7 +207,7 @@ class HttpToolsProtocol(_Bounds, HttpToolsTLSProtocol):
         self._head_bytes = 0
         self._body_bytes = 0  # body bytes parsed in the current read
         self._body_before_head = 0  # ... of them before the request now begun
-        self._fields = 0
+        self._read = 0  # bytes of the current read
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -221,6 +221,7 @@ class HttpToolsProtocol(_Bounds, HttpToolsTLSProtocol):
         if self.transport.is_closing():
             return
         started_before = self._head_started
+        self._read = len(data)
         self._body_bytes = 0
         self._completed = False
         super().data_received(data)
@@ -249,19 +250,17 @@ class HttpToolsProtocol(_Bounds, HttpToolsTLSProtocol):
         self._head_started = True
         self._head_bytes = 0
         self._body_before_head = self._body_bytes
-        self._fields = 0
         super().on_message_begin()
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields += 1
-        if self._fields > self.limits.max_headers:
-            self._refuse_head(self._too_many_fields())
-            raise _Refused
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
-        if _head_size(self.parser.get_method(), self.url, self.headers) > self.limits.max_header_bytes:
-            self._refuse_head(self._too_many_bytes())
+        problem = None
+        if len(self.headers) > self.limits.max_headers:
+            problem = self._too_many_fields()
+        elif (self._head_bytes + self._read > self.limits.max_header_bytes
+              and _head_size(self.parser.get_method(), self.url, self.headers) > self.limits.max_header_bytes):
+            problem = self._too_many_bytes()
+        if problem is not None:
+            self._refuse_head(problem)
             raise _Refused
         self._head_started = False
         self._in_body = True

@@ -159,7 +159,6 @@ def serve(
         "log_level": "info",
         "lifespan": "on",
         "http": http_protocol(http, limits_from(settings)),
-        "h11_max_incomplete_event_size": settings.max_header_bytes,
         "timeout_keep_alive": settings.keep_alive_timeout,
         "timeout_graceful_shutdown": settings.shutdown_timeout,
         "log_config": log_config(),
