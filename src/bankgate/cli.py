@@ -202,6 +202,27 @@ def serve(
     client_cert_header_name: Annotated[str | None, typer.Option("--client-cert-header-name", help="The header's "
                                                                 "name when not the usual one (nginx, caddy).",
                                                                 show_default=False)] = None,
+    max_header_bytes: Annotated[int | None, typer.Option("--max-header-bytes", help="Largest request line plus "
+                                                         "headers; larger gets 431 [env: BANKGATE_MAX_HEADER_BYTES, "
+                                                         "default 16384]", show_default=False)] = None,
+    max_headers: Annotated[int | None, typer.Option("--max-headers", help="Most header fields in a request; more "
+                                                    "gets 431 [env: BANKGATE_MAX_HEADERS, default 100]",
+                                                    show_default=False)] = None,
+    header_timeout: Annotated[float | None, typer.Option("--header-timeout", help="Seconds a request's headers "
+                                                         "may take; then 408 [env: BANKGATE_HEADER_TIMEOUT, "
+                                                         "default 10]", show_default=False)] = None,
+    body_timeout: Annotated[float | None, typer.Option("--body-timeout", help="Seconds without a byte of a "
+                                                       "request body being read; then 408 [env: "
+                                                       "BANKGATE_BODY_TIMEOUT, default 10]",
+                                                       show_default=False)] = None,
+    keep_alive_timeout: Annotated[float | None, typer.Option("--keep-alive-timeout", help="Seconds an idle "
+                                                             "connection stays open [env: "
+                                                             "BANKGATE_KEEP_ALIVE_TIMEOUT, default 5]",
+                                                             show_default=False)] = None,
+    shutdown_timeout: Annotated[float | None, typer.Option("--shutdown-timeout", help="Seconds running requests "
+                                                           "may take to finish on SIGTERM before they are "
+                                                           "cancelled [env: BANKGATE_SHUTDOWN_TIMEOUT, default 10]",
+                                                           show_default=False)] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -213,7 +234,9 @@ def serve(
         raise CliError(f"--http {http} is not one of: {', '.join(HTTP_IMPLEMENTATIONS)}")
     settings = _settings(data_dir, database_url, host=host, port=port, issuer=issuer,
                          trusted_proxies=trusted_proxy or None, client_cert_header=client_cert_header,
-                         client_cert_header_name=client_cert_header_name)
+                         client_cert_header_name=client_cert_header_name, max_header_bytes=max_header_bytes,
+                         max_headers=max_headers, header_timeout=header_timeout, body_timeout=body_timeout,
+                         keep_alive_timeout=keep_alive_timeout, shutdown_timeout=shutdown_timeout)
 
     async def prepare(services: Services) -> tuple[InitReport, IssuerChoice]:
         report = await services.init()

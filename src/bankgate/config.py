@@ -142,6 +142,29 @@ class Settings(BaseSettings):
         default=201, description="Status of a successful POST /oauth/token: 201 as the Banked seed documents, or 200 "
         "as RFC 6749 §5.1 says, for strict clients (openid-client, oauth4webapi) that accept nothing else."
     )
+    # -- the HTTP edges of `bankgate serve` (bankgate.http11): what one request may cost, how long a stop takes --
+    max_header_bytes: int = Field(
+        default=16384, ge=1024, le=1048576, description="Largest request line plus headers in bytes; larger is "
+        "refused with 431 and the connection closed, without reading (or keeping) the rest."
+    )
+    max_headers: int = Field(
+        default=100, ge=1, le=10000, description="Most header fields in one request; more is refused with 431."
+    )
+    header_timeout: float = Field(
+        default=10.0, gt=0, le=3600, description="Seconds a request's headers may take from its first byte (from "
+        "the connection's start for the first request); then 408 and the connection closed."
+    )
+    body_timeout: float = Field(
+        default=10.0, gt=0, le=3600, description="Seconds without a byte of a request body the server is waiting "
+        "for; then 408 and the connection closed."
+    )
+    keep_alive_timeout: float = Field(
+        default=5.0, gt=0, le=3600, description="Seconds an idle connection is kept open between requests."
+    )
+    shutdown_timeout: float = Field(
+        default=10.0, ge=0, le=3600, description="Seconds a stopping server (SIGTERM, SIGINT) lets running "
+        "requests finish before it cancels them and exits."
+    )
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

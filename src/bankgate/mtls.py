@@ -21,7 +21,6 @@ import asyncio
 import ssl
 from typing import Any
 
-from cryptography import x509
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -56,6 +55,8 @@ def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
     chain: list[str] = []
     name: str | None = None
     if der:
+        from cryptography import x509  # here: uvicorn workers import this module before they answer health checks
+
         chain.append(ssl.DER_cert_to_PEM_cert(der))
         name = x509.load_der_x509_certificate(der).subject.rfc4514_string()
     return {

@@ -1,5 +1,9 @@
 """Running the server with uvicorn (one process, or several workers sharing the database).
 
+Every connection, HTTP or HTTPS, is served by `bankgate.http11`'s protocols: bounded header size and count,
+deadlines for unfinished headers and bodies. A stop (SIGTERM, SIGINT) lets running requests finish for at most
+`shutdown_timeout` seconds. The access log (`--access-log`) never writes the value of a secret query parameter.
+
 With `tls`, uvicorn serves HTTPS with a server certificate from the environment's built-in CA and asks every client
 for a certificate from that CA (`CERT_OPTIONAL`: a request without one still reaches the app, which can then say
 what is missing); `bankgate.mtls` puts the client certificate into each request's ASGI TLS extension.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import ipaddress
 import json
 import os
@@ -20,12 +25,22 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import uvicorn
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
+from uvicorn.config import LOGGING_CONFIG
 
 from bankgate.app import create_app
 from bankgate.config import Settings
+from bankgate.http11 import Limits, http_protocol
 
-__all__ = ["HTTP_IMPLEMENTATIONS", "TLSFiles", "app_from_environment", "prepare_tls", "serve"]
+__all__ = [
+    "HTTP_IMPLEMENTATIONS",
+    "TLSFiles",
+    "app_from_environment",
+    "limits_from",
+    "log_config",
+    "prepare_tls",
+    "serve",
+]
 
 _WORKER_SETTINGS = "BANKGATE_WORKER_SETTINGS"
 HTTP_IMPLEMENTATIONS = ("httptools", "h11")
@@ -35,7 +50,7 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 TLS_DIR = "tls"
 
 
-def app_from_environment() -> Starlette:
+def app_from_environment() -> ASGIApp:
     """The app factory uvicorn workers import: settings handed over by `serve` through the environment."""
     payload = json.loads(os.environ[_WORKER_SETTINGS])
     return create_app(Settings(**payload["settings"]), issuer=payload["issuer"])
@@ -97,17 +112,28 @@ def prepare_tls(settings: Settings, hostnames: Sequence[str] = ()) -> TLSFiles:
     return files
 
 
-def tls_options(files: TLSFiles, http: str) -> dict[str, Any]:
+def tls_options(files: TLSFiles, http: str, limits: Limits | None = None) -> dict[str, Any]:
     """uvicorn options for HTTPS asking for (not requiring) a client certificate from the bankgate CA."""
-    from bankgate.mtls import PROTOCOLS
-
     return {
         "ssl_certfile": str(files.server),  # key and certificate in one file: never a mismatched pair
         "ssl_ca_certs": str(files.ca),
         "ssl_cert_reqs": ssl.CERT_OPTIONAL,
         "ssl_ciphers": TLS12_CIPHERS,
-        "http": PROTOCOLS[http],
+        "http": http_protocol(http, limits or Limits()),
     }
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration plus the access log's redaction (applied in every worker too)."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_query_secrets"] = {"()": "bankgate.accesslog.RedactQuerySecrets"}
+    config["loggers"]["uvicorn.access"]["filters"] = ["redact_query_secrets"]
+    return config
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(max_header_bytes=settings.max_header_bytes, max_headers=settings.max_headers,
+                  header_timeout=settings.header_timeout, body_timeout=settings.body_timeout)
 
 
 def serve(
@@ -132,10 +158,13 @@ def serve(
         "access_log": access_log,
         "log_level": "info",
         "lifespan": "on",
-        "http": http,
+        "http": http_protocol(http, limits_from(settings)),
+        "timeout_keep_alive": settings.keep_alive_timeout,
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
+        "log_config": log_config(),
     }
     if tls:
-        options.update(tls_options(prepare_tls(settings, hostnames), http))
+        options.update(tls_options(prepare_tls(settings, hostnames), http, limits_from(settings)))
     if workers <= 1:
         uvicorn.run(create_app(settings, issuer=issuer), **options)
         return
