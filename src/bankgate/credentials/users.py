@@ -20,9 +20,11 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from bankgate.changes import ChangeFeed
 from bankgate.config import Environment
 from bankgate.credentials.scopes import check_application_ids
 from bankgate.store import Store, schema
+from bankgate.tokens.revocation import RevocationList
 
 __all__ = [
     "NewUser",
@@ -64,7 +66,7 @@ class UserRecord:
     name: str
     user_type: str
     environment: Environment
-    status: Literal["active", "disabled"]
+    status: Literal["active", "disabled", "revoked"]
     created_at: float
     passphrase_expires_at: float | None
     password_changed_at: float | None
@@ -153,12 +155,21 @@ class UserDirectory:
     """M2M users in the store. Password checks run argon2id in a worker thread, off the event loop."""
 
     def __init__(
-        self, store: Store, environment: Environment, *, passphrase_ttl: float = 7 * 86400, hasher: PasswordHasher
+        self,
+        store: Store,
+        environment: Environment,
+        *,
+        passphrase_ttl: float = 7 * 86400,
+        hasher: PasswordHasher,
+        changes: ChangeFeed | None = None,
+        revocations: RevocationList | None = None,
     ) -> None:
         self._store = store
         self._environment: Environment = environment
         self._passphrase_ttl = passphrase_ttl
         self._hasher = hasher
+        self._changes = changes or ChangeFeed(store)
+        self._revocations = revocations or RevocationList(store)
 
     def __repr__(self) -> str:
         return f"UserDirectory(environment={self._environment!r})"
@@ -229,7 +240,22 @@ class UserDirectory:
                 .where(schema.users.c.id == user.id)
                 .values(passphrase_hash=passphrase_hash, passphrase_expires_at=expires, password_hash=None)
             )
+            await self._changes.record(conn, ("user", user.username))
+        self._changes.announce(("user", user.username))
         return NewUser(await self.get(username), passphrase)
+
+    async def revoke(self, username: str) -> UserRecord:
+        """Revoke the user: no token, certificate download or passphrase reset for it any more, and every token it
+        holds is refused (`user:<id>` on the subject deny list, in the same transaction). Idempotent."""
+        user = await self.get(username)
+        subject = f"user:{user.id}"
+        async with self._store.begin() as conn:
+            await conn.execute(update(schema.users).where(schema.users.c.id == user.id).values(status="revoked"))
+            await self._revocations.write_subject(conn, subject)
+            await self._changes.record(conn, ("user", user.username))
+        self._revocations.remember(subject)
+        self._changes.announce(("user", user.username))
+        return await self.get(username)
 
     # -- lookup -------------------------------------------------------------------------------------------
 
