@@ -44,15 +44,14 @@ class Services:
         # every server process follow them: at once in this process, within one sync interval in the others.
         self.changes = ChangeFeed(store)
         self.revocations = RevocationList(store, max_staleness=max(30.0, 10 * settings.revocation_sync_interval))
-        feeds = {"changes": self.changes, "revocations": self.revocations}
+        changes, revocations = self.changes, self.revocations
         self.clients = ClientRegistry(store, vault, settings.environment, cache_ttl=settings.client_cache_ttl,
-                                      **feeds)
-        self.users = UserDirectory(
-            store, settings.environment, passphrase_ttl=settings.passphrase_ttl, hasher=PasswordHasher(), **feeds
-        )
+                                      changes=changes, revocations=revocations)
+        self.users = UserDirectory(store, settings.environment, passphrase_ttl=settings.passphrase_ttl,
+                                   hasher=PasswordHasher(), changes=changes, revocations=revocations)
         self.keys = KeyStore(store, vault)
         self.audit = AuditLog(store, flush_interval=settings.audit_flush_interval)
-        self.pki = CertificateService(store, vault, settings.environment, **feeds)
+        self.pki = CertificateService(store, vault, settings.environment, changes=changes, revocations=revocations)
         self.allowlist = IpAllowList(
             store, settings.environment, cache_ttl=settings.client_cache_ttl, changes=self.changes
         )
