@@ -99,8 +99,10 @@ class Runtime:
 
     async def sync_changes(self) -> None:
         """Revocations and changes made by other processes: what a cached token, record or answer may depend on."""
-        await self.services.revocations.sync()
-        await self.services.changes.sync()
+        try:
+            await self.services.revocations.sync()
+        finally:
+            await self.services.changes.sync()
 
     async def refresh_keys(self) -> None:
         self.keys.replace(await self.services.keys.load(known=self.keys.by_kid))
