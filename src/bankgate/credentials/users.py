@@ -221,10 +221,13 @@ class UserDirectory:
                             scopes=json.dumps(list(applications)) if applications else None,
                         )
                     )
+                    # A server may have cached "no such user" for this name.
+                    await self._changes.record(conn, ("user", record.username))
             except IntegrityError:
                 if username:
                     raise ValueError(f"username {username!r} is taken; choose another") from None
                 continue
+            self._changes.announce(("user", record.username))
             return NewUser(record, passphrase)
         raise ValueError("could not find a free username; pass --username")
 
