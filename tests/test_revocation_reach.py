@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -279,6 +281,44 @@ async def test_an_allow_list_change_by_another_process_applies_within_a_second(
 
         await server.runtime.services.allowlist.remove("client", client.client.id, "203.0.113.0/24")
         assert (await server.token(client)).status_code == 201  # the server's own change: at once
+
+
+async def test_the_change_feed_tells_the_writing_process_at_once_and_another_at_its_next_sync(
+    services: Services, settings: Settings
+) -> None:
+    server = await Services.open(settings)  # a server process's services, apart from the writer's
+    try:
+        await server.changes.sync()
+        here: list[tuple[str, str]] = []
+        there: list[tuple[str, str]] = []
+        for kind in ("client", "user", "cert", "allow"):
+            services.changes.subscribe(kind, lambda key, kind=kind: here.append((kind, key)))
+            server.changes.subscribe(kind, lambda key, kind=kind: there.append((kind, key)))
+
+        client = await services.clients.create("fed", ["app_1"])
+        await services.clients.rotate_secret(client.client.api_key, overlap=0)
+        new = await services.users.create("Feed User", scopes=["app_1"])
+        await services.users.new_passphrase(new.user.username)
+        issued = await services.pki.issue(new.user)
+        await services.pki.revoke(issued.serial)
+        await services.allowlist.allow("user", new.user.id, "203.0.113.0/24")
+        await services.allowlist.remove("user", new.user.id, "203.0.113.0/24")
+        await services.users.revoke(new.user.username)
+        await services.clients.revoke(client.client.api_key)
+        der_sha256 = hashlib.sha256(ssl.PEM_cert_to_DER_cert(issued.certificate_pem)).hexdigest()
+        expected = [("client", client.client.api_key)] * 2 + [("user", new.user.username)] * 2 + [
+            ("cert", der_sha256), ("allow", f"user:{new.user.id}"), ("allow", f"user:{new.user.id}"),
+            ("user", new.user.username), ("client", client.client.api_key)]
+        assert here == expected  # at once, in the order written
+        assert there == []
+
+        await server.changes.sync()
+        assert there == expected
+        await server.changes.sync()
+        assert there == expected  # each change once
+        assert await server.changes.purge(now=time.time() + 2 * 3600) == len(expected)
+    finally:
+        await server.close()
 
 
 # -- two real server processes on one database -------------------------------------------------------------------
