@@ -281,8 +281,8 @@ class ClientRegistry:
         last = self._rechecked.get(api_key)
         if last is not None and now - last < RECHECK_INTERVAL:
             return False
-        if len(self._rechecked) >= 10_000:
-            self._rechecked = {key: at for key, at in self._rechecked.items() if now - at < RECHECK_INTERVAL}
+        if len(self._rechecked) >= 10_000:  # bounded memory under a flood of distinct keys
+            self._rechecked.clear()
         self._rechecked[api_key] = now
         return True
 
