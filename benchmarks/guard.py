@@ -28,6 +28,14 @@ target. Usage:
     python benchmarks/guard.py                        # both pairs, 2 rounds of 10 s runs
     python benchmarks/guard.py --duration 20 --rounds 3 --connections 32 --json results.json
     python benchmarks/guard.py --only guard           # or --only idempotency
+    python benchmarks/guard.py --only server-guard --compare-src /tmp/old/src   # in process, see below
+
+`--only server-guard` measures, in process and without wrk, the per-request cost of `bankgate serve`'s own guard
+(`Runtime.guard.authenticate`, the one in front of `/api/v1/whoami` and the sandbox payments) with a reused token,
+while the deny lists hold 100 revoked clients: microseconds per call of the fastest of 50 batches of 1,000 calls (the
+batch least disturbed by other processes), best and median over `--rounds` (default 2, use more) rounds, each in a
+fresh process. With `--compare-src` the code at that `src` directory
+(e.g. a worktree of an older commit) is measured in alternation with this one, so both see the same machine.
 
 Needs `wrk` and `taskset` (Debian: apt-get install wrk util-linux) and two cores. Every process it starts is
 stopped on the way out, also on Ctrl-C or failure.
@@ -478,6 +486,71 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             print("  (Redis store not measured: no Redis on 127.0.0.1:6379, or --no-redis)")
 
 
+SERVER_GUARD_CALLS = 1_000
+SERVER_GUARD_BATCHES = 50
+
+
+def server_guard_round(revoked: int = 100) -> float:
+    """One round in this process: microseconds per `authenticate` of the server's guard with a reused token."""
+    from bankgate.config import load_settings
+    from bankgate.runtime import Runtime
+    from bankgate.services import Services
+
+    async def run(data_dir: Path) -> float:
+        settings = load_settings(data_dir=data_dir)
+        services = await Services.open(settings, initialise=True)
+        await services.init()
+        client = await services.clients.create("bench", ["app_1"])
+        for n in range(revoked):
+            other = await services.clients.create(f"revoked {n}", ["app_1"])
+            await services.clients.revoke(other.client.api_key)
+        await services.close()
+        runtime = await Runtime.start(settings, "http://bench.test")
+        try:
+            token = runtime.tokens.issue(client_id=client.client.id, scope=("app_1",), ttl=3600).access_token
+            scope = {"type": "http", "method": "GET", "path": "/resource", "client": ("127.0.0.1", 40000),
+                     "headers": [(b"host", b"bench.test"), (b"authorization", f"Bearer {token}".encode())]}
+            guard = runtime.guard
+            for _ in range(2000):  # verified once, then remembered; warm the allow-list decision too
+                await guard.authenticate(scope)
+            best = float("inf")
+            for _ in range(SERVER_GUARD_BATCHES):  # the fastest batch: the least disturbed by other processes
+                started = time.perf_counter()
+                for _ in range(SERVER_GUARD_CALLS):
+                    await guard.authenticate(scope)
+                best = min(best, (time.perf_counter() - started) / SERVER_GUARD_CALLS * 1e6)
+            return best
+        finally:
+            await runtime.stop()
+
+    with tempfile.TemporaryDirectory(prefix="bankgate-server-guard-") as tmp:
+        return asyncio.run(run(Path(tmp)))
+
+
+def server_guard(args: argparse.Namespace) -> dict[str, Any]:
+    """Rounds of `server_guard_round`, each in a fresh process, this code and `--compare-src` in alternation."""
+    sources = {"this code": None}
+    if args.compare_src:
+        sources = {"compared": str(args.compare_src), "this code": None}
+    figures: dict[str, list[float]] = {name: [] for name in sources}
+    for _ in range(args.rounds):
+        for name, src in sources.items():
+            env = {**os.environ, "PYTHONPATH": src} if src else dict(os.environ)
+            out = subprocess.run([sys.executable, __file__, "--server-guard-round"], env=env, check=True,
+                                 capture_output=True, text=True).stdout
+            figures[name].append(float(out.strip().splitlines()[-1]))
+    results = {name: {"us_per_call": values, "best": min(values), "median": statistics.median(values)}
+               for name, values in figures.items()}
+    for name, result in results.items():
+        print(f"server guard, {name}: best {result['best']:.2f} us, median {result['median']:.2f} us per call "
+              f"({', '.join(f'{v:.2f}' for v in result['us_per_call'])})")
+    if args.compare_src:
+        delta = results["this code"]["median"] - results["compared"]["median"]
+        print(f"server guard: this code minus compared: {delta:+.2f} us per call (median), "
+              f"{results['this code']['best'] - results['compared']['best']:+.2f} us (best)")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per measured run")
@@ -485,10 +558,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="measured runs per app, alternating (default 2)")
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--client-core", type=int, default=1)
-    parser.add_argument("--only", choices=["guard", "idempotency"], help="measure one pair only")
+    parser.add_argument("--only", choices=["guard", "idempotency", "server-guard"], help="measure one pair only")
+    parser.add_argument("--compare-src", type=Path, help="server-guard: also measure the code in this src directory")
+    parser.add_argument("--server-guard-round", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis store even if Redis answers")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
+    if args.server_guard_round:
+        print(f"{server_guard_round():.4f}")
+        return
+    if args.only == "server-guard":
+        results = server_guard(args)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (Debian: apt-get install wrk util-linux)")

@@ -306,6 +306,11 @@ def quickstart(
 # -- clients -----------------------------------------------------------------------------------------------
 
 
+def _propagation(settings: Settings) -> str:
+    """How soon running servers apply a change made here: one poll of the change feed, plus the query."""
+    return f"{settings.revocation_sync_interval + 0.5:g} s"
+
+
 async def _audit(services: Services, event: str, subject: str, detail: dict[str, Any]) -> None:
     await services.audit.write(AuditEvent(event, _actor(), "success", None, {"api_key": subject, **detail}))
 
@@ -374,7 +379,7 @@ def clients_show(
 def clients_revoke(
     api_key: str, data_dir: DataDir = None, database_url: DatabaseUrl = None, as_json: AsJson = False
 ) -> None:
-    """Revoke a client: its key pair stops working (within the client cache TTL on running servers)."""
+    """Revoke a client: its key pair and every token it holds stop working on every running server within 1 s."""
     settings = _settings(data_dir, database_url)
 
     async def job(services: Services) -> Any:
@@ -386,8 +391,8 @@ def clients_revoke(
     if as_json:
         _emit_json(record.as_json())
         return
-    console.print(f"[green]revoked[/green] {api_key}; running servers refuse it within "
-                  f"{settings.client_cache_ttl:g} s")
+    console.print(f"[green]revoked[/green] {api_key}; running servers refuse it and its tokens within "
+                  f"{_propagation(settings)}")
 
 
 @clients_app.command("rotate-secret")
@@ -485,7 +490,8 @@ def audit_tail(
 
 # -- M2M users and IP allow lists --------------------------------------------------------------------------
 
-users_app = typer.Typer(help="Certificate-bound M2M users: create, list, show, reset the initial passphrase.",
+users_app = typer.Typer(help="Certificate-bound M2M users: create, list, show, reset the initial passphrase, "
+                        "revoke.",
                         no_args_is_help=True)
 ips_app = typer.Typer(help="IP allow lists of users and API keys, per environment.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
@@ -618,6 +624,28 @@ def users_reset_password(
                   "works", highlight=False)
 
 
+@users_app.command("revoke")
+def users_revoke(
+    username: str, data_dir: DataDir = None, database_url: DatabaseUrl = None, as_json: AsJson = False
+) -> None:
+    """Revoke an M2M user: it gets no token any more, and every token it holds is refused by every running server
+    within 1 s."""
+    settings = _settings(data_dir, database_url)
+
+    async def job(services: Services) -> UserRecord:
+        await _get_user(services, username)
+        user = await services.users.revoke(username)
+        await _audit_user(services, "user.revoked", username, {"user_id": user.id})
+        return user
+
+    user = _run(settings, job)
+    if as_json:
+        _emit_json(user.as_json())
+        return
+    console.print(f"[green]revoked[/green] user {escape(user.username)}; running servers refuse it and its tokens "
+                  f"within {_propagation(settings)}", highlight=False)
+
+
 @users_app.command("new-passphrase")
 def users_new_passphrase(
     username: str, data_dir: DataDir = None, database_url: DatabaseUrl = None, as_json: AsJson = False
@@ -698,7 +726,7 @@ def ips_allow(
         return
     written = "" if entry.cidr == cidr.strip() else f" (from {escape(cidr.strip())})"
     console.print(f"[green]allowed[/green] {escape(entry.cidr)}{written} for {found.kind} {escape(found.label)} in "
-                  f"{entry.environment}; running servers apply it within {settings.client_cache_ttl:g} s",
+                  f"{entry.environment}; running servers apply it within {_propagation(settings)}",
                   highlight=False)
 
 
@@ -728,7 +756,7 @@ def ips_remove(
                     "remaining": [e.cidr for e in remaining]})
         return
     console.print(f"[green]removed[/green] {escape(network)} for {found.kind} {escape(found.label)}; running servers "
-                  f"apply it within {settings.client_cache_ttl:g} s", highlight=False)
+                  f"apply it within {_propagation(settings)}", highlight=False)
     if not remaining:
         console.print(f"no entry left: {describe_default(settings.environment)}", highlight=False, markup=False)
 
@@ -958,24 +986,27 @@ def certs_revoke(
     database_url: DatabaseUrl = None,
     as_json: AsJson = False,
 ) -> None:
-    """Revoke a certificate: no new token is issued for it; tokens already issued run out within their lifetime."""
+    """Revoke a certificate: no new token is issued for it, and every token bound to it is refused by every running
+    server within 1 s."""
 
     async def job(services: Services) -> tuple[CertificateRecord, bool]:
         before = await _cert(services, serial)
+        record = await services.pki.revoke(before.serial)  # idempotent: run again, it denies the tokens anyway
         if before.status == "revoked":
-            return before, False
-        record = await services.pki.revoke(before.serial)
+            return record, False
         user = await services.users.get_by_id(record.user_id)
         await _audit_cert(services, "cert.revoked", record, user.username if user else None)
         return record, True
 
-    record, changed = _run(_settings(data_dir, database_url), job)
+    settings = _settings(data_dir, database_url)
+    record, changed = _run(settings, job)
     if as_json:
         _emit_json(record.as_json())
         return
     verb = "revoked" if changed else "already revoked"
     console.print(f"[green]{verb}[/green] {record.serial} (thumbprint {record.thumbprint}) at "
-                  f"{_ts(record.revoked_at)}", highlight=False, soft_wrap=True)
+                  f"{_ts(record.revoked_at)}; running servers refuse the tokens bound to it within "
+                  f"{_propagation(settings)}", highlight=False, soft_wrap=True)
 
 
 @app.command("ca-cert")

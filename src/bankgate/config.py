@@ -43,11 +43,12 @@ class Settings(BaseSettings):
     token_ttl: int = Field(default=7200, ge=30, le=86400, description="Access-token lifetime in seconds.")
     signing_alg: Algorithm = "RS256"
     client_cache_ttl: float = Field(
-        default=5.0,
+        default=60.0,
         ge=0,
         le=300,
-        description="Seconds a client record is cached by the token endpoint; a revoked client or secret "
-        "stops working within this time on every server process.",
+        description="Seconds a server process may keep a client, user, certificate or allow-list record it read; "
+        "a safety net only: every change is seen at once by the process that made it and within "
+        "`revocation_sync_interval` by the others (change feed).",
     )
     key_refresh_interval: float = Field(
         default=10.0, ge=0.5, description="Seconds between reloads of the signing keys from the database."
@@ -106,8 +107,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16384, ge=1024)
     # -- the resource side: guard, Idempotency-Key layer, sandbox payments API --
     revocation_sync_interval: float = Field(
-        default=1.0, gt=0, le=60, description="Seconds between reloads of the revocation deny list; a token revoked "
-        "on one server process is refused by the others within this time (at once on the process that revoked it)."
+        default=0.5, gt=0, le=60, description="Seconds between reloads of the revocation deny lists and the change "
+        "feed; a token, client, user or certificate revoked, or a record changed, on one process is refused or seen by "
+        "the others within this time plus one query (at once on the process that made the change)."
     )
     verified_token_cache_size: int = Field(
         default=10000, ge=0, description="Verified access tokens remembered per process, so a reused token is not "

@@ -72,6 +72,7 @@ class Runtime:
         runtime = cls(services, keys, issuer_url)
         try:
             await services.revocations.sync()
+            await services.changes.sync()
         except BaseException:
             await services.close()
             raise
@@ -85,7 +86,8 @@ class Runtime:
         runtime._tasks = [
             asyncio.create_task(runtime._every(settings.key_refresh_interval, runtime.refresh_keys)),
             asyncio.create_task(runtime._every(REVOCATION_PURGE_INTERVAL, services.revocations.purge)),
-            asyncio.create_task(runtime._every(settings.revocation_sync_interval, services.revocations.sync)),
+            asyncio.create_task(runtime._every(REVOCATION_PURGE_INTERVAL, services.changes.purge)),
+            asyncio.create_task(runtime._every(settings.revocation_sync_interval, runtime.sync_changes)),
             asyncio.create_task(runtime._every(IDEMPOTENCY_PURGE_INTERVAL, runtime.idempotency.purge)),
             # Blocks and issuance counts shared with the other server processes (each also purges its old rows).
             asyncio.create_task(runtime._every(settings.throttle_sync_interval, services.throttle.sync)),
@@ -107,6 +109,13 @@ class Runtime:
         await self.services.audit.stop()
         await self.idempotency.close()
         await self.services.close()
+
+    async def sync_changes(self) -> None:
+        """Revocations and changes made by other processes: what a cached token, record or answer may depend on."""
+        try:
+            await self.services.revocations.sync()
+        finally:
+            await self.services.changes.sync()
 
     async def refresh_keys(self) -> None:
         self.keys.replace(await self.services.keys.load(known=self.keys.by_kid))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher
 
 from bankgate.audit import AuditEvent, AuditLog
+from bankgate.changes import ChangeFeed
 from bankgate.config import Settings
 from bankgate.credentials.allowlist import IpAllowList
 from bankgate.credentials.clients import ClientRegistry
@@ -59,17 +60,21 @@ class Services:
         self.settings = settings
         self.vault = vault
         self.store = store
-        self.clients = ClientRegistry(
-            store, vault, settings.environment, cache_ttl=settings.client_cache_ttl
-        )
-        self.users = UserDirectory(
-            store, settings.environment, passphrase_ttl=settings.passphrase_ttl, hasher=PasswordHasher()
-        )
-        self.keys = KeyStore(store, vault)
+        # Every writer records its changes on one feed (and subject revocations on one list), so the caches of
+        # every server process follow them: at once in this process, within one sync interval in the others.
+        self.changes = ChangeFeed(store)
         self.revocations = RevocationList(store, max_staleness=max(30.0, 10 * settings.revocation_sync_interval))
+        changes, revocations = self.changes, self.revocations
+        self.clients = ClientRegistry(store, vault, settings.environment, cache_ttl=settings.client_cache_ttl,
+                                      changes=changes, revocations=revocations)
+        self.users = UserDirectory(store, settings.environment, passphrase_ttl=settings.passphrase_ttl,
+                                   hasher=PasswordHasher(), changes=changes, revocations=revocations)
+        self.keys = KeyStore(store, vault)
         self.audit = AuditLog(store, flush_interval=settings.audit_flush_interval)
-        self.pki = CertificateService(store, vault, settings.environment)
-        self.allowlist = IpAllowList(store, settings.environment, cache_ttl=settings.client_cache_ttl)
+        self.pki = CertificateService(store, vault, settings.environment, changes=changes, revocations=revocations)
+        self.allowlist = IpAllowList(
+            store, settings.environment, cache_ttl=settings.client_cache_ttl, changes=self.changes
+        )
         self.throttle = AuthThrottle.from_settings(store, settings)
         self.limiter = IssuanceLimiter(store, limit=settings.issuance_rate_limit)
 

@@ -3,8 +3,9 @@ IP addresses that should be whitelisted", for production and for the sandbox).
 
 Production fails closed: a subject without an entry is refused from every address. The sandbox lets a subject
 without an entry in from loopback only, so a fresh sandbox works on one machine and nowhere else. The check on the
-request path is served from a per-subject cache kept `cache_ttl` seconds, the same rule as the client cache: a change
-made by another process is seen within that time, at once in the process that made it.
+request path is served from a per-subject cache, the same rule as the client cache: every change is published on the
+change feed, so the process that made it drops the cached entries at once and the other server processes within one
+sync interval; `cache_ttl` only bounds how long an entry may live if a change were missed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from bankgate.cache import TtlCache
+from bankgate.changes import ChangeFeed
 from bankgate.config import Environment
 from bankgate.store import Store, schema
 
@@ -123,13 +125,17 @@ def _check_kind(kind: str) -> SubjectKind:
 class IpAllowList:
     """Allow-list entries of one environment in the store, with a short-lived per-subject cache for `allows`."""
 
-    def __init__(self, store: Store, environment: Environment, *, cache_ttl: float = 5.0) -> None:
+    def __init__(
+        self, store: Store, environment: Environment, *, cache_ttl: float = 60.0, changes: ChangeFeed | None = None
+    ) -> None:
         self._store = store
         self._environment: Environment = environment
         self._cache_ttl = cache_ttl
         self._cache: TtlCache[tuple[str, str], tuple[Network, ...]] = TtlCache(cache_ttl, limit=_CACHE_LIMIT)
         self._decisions: dict[tuple[str, str, str | None], tuple[float, bool]] = {}
         self._default: tuple[Network, ...] = () if environment == "production" else LOOPBACK
+        self._changes = changes or ChangeFeed(store)
+        self._changes.subscribe("allow", self._changed)
 
     def __repr__(self) -> str:
         return f"IpAllowList(environment={self._environment!r})"
@@ -161,9 +167,10 @@ class IpAllowList:
                         created_at=time.time(),
                     )
                 )
+                await self._changes.record(conn, ("allow", f"{kind}:{subject_id}"))
         except IntegrityError:
             pass  # there already; fall through and return it
-        self.forget(kind, subject_id)
+        self._changes.announce(("allow", f"{kind}:{subject_id}"))
         for entry in await self.list(kind, subject_id):
             if entry.cidr == network:
                 return entry
@@ -182,12 +189,17 @@ class IpAllowList:
                 .where(table.c.environment == self._environment)
                 .where(table.c.cidr == network)
             )
-        self.forget(kind, subject_id)
+            await self._changes.record(conn, ("allow", f"{kind}:{subject_id}"))
+        self._changes.announce(("allow", f"{kind}:{subject_id}"))
         return bool(result.rowcount)
 
     def forget(self, kind: str, subject_id: str) -> None:
         self._cache.forget((kind, subject_id))
         self._decisions.clear()
+
+    def _changed(self, key: str) -> None:
+        kind, _, subject_id = key.partition(":")
+        self.forget(kind, subject_id)
 
     # -- lookup -------------------------------------------------------------------------------------------
 

@@ -11,10 +11,12 @@ from typing import Literal
 from sqlalchemy import select, update
 
 from bankgate.cache import TtlCache
+from bankgate.changes import ChangeFeed
 from bankgate.config import Environment
 from bankgate.credentials.keys import new_api_key, new_secret_key
 from bankgate.credentials.scopes import check_application_ids
 from bankgate.store import Store, schema
+from bankgate.tokens.revocation import RevocationList
 from bankgate.vault import Vault
 
 __all__ = [
@@ -28,6 +30,9 @@ __all__ = [
 
 AuthMode = Literal["oauth2", "basic"]
 AUTH_MODES: tuple[AuthMode, ...] = ("oauth2", "basic")
+#: A refusal reached from a cached record is re-read from the database at most this often per API key.
+RECHECK_INTERVAL = 1.0
+_RECHECKED = frozenset({"unknown_api_key", "wrong_secret"})
 
 
 class ClientNotFoundError(LookupError):
@@ -108,17 +113,33 @@ class IssuedSecret:
 
 
 class ClientRegistry:
-    """Clients in the store, with a short-lived cache for the token endpoint.
+    """Clients in the store, with a cache for the token endpoint and the guard.
 
-    The cache keeps a client record (with its secret hashes) for `cache_ttl` seconds, so a revoked client or an
-    ended secret stops working on every server process within that time (at once on the process that did it).
+    The cache keeps a client record (with its secret hashes) up to `cache_ttl` seconds, but every change made
+    through this registry is published on the change feed: this process drops the record at once, the other server
+    processes within one sync interval. A refusal reached from a cached record (unknown key, wrong secret) is
+    decided again from the database before it is given, at most once per key per `RECHECK_INTERVAL`, so a secret
+    rotated elsewhere works on the next request while a flood of wrong secrets costs few reads.
     """
 
-    def __init__(self, store: Store, vault: Vault, environment: Environment, *, cache_ttl: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        vault: Vault,
+        environment: Environment,
+        *,
+        cache_ttl: float = 60.0,
+        changes: ChangeFeed | None = None,
+        revocations: RevocationList | None = None,
+    ) -> None:
         self._store = store
         self._vault = vault
         self._environment: Environment = environment
         self._cache: TtlCache[str, ClientRecord | None] = TtlCache(cache_ttl)
+        self._changes = changes or ChangeFeed(store)
+        self._revocations = revocations or RevocationList(store)
+        self._rechecked: dict[str, float] = {}  # api key -> when a cached refusal was last re-read
+        self._changes.subscribe("client", self.forget)
 
     # -- onboarding ---------------------------------------------------------------------------------------
 
@@ -161,6 +182,8 @@ class ClientRegistry:
                     client_id=record.id, secret_hash=record.secrets[0].digest, created_at=now
                 )
             )
+            await self._changes.record(conn, ("client", api_key))  # a server may have cached "no such key"
+        self._changes.announce(("client", api_key))
         return IssuedSecret(record, secret)
 
     # -- lookup -------------------------------------------------------------------------------------------
@@ -218,34 +241,69 @@ class ClientRegistry:
 
     # -- authentication -----------------------------------------------------------------------------------
 
-    async def authenticate(self, api_key: str, secret: str) -> ClientRecord:
-        """Check a key pair; raise `ClientAuthError` with the reason (for the audit trail) when it fails."""
-        record = await self.cached(api_key) if len(api_key) <= 80 else None
+    async def authenticate(self, api_key: str, secret: str, *, allow_revoked: bool = False) -> ClientRecord:
+        """Check a key pair; raise `ClientAuthError` with the reason (for the audit trail) when it fails.
+
+        With `allow_revoked`, a revoked client's correct key pair passes (RFC 7009 and RFC 7662 let a client revoke
+        and introspect its own tokens; a revoked client has every reason to)."""
+        if len(api_key) > 80:
+            self._vault.matches(secret, ())
+            raise ClientAuthError("unknown_api_key")
+        cached, record = self._cache.lookup(api_key)
+        if not cached:
+            record = await self.cached(api_key)
+        refusal = self._refusal(record, secret, allow_revoked)
+        if refusal in _RECHECKED and cached and self._may_recheck(api_key):
+            self.forget(api_key)
+            record = await self.cached(api_key)
+            refusal = self._refusal(record, secret, allow_revoked)
+        if refusal is not None:
+            raise ClientAuthError(refusal)
+        assert record is not None
+        return record
+
+    def _refusal(self, record: ClientRecord | None, secret: str, allow_revoked: bool) -> str | None:
         if record is None:
             # Hash anyway so an unknown key costs the same time as a wrong secret.
             self._vault.matches(secret, ())
-            raise ClientAuthError("unknown_api_key")
+            return "unknown_api_key"
         now = time.time()
         if not self._vault.matches(secret, [s.digest for s in record.secrets if s.valid_at(now)]):
-            raise ClientAuthError("wrong_secret")
-        if not record.active:
-            raise ClientAuthError("client_revoked")
+            return "wrong_secret"
+        if not record.active and not allow_revoked:
+            return "client_revoked"
         if record.environment != self._environment:
-            raise ClientAuthError("wrong_environment")
-        return record
+            return "wrong_environment"
+        return None
+
+    def _may_recheck(self, api_key: str) -> bool:
+        now = time.monotonic()
+        last = self._rechecked.get(api_key)
+        if last is not None and now - last < RECHECK_INTERVAL:
+            return False
+        if len(self._rechecked) >= 10_000:  # bounded memory under a flood of distinct keys
+            self._rechecked.clear()
+        self._rechecked[api_key] = now
+        return True
 
     # -- changes ------------------------------------------------------------------------------------------
 
     async def revoke(self, api_key: str) -> ClientRecord:
+        """Revoke the client and, in the same transaction, every token it holds (`client:<id>` on the subject deny
+        list). Idempotent: a revoked client keeps its first revocation time."""
         record = await self.get(api_key)
-        if record.active:
-            async with self._store.begin() as conn:
+        subject = f"client:{record.id}"
+        async with self._store.begin() as conn:
+            if record.active:
                 await conn.execute(
                     update(schema.clients)
                     .where(schema.clients.c.id == record.id)
                     .values(status="revoked", revoked_at=time.time())
                 )
-        self.forget(api_key)
+            await self._revocations.write_subject(conn, subject)
+            await self._changes.record(conn, ("client", api_key))
+        self._revocations.remember(subject)
+        self._changes.announce(("client", api_key))
         return await self.get(api_key)
 
     async def rotate_secret(self, api_key: str, overlap: float) -> IssuedSecret:
@@ -271,5 +329,6 @@ class ClientRegistry:
                     client_id=record.id, secret_hash=self._vault.hash_secret(secret), created_at=now
                 )
             )
-        self.forget(api_key)
+            await self._changes.record(conn, ("client", api_key))
+        self._changes.announce(("client", api_key))
         return IssuedSecret(await self.get(api_key), secret)

@@ -21,9 +21,11 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from bankgate.changes import ChangeFeed
 from bankgate.config import Environment
 from bankgate.credentials.scopes import check_application_ids
 from bankgate.store import Store, schema
+from bankgate.tokens.revocation import RevocationList
 
 __all__ = [
     "NewUser",
@@ -74,7 +76,7 @@ class UserRecord:
     name: str
     user_type: str
     environment: Environment
-    status: Literal["active", "disabled"]
+    status: Literal["active", "disabled", "revoked"]
     created_at: float
     passphrase_expires_at: float | None
     password_changed_at: float | None
@@ -170,6 +172,8 @@ class UserDirectory:
         passphrase_ttl: float = 7 * 86400,
         hasher: PasswordHasher,
         max_verifications: int | None = None,
+        changes: ChangeFeed | None = None,
+        revocations: RevocationList | None = None,
     ) -> None:
         self._store = store
         self._environment: Environment = environment
@@ -178,6 +182,8 @@ class UserDirectory:
         #: argon2 verifications allowed to run at once in this process (default: one per core, at least 2).
         self.max_verifications = max_verifications or max(2, os.cpu_count() or 2)
         self._verifications = asyncio.Semaphore(self.max_verifications)
+        self._changes = changes or ChangeFeed(store)
+        self._revocations = revocations or RevocationList(store)
 
     def __repr__(self) -> str:
         return f"UserDirectory(environment={self._environment!r})"
@@ -229,10 +235,13 @@ class UserDirectory:
                             scopes=json.dumps(list(applications)) if applications else None,
                         )
                     )
+                    # A server may have cached "no such user" for this name.
+                    await self._changes.record(conn, ("user", record.username))
             except IntegrityError:
                 if username:
                     raise ValueError(f"username {username!r} is taken; choose another") from None
                 continue
+            self._changes.announce(("user", record.username))
             return NewUser(record, passphrase)
         raise ValueError("could not find a free username; pass --username")
 
@@ -248,7 +257,22 @@ class UserDirectory:
                 .where(schema.users.c.id == user.id)
                 .values(passphrase_hash=passphrase_hash, passphrase_expires_at=expires, password_hash=None)
             )
+            await self._changes.record(conn, ("user", user.username))
+        self._changes.announce(("user", user.username))
         return NewUser(await self.get(username), passphrase)
+
+    async def revoke(self, username: str) -> UserRecord:
+        """Revoke the user: no token, certificate download or passphrase reset for it any more, and every token it
+        holds is refused (`user:<id>` on the subject deny list, in the same transaction). Idempotent."""
+        user = await self.get(username)
+        subject = f"user:{user.id}"
+        async with self._store.begin() as conn:
+            await conn.execute(update(schema.users).where(schema.users.c.id == user.id).values(status="revoked"))
+            await self._revocations.write_subject(conn, subject)
+            await self._changes.record(conn, ("user", user.username))
+        self._revocations.remember(subject)
+        self._changes.announce(("user", user.username))
+        return await self.get(username)
 
     # -- lookup -------------------------------------------------------------------------------------------
 
@@ -373,6 +397,8 @@ class UserDirectory:
             )
             if result.rowcount != 1:
                 raise PassphraseError("passphrase_used", "the initial passphrase has been used already")
+            await self._changes.record(conn, ("user", user.username))
+        self._changes.announce(("user", user.username))
         return await self.get(user.username)
 
     async def reset_password(self, username: str, passphrase: str, new_password: str) -> UserRecord:

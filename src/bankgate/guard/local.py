@@ -21,9 +21,12 @@ __all__ = ["server_guard"]
 def server_guard(runtime: Runtime) -> Guard:
     services, settings = runtime.services, runtime.settings
 
-    def is_revoked(jti: str) -> bool:
+    token_denied = services.revocations.token_denied
+
+    def token_revoked(jti: str, subject: str, certificate: str | None, issued_at: int) -> bool:
+        """The token itself, its client or user, or the certificate it is bound to, revoked (from memory)."""
         try:
-            return services.revocations.denied(jti)
+            return token_denied(jti, subject, certificate, issued_at)
         except RevocationUnavailable as exc:
             raise VerifierUnavailable(str(exc)) from None
 
@@ -32,7 +35,8 @@ def server_guard(runtime: Runtime) -> Guard:
         issuer=runtime.issuer_url,
         audience=settings.audience,
         environment=settings.environment,
-        is_revoked=is_revoked,
+        is_revoked=None,
+        token_revoked=token_revoked,
         cache_size=settings.verified_token_cache_size,
     )
 

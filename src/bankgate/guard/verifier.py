@@ -2,8 +2,9 @@
 
 Every check is here, once: `typ` (RFC 9068 §4), the algorithm allow list (never `none`, never HMAC, and the key's own
 algorithm only, so a public key cannot be used as an HMAC secret), the `kid`, signature, `exp`/`nbf` with a small
-leeway, `iss`, `aud`, the environment, the revocation deny list, and the certificate binding (`cnf.x5t#S256` must
-match the certificate presented on this connection).
+leeway, `iss`, `aud`, the environment, the revocation deny list (and, on the issuer's own guard, revoked clients,
+users and certificates), and the certificate binding (`cnf.x5t#S256` must match the certificate presented on this
+connection).
 
 A verified token is remembered (bounded, first in first out) until it expires, so a client that reuses its token
 for its whole life, as it should, pays one signature check, not one per call. What can change during a token's
@@ -80,19 +81,28 @@ class Principal:
         }
 
 
+#: (jti, subject key, certificate key or None, iat) -> revoked? Keys as `bankgate.tokens.revocation.subject_keys`:
+#: `client:<sub>` / `user:<sub>`, and `cert:<cnf.x5t#S256>` for a certificate-bound token.
+TokenRevoked = Callable[[str, str, str | None, int], bool]
+
+
 @dataclass(frozen=True, slots=True)
 class _Verified:
     principal: Principal
     jti: str
     expires_at: int
     bound_to: str | None  # cnf.x5t#S256
+    subject_key: str  # "client:<sub>" or "user:<sub>"
+    certificate_key: str | None  # "cert:<x5t#S256>" for a bound token
+    issued_at: int
 
 
 class TokenVerifier:
     """`verify(token, certificate)` -> Principal, or InvalidToken saying why.
 
     `keys` finds a `kid`'s public key (locally or from a JWKS URL); `is_revoked(jti)` answers from memory and may
-    raise VerifierUnavailable when it cannot tell (fail closed); None means no deny list is checked.
+    raise VerifierUnavailable when it cannot tell (fail closed); None means no deny list is checked. The issuer's own
+    guard passes `token_revoked` instead, which also refuses tokens of a revoked client, user or certificate.
     """
 
     def __init__(
@@ -103,6 +113,7 @@ class TokenVerifier:
         audience: str,
         environment: str,
         is_revoked: Callable[[str], bool] | None,
+        token_revoked: TokenRevoked | None = None,
         leeway: int = 30,
         cache_size: int = 10000,
     ) -> None:
@@ -111,6 +122,7 @@ class TokenVerifier:
         self._audience = audience
         self._environment = environment
         self._is_revoked = is_revoked
+        self._token_revoked = token_revoked
         self._leeway = leeway
         self._cache_size = cache_size
         self._cache: dict[str, _Verified] = {}
@@ -145,6 +157,10 @@ class TokenVerifier:
             if not hmac.compare_digest(verified.bound_to, x5t_s256(presented_certificate)):
                 raise InvalidToken("the token is bound to another client certificate")
         if self._is_revoked is not None and self._is_revoked(verified.jti):
+            raise InvalidToken("the token has been revoked")
+        if self._token_revoked is not None and self._token_revoked(
+            verified.jti, verified.subject_key, verified.certificate_key, verified.issued_at
+        ):
             raise InvalidToken("the token has been revoked")
         return verified.principal
 
@@ -208,4 +224,5 @@ class TokenVerifier:
             thumbprint=thumbprint if isinstance(thumbprint, str) else None,
             claims=claims,
         )
-        return _Verified(principal, str(claims["jti"]), int(claims["exp"]), bound)
+        return _Verified(principal, str(claims["jti"]), int(claims["exp"]), bound, principal.key,
+                         f"cert:{bound}" if bound is not None else None, int(claims["iat"]))

@@ -17,7 +17,7 @@ from bankgate.credentials.users import USERNAME, PassphraseError, WeakPasswordEr
 from bankgate.oauth.errors import OAuthError
 from bankgate.oauth.http import Receive, Scope, Send, header, respond
 from bankgate.oauth.request import read_params
-from bankgate.oauth.userauth import UserAuthError, authenticate_user, forget_user
+from bankgate.oauth.userauth import UserAuthError, authenticate_user
 from bankgate.runtime import Runtime
 from bankgate.throttle import keys_for
 
@@ -95,7 +95,6 @@ class PasswordResetEndpoint(_AccountEndpoint):
                                 retry_after=retry_after) from None
         except WeakPasswordError as exc:
             raise UserAuthError(400, "Bad Request", str(exc), reason="weak_password") from None
-        forget_user(runtime, user.username)
         await throttle.success(keys)
         runtime.audit(self.event, user.username, "success", source_ip, {"user_id": user.id})
         body = {

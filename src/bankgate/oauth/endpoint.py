@@ -23,6 +23,9 @@ _FAILED = "client authentication failed: check the API key and secret key"
 class OAuthEndpoint:
     #: The audit event recorded when a request to this endpoint fails.
     denied_event = "oauth.denied"
+    #: Whether a revoked client's correct key pair is accepted: so it can still introspect and revoke its own
+    #: tokens (RFC 7662, RFC 7009), never get new ones.
+    accepts_revoked = False
 
     def __init__(self, state: Any) -> None:
         self._state = state  # the app's state; `state.runtime` exists once the app has started
@@ -35,7 +38,8 @@ class OAuthEndpoint:
             params = await read_params(scope, receive, runtime.settings.max_body_bytes)
             credentials = client_credentials(header(scope, b"authorization"), params)
             actor = credentials.actor
-            client = await self.authenticate(runtime, credentials.api_key, credentials.secret, source_ip)
+            client = await self.authenticate(runtime, credentials.api_key, credentials.secret, source_ip,
+                                             allow_revoked=self.accepts_revoked)
             actor = client.api_key
             if not await runtime.services.allowlist.allows("client", client.id, source_ip):
                 raise OAuthError(
@@ -54,7 +58,9 @@ class OAuthEndpoint:
         # Anything else (the database down: 503; a defect: 500) is answered by the app's ErrorBoundary.
 
     @staticmethod
-    async def authenticate(runtime: Runtime, api_key: str, secret: str, source_ip: str | None) -> ClientRecord:
+    async def authenticate(
+        runtime: Runtime, api_key: str, secret: str, source_ip: str | None, *, allow_revoked: bool = False
+    ) -> ClientRecord:
         """Check the key pair, throttled per key and per address: a throttled attempt is refused unchecked."""
         throttle = runtime.services.throttle
         quiet = throttle.quiet
@@ -69,7 +75,7 @@ class OAuthEndpoint:
                 retry_after=max(1, round(retry_after)),
             )
         try:
-            client = await runtime.services.clients.authenticate(api_key, secret)
+            client = await runtime.services.clients.authenticate(api_key, secret, allow_revoked=allow_revoked)
         except ClientAuthError as exc:
             if exc.reason in ("unknown_api_key", "wrong_secret"):
                 await throttle.failure(keys or keys_for(api_key[:80], source_ip))

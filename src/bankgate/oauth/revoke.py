@@ -16,6 +16,7 @@ __all__ = ["RevocationEndpoint"]
 
 class RevocationEndpoint(OAuthEndpoint):
     denied_event = "token.revocation_denied"
+    accepts_revoked = True  # a client revoked because its key pair leaked may still revoke its own tokens
 
     async def handle(
         self, runtime: Runtime, client: ClientRecord, params: Params, source_ip: str | None, send: Send

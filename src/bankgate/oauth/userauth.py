@@ -110,8 +110,8 @@ def parse_user_basic(authorization: str | None) -> UserCredentials:
 
 @dataclass(slots=True)
 class UserAuthCaches:
-    """Per-process caches: user records and certificates (changes made elsewhere seen within the TTL, or at once
-    through `forget_user`/`forget_certificate`) and password checks already passed (keyed by an HMAC of user,
+    """Per-process caches: user records and certificates (forgotten when the change feed announces a change:
+    at once for a change made by this process, within one sync for one made elsewhere) and password checks already passed (keyed by an HMAC of user,
     hash and password, so a changed password misses). `rechecked` bounds the re-reads of a user record behind a
     negative answer to one per username per second."""
 
@@ -151,13 +151,11 @@ def _caches(runtime: Runtime) -> UserAuthCaches:
     caches = getattr(runtime, "_user_auth_caches", None)
     if caches is None:
         caches = UserAuthCaches.for_runtime(runtime)
+        # Changes made here are announced at once, those made elsewhere within one sync of the change feed.
+        runtime.services.changes.subscribe("user", caches.forget_user)
+        runtime.services.changes.subscribe("cert", caches.forget_certificate)
         runtime._user_auth_caches = caches  # type: ignore[attr-defined]
     return caches
-
-
-def forget_user(runtime: Runtime, username: str) -> None:
-    """A change made through this server (a passphrase reset): its next request must not see the old record."""
-    _caches(runtime).forget_user(username)
 
 
 async def _user(runtime: Runtime, username: str) -> UserRecord | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import hashlib
 import ipaddress
 import re
 import secrets
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from bankgate.changes import ChangeFeed
 from bankgate.credentials.users import UserRecord
 from bankgate.pki.authority import (
     CertificateAuthority,
@@ -37,6 +39,7 @@ from bankgate.pki.authority import (
 )
 from bankgate.pki.thumbprints import thumbprint_sha1, x5t_s256
 from bankgate.store import Store, schema
+from bankgate.tokens.revocation import RevocationList
 from bankgate.vault import Vault
 
 __all__ = [
@@ -253,10 +256,20 @@ def _check_hostname(host: str) -> str:
 class CertificateService:
     """The built-in CA of each environment and the client certificates it issued, in the store."""
 
-    def __init__(self, store: Store, vault: Vault, environment: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        vault: Vault,
+        environment: str,
+        *,
+        changes: ChangeFeed | None = None,
+        revocations: RevocationList | None = None,
+    ) -> None:
         self._store = store
         self._vault = vault
         self._environment = environment
+        self._changes = changes or ChangeFeed(store)
+        self._revocations = revocations or RevocationList(store)
         self._authorities: dict[str, CertificateAuthority] = {}
         self._lock = asyncio.Lock()
 
@@ -436,14 +449,22 @@ class CertificateService:
             return [self._record(row) for row in rows]
 
     async def revoke(self, serial: str) -> CertificateRecord:
-        """Mark the certificate revoked (idempotent: a revoked certificate keeps its first revocation time)."""
-        key = normalise_serial(serial)
+        """Mark the certificate revoked and, in the same transaction, every token bound to it (RFC 8705 §3.1:
+        `cert:<x5t#S256>` on the subject deny list). Idempotent: a revoked certificate keeps its first revocation
+        time."""
+        record = await self.get(serial)
         table = schema.certificates
+        subject = f"cert:{record.x5t_s256}"
+        change = ("cert", hashlib.sha256(record.der).hexdigest())
         async with self._store.begin() as conn:
             await conn.execute(
                 update(table)
-                .where(table.c.serial == key)
+                .where(table.c.serial == record.serial)
                 .where(table.c.status == "valid")
                 .values(status="revoked", revoked_at=time.time())
             )
-        return await self.get(key)
+            await self._revocations.write_subject(conn, subject)
+            await self._changes.record(conn, change)
+        self._revocations.remember(subject)
+        self._changes.announce(change)
+        return await self.get(record.serial)

@@ -22,6 +22,7 @@ __all__ = [
     "auth_throttle",
     "certificate_authorities",
     "certificates",
+    "changes",
     "client_secrets",
     "clients",
     "idempotency_keys",
@@ -30,6 +31,7 @@ __all__ = [
     "metadata",
     "payments",
     "rate_counters",
+    "revoked_subjects",
     "revoked_tokens",
     "signing_keys",
     "users",
@@ -94,6 +96,29 @@ revoked_tokens = Table(
     Index("ix_revoked_tokens_expires_at", "expires_at"),
 )
 
+# Whole subjects revoked: "client:<id>", "user:<id>", "cert:<x5t#S256>". Every token of the subject issued at or
+# before `not_before` is refused; NULL: every token of it, whenever issued (the subject itself is gone).
+revoked_subjects = Table(
+    "revoked_subjects",
+    metadata,
+    Column("subject", String(200), primary_key=True),
+    Column("revoked_at", Float, nullable=False),
+    Column("not_before", Float),
+    Index("ix_revoked_subjects_revoked_at", "revoked_at"),
+)
+
+# The change feed: (kind, key) of every record changed, written in the writer's transaction and polled by every
+# server process so it drops what it cached about that record; rows are purged after an hour.
+changes = Table(
+    "changes",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("at", Float, nullable=False),
+    Index("ix_changes_at", "at"),
+)
+
 audit_events = Table(
     "audit_events",
     metadata,
@@ -117,7 +142,7 @@ users = Table(
     Column("name", String(200), nullable=False),
     Column("user_type", String(8), nullable=False),
     Column("environment", String(16), nullable=False),
-    Column("status", String(16), nullable=False),  # active | disabled
+    Column("status", String(16), nullable=False),  # active | disabled | revoked
     Column("passphrase_hash", Text),  # argon2id of the initial passphrase; NULL once used
     Column("passphrase_expires_at", Float),
     Column("password_hash", Text),  # argon2id; NULL until the passphrase has been reset
