@@ -110,10 +110,10 @@ def parse_user_basic(authorization: str | None) -> UserCredentials:
 
 @dataclass(slots=True)
 class UserAuthCaches:
-    """Per-process caches: user records and certificates (forgotten when the change feed announces a change:
-    at once for a change made by this process, within one sync for one made elsewhere) and password checks already passed (keyed by an HMAC of user,
-    hash and password, so a changed password misses). `rechecked` bounds the re-reads of a user record behind a
-    negative answer to one per username per second."""
+    """Per-process caches: user records and certificates (forgotten when the change feed announces a change: at
+    once for a change made by this process, within one sync for one made elsewhere) and password checks already
+    passed (keyed by an HMAC of user, hash and password, so a changed password misses). `rechecked` bounds the
+    re-reads of a user record behind a negative answer to one per username per second."""
 
     users: TtlCache[str, UserRecord | None]
     certificates: TtlCache[str, Any]
