@@ -56,6 +56,7 @@ from bankgate.guard.keys import parse_jwks
 from bankgate.pki.thumbprints import x5t_s256
 from bankgate.services import Services
 from conftest import Server, Tls, basic, start_server
+from key_helpers import decrypted_signing_keys
 
 ACCOUNTS = "/api/v1/accounts"
 PAYMENTS = "/api/v1/payments"
@@ -132,10 +133,10 @@ def _assert_invalid_token(server: Server, token: str, words: str, *, http: httpx
     _assert_refused(server, _bearer(token), 401, "invalid_token", words, http=http)
 
 
-async def _signing_keys(data_dir: Path) -> list[Any]:
+async def _signing_keys(data_dir: Path) -> dict[str, Any]:
     services = await Services.open(load_settings(data_dir=data_dir))
     try:
-        return await services.keys.load()
+        return await decrypted_signing_keys(services)
     finally:
         await services.close()
 
@@ -149,7 +150,7 @@ class Forger:
         self.token = server.token(self.client).json()["access_token"]
         self.claims: dict[str, Any] = pyjwt.decode(self.token, options={"verify_signature": False})
         self.kid: str = pyjwt.get_unverified_header(self.token)["kid"]
-        self.key = next(k for k in asyncio.run(_signing_keys(server.data_dir)) if k.kid == self.kid)
+        self.private_key = asyncio.run(_signing_keys(server.data_dir))[self.kid]
         self.jwk: dict[str, Any] = next(k for k in server.http.get("/.well-known/jwks.json").json()["keys"]
                                         if k["kid"] == self.kid)
         self.foreign = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -162,7 +163,7 @@ class Forger:
     def sign(self, claims: dict[str, Any] | None = None, *, key: Any = None, **header: Any) -> str:
         headers = {"kid": self.kid, "typ": "at+jwt", **header}
         headers = {name: value for name, value in headers.items() if value is not None}
-        return pyjwt.encode(claims or self.fresh_claims(), key or self.key.private_key, algorithm="RS256",
+        return pyjwt.encode(claims or self.fresh_claims(), key or self.private_key, algorithm="RS256",
                             headers=headers)
 
     def hmac_signed(self, secret: bytes) -> str:
@@ -692,10 +693,12 @@ def test_a_token_reused_50_times_keeps_working_and_stops_at_once_when_revoked(sh
 
 
 class _RingKey:
-    """What `LocalKeys` reads from the server's key ring: `kid`, `alg`, `private_key`."""
+    """What `LocalKeys` reads from the server's key ring: `kid`, `alg`, `public_key` (the private key signs the
+    test's tokens)."""
 
     def __init__(self, kid: str, alg: str, private_key: Any) -> None:
         self.kid, self.alg, self.private_key = kid, alg, private_key
+        self.public_key = private_key.public_key()
 
 
 ISSUER = "https://issuer.test"

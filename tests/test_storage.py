@@ -30,6 +30,7 @@ from bankgate.store import SchemaMissingError, Store, schema
 from bankgate.store.migrate import alembic_config
 from bankgate.vault import MasterKeyError, Vault
 from conftest import dump_database
+from key_helpers import decrypted_signing_keys
 
 API_KEY = re.compile(r"bk_test_[A-Za-z0-9]{24}")
 SECRET_KEY = re.compile(r"sk_test_[A-Za-z0-9]{43}")
@@ -386,8 +387,8 @@ async def test_without_client_cache_a_revoke_by_another_instance_applies_at_once
 # -- signing keys ------------------------------------------------------------------------------------------
 
 
-def _der(key: Any) -> bytes:
-    return key.private_key.private_bytes(
+def _der(private_key: Any) -> bytes:
+    return private_key.private_bytes(  # type: ignore[no-any-return]
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
@@ -398,6 +399,7 @@ async def test_signing_keys_rotate_across_algorithms_and_load_newest_first(servi
     ed_key = await services.keys.rotate("EdDSA", retire_publish_for=services.key_publish_seconds)
 
     loaded = await services.keys.load()
+    private_keys = await decrypted_signing_keys(services)
     assert [k.kid for k in loaded] == [ed_key.kid, es_key.kid, rsa_key.kid]
     assert [k.alg for k in loaded] == ["EdDSA", "ES256", "RS256"]
     assert [k.as_json()["status"] for k in loaded] == ["active", "retired", "retired"]
@@ -407,7 +409,7 @@ async def test_signing_keys_rotate_across_algorithms_and_load_newest_first(servi
         # kid is the RFC 7638 thumbprint, computed here by another library
         assert key.kid == JWKRegistry.import_key(key.public_jwk).thumbprint()
         # the decrypted private key matches the published public key
-        token = jwt.encode({"sub": "check"}, key.private_key, algorithm=key.alg, headers={"kid": key.kid})
+        token = jwt.encode({"sub": "check"}, private_keys[key.kid], algorithm=key.alg, headers={"kid": key.kid})
         public = jwt.PyJWK(key.jwk).key
         assert jwt.decode(token, public, algorithms=[key.alg])["sub"] == "check"
 
@@ -435,7 +437,8 @@ async def test_key_disappears_from_load_once_publish_until_has_passed(services: 
 async def test_private_signing_keys_are_encrypted_at_rest(services: Services) -> None:
     await services.keys.rotate("ES256", retire_publish_for=services.key_publish_seconds)
     await services.keys.rotate("EdDSA", retire_publish_for=services.key_publish_seconds)
-    loaded = await services.keys.load()  # decrypts
+    loaded = await services.keys.load()
+    private_keys = await decrypted_signing_keys(services)
     dump = await dump_database(services.store)
     stored = values_as_bytes(dump)
     async with services.store.connect() as conn:
@@ -443,7 +446,7 @@ async def test_private_signing_keys_are_encrypted_at_rest(services: Services) ->
         blobs = {kid: bytes(blob) for kid, blob in rows}
     assert set(blobs) == {k.kid for k in loaded}
     for key in loaded:
-        der = _der(key)
+        der = _der(private_keys[key.kid])
         assert len(der) > 32
         assert not any(der in value for value in stored), f"{key.alg} private key stored in clear"
         assert not any(base64.b64encode(der) in value for value in stored)

@@ -7,7 +7,7 @@ same loop as the revocation list) and announces what other processes wrote. Subs
 for the key; the caches' own TTLs stay as a safety net only.
 
 Kinds and keys: `client` (API key), `user` (username), `cert` (sha256 hex of the certificate's DER), `allow`
-(`<user|client>:<subject id>`).
+(`<user|client>:<subject id>`), `key` (the `kid` of a signing key retired at once).
 """
 
 from __future__ import annotations

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     key_refresh_interval: float = Field(
         default=10.0, ge=0.5, description="Seconds between reloads of the signing keys from the database."
     )
+    key_store: str = Field(
+        default="database", description="Where signing keys live: `database` (the server's database, private keys "
+        "encrypted under the master key)."
+    )
     master_key: SecretStr | None = Field(
         default=None,
         description="Base64 32-byte key that encrypts signing keys and peppers secret hashes; "

@@ -16,7 +16,7 @@ from bankgate.config import Settings
 from bankgate.outage import DATABASE, OutageLog, unavailable_service
 from bankgate.services import Services
 from bankgate.tokens.issuer import TokenIssuer
-from bankgate.tokens.keys import KeyRing
+from bankgate.tokens.keys import KEY_CHANGE, KeyRing
 
 __all__ = ["Runtime"]
 
@@ -57,6 +57,9 @@ class Runtime:
 
             self.sandbox = sandbox_app(self)
         self._tasks: list[asyncio.Task[None]] = []
+        self._key_reloads: set[asyncio.Task[None]] = set()
+        # A key retired at once, here or (seen on the change feed) in another process.
+        services.changes.subscribe(KEY_CHANGE, self._key_retired)
 
     def __repr__(self) -> str:
         return f"Runtime(issuer={self.issuer_url!r}, active_kid={self.keys.active.kid!r})"
@@ -101,9 +104,10 @@ class Runtime:
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
             event.remove(self.services.store.engine.sync_engine, "after_cursor_execute", self._statement_ran)
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._key_reloads]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.services.audit.stop()
@@ -119,6 +123,28 @@ class Runtime:
 
     async def refresh_keys(self) -> None:
         self.keys.replace(await self.services.keys.load(known=self.keys.by_kid))
+
+    def _key_retired(self, kid: str) -> None:
+        """Stop publishing and accepting `kid` now, forget the tokens verified before (some were signed with it),
+        and reload the ring at once: the retirement may have rotated to a new active key."""
+        self.keys.withdraw(kid)
+        self.guard.verifier.forget()
+        try:
+            task = asyncio.get_running_loop().create_task(self._reload_keys())
+        except RuntimeError:  # no loop: the periodic refresh brings the new key
+            return
+        self._key_reloads.add(task)
+        task.add_done_callback(self._key_reloads.discard)
+
+    async def _reload_keys(self) -> None:
+        try:
+            await self.refresh_keys()
+        except Exception as exc:
+            failing = unavailable_service(exc)
+            if failing is None:
+                log.exception("reloading the signing keys after a retirement failed; will retry")
+            else:
+                self.outages.failed(failing, exc)
 
     async def _every(self, interval: float, job: Any) -> None:
         """Run `job` every `interval` seconds. An outage goes to the outage log (one line, not one per run). Any

@@ -15,8 +15,10 @@ from bankgate.credentials.users import UserDirectory
 from bankgate.pki import CertificateService
 from bankgate.store import Store
 from bankgate.throttle import AuthThrottle, IssuanceLimiter
-from bankgate.tokens.keys import KeyStore, SigningKey
+from bankgate.tokens import open_key_store
+from bankgate.tokens.keys import SigningKey
 from bankgate.tokens.revocation import RevocationList
+from bankgate.tokens.signing_keys import SigningKeys
 from bankgate.vault import MasterKeyError, Vault, load_master_key
 
 __all__ = ["InitReport", "IssuerChoice", "Services"]
@@ -69,8 +71,9 @@ class Services:
                                       changes=changes, revocations=revocations)
         self.users = UserDirectory(store, settings.environment, passphrase_ttl=settings.passphrase_ttl,
                                    hasher=PasswordHasher(), changes=changes, revocations=revocations)
-        self.keys = KeyStore(store, vault)
         self.audit = AuditLog(store, flush_interval=settings.audit_flush_interval)
+        self.keys = SigningKeys(open_key_store(settings, store, vault, changes=changes), self.audit,
+                                alg=settings.signing_alg, publish_for=self.key_publish_seconds)
         self.pki = CertificateService(store, vault, settings.environment, changes=changes, revocations=revocations)
         self.allowlist = IpAllowList(
             store, settings.environment, cache_ttl=settings.client_cache_ttl, changes=self.changes

@@ -73,7 +73,7 @@ class _Refresher:
 class LocalKeys:
     """The keys of the bankgate server running in this process.
 
-    `lookup(kid)` returns an object with `kid`, `alg` and `private_key` (the server's `SigningKey`) or None;
+    `lookup(kid)` returns an object with `kid`, `alg` and `public_key` (the server's `SigningKey`) or None;
     `refresh()` reloads the ring from the database (another process may have rotated the key).
     """
 
@@ -96,8 +96,8 @@ class LocalKeys:
         if signing is None:
             return None
         known = self._public.get(kid)
-        if known is None or known.alg != signing.alg:
-            known = VerificationKey(kid, signing.alg, signing.private_key.public_key())
+        if known is None or known.alg != signing.alg or known.public_key is not signing.public_key:
+            known = VerificationKey(kid, signing.alg, signing.public_key)
             self._public[kid] = known
         return known
 

@@ -12,7 +12,7 @@ import jwt
 
 from bankgate.config import Environment
 from bankgate.tokens.jws import CompactSigner
-from bankgate.tokens.keys import KeyRing, SigningKey
+from bankgate.tokens.keys import KeyRing, NoActiveKey, SigningKey
 
 __all__ = ["IssuedToken", "TokenIssuer"]
 
@@ -64,7 +64,10 @@ class TokenIssuer:
     def _current_signer(self) -> tuple[SigningKey, CompactSigner]:
         key = self.keys.active
         if key is not self._signer_key or self._signer is None:
-            self._signer = CompactSigner(key.alg, key.kid, key.private_key)
+            if key.signer is None:
+                self._signer, self._signer_key = None, None
+                raise NoActiveKey("the active signing key was retired and its successor is not loaded yet")
+            self._signer = CompactSigner(key.signer)
             self._signer_key = key
         return key, self._signer
 
@@ -102,7 +105,7 @@ class TokenIssuer:
                 return None
             return jwt.decode(
                 token,
-                key.private_key.public_key(),
+                key.public_key,
                 algorithms=[key.alg],
                 audience=self.audience,
                 issuer=self.issuer,

@@ -1,53 +1,48 @@
-"""Signing keys: generation, encryption at rest, rotation, and the JWKS (RFC 7517) that publishes them.
+"""Signing keys: the seam a key store and its signers plug into, the key ring a server signs with, and the JWKS
+(RFC 7517) that publishes the public halves.
+
+A key store (`KeyStore`, opened by `bankgate.tokens.open_key_store`) holds the keys; only its implementation ever
+sees a private key. Everything else signs through a `Signer` (bytes in, JWS signature out) and verifies with the
+public key a `SigningKey` carries, so a KMS, Vault or HSM key store is one new module, not a change of the issuer,
+the guard or the JWKS.
 
 A rotated-out key keeps being published until every token it signed has expired (`publish_until`), so resource
-servers can verify tokens issued just before a rotation.
+servers can verify tokens issued just before a rotation. A key retired at once (`retire`, for a key that may be
+compromised) is unpublished and refused at once, and never signs again.
 """
 
 from __future__ import annotations
 
 import base64
+import builtins
+import dataclasses
 import hashlib
 import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
-from sqlalchemy import select, update
+import jwt
 
 from bankgate.config import Algorithm
-from bankgate.store import Store, schema
-from bankgate.vault import Vault
 
-__all__ = ["ALGORITHMS", "KeyRing", "KeyStore", "SigningKey", "jwk_thumbprint"]
+__all__ = [
+    "ALGORITHMS",
+    "KEY_CHANGE",
+    "KeyRetireError",
+    "KeyRing",
+    "KeyStore",
+    "NoActiveKey",
+    "Signer",
+    "SigningKey",
+    "jwk_thumbprint",
+    "public_key_of",
+]
 
 ALGORITHMS: tuple[Algorithm, ...] = ("RS256", "ES256", "EdDSA")
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
-
-
-def _generate(alg: Algorithm) -> PrivateKey:
-    if alg == "RS256":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    if alg == "ES256":
-        return ec.generate_private_key(ec.SECP256R1())
-    if alg == "EdDSA":
-        return ed25519.Ed25519PrivateKey.generate()
-    raise ValueError(f"signing algorithm {alg!r} is not one of: {', '.join(ALGORITHMS)}")
-
-
-def _public_jwk(alg: str, key: PrivateKey) -> dict[str, Any]:
-    public = key.public_key()
-    if isinstance(public, rsa.RSAPublicKey):
-        jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
-    elif isinstance(public, ec.EllipticCurvePublicKey):
-        jwk = ECAlgorithm.to_jwk(public, as_dict=True)
-    else:
-        jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
-    return {k: v for k, v in jwk.items() if k in ("kty", "crv", "n", "e", "x", "y")}
+#: The change-feed kind a key store records when it retires a key at once (key: the `kid`).
+KEY_CHANGE = "key"
 
 
 def jwk_thumbprint(jwk: dict[str, Any]) -> str:
@@ -58,15 +53,47 @@ def jwk_thumbprint(jwk: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
+def public_key_of(alg: str, public_jwk: Mapping[str, Any]) -> Any:
+    """The `cryptography` public key of a published JWK: what this server verifies its own tokens with, read the
+    way a resource server reads the JWKS."""
+    return jwt.PyJWK({**public_jwk, "alg": alg}).key
+
+
+class Signer(Protocol):
+    """Signs under one key: `sign(signing_input)` returns the JWS signature (RFC 7515 §5.1, RFC 7518 §3: the raw
+    `r || s` pair for ES256) of the bytes `base64url(header) . base64url(payload)`.
+
+    Bytes in, bytes out because that is what a KMS or HSM signs, and because the compact serialisation, its header
+    encoded once per key, then stays in `tokens/jws.py` for every signer: the token endpoint's hot path is the
+    signature plus a few microseconds, whatever holds the key.
+    """
+
+    @property
+    def alg(self) -> Algorithm: ...
+
+    @property
+    def kid(self) -> str: ...
+
+    @property
+    def public_jwk(self) -> dict[str, Any]: ...
+
+    def sign(self, signing_input: bytes) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SigningKey:
+    """A key as the rest of the server sees it: public half, life cycle, and a signer for the active key only."""
+
     kid: str
     alg: Algorithm
     public_jwk: dict[str, Any]
     created_at: float
     retired_at: float | None
     publish_until: float | None
-    private_key: PrivateKey = field(repr=False, compare=False)
+    #: The `cryptography` public key, parsed once per key: the guard and introspection verify with it.
+    public_key: Any = field(repr=False, compare=False)
+    #: Only the active key has one: a retired key never signs again.
+    signer: Signer | None = field(default=None, repr=False, compare=False)
 
     def published_at(self, now: float) -> bool:
         return self.publish_until is None or now < self.publish_until
@@ -86,94 +113,52 @@ class SigningKey:
         }
 
 
-def _context(kid: str) -> bytes:
-    return b"bankgate signing key " + kid.encode()
+class KeyRetireError(ValueError):
+    """A key cannot be retired as asked; the message says why and what to do, `reason` names it for the audit
+    trail: `unknown_key`, `already_unpublished` or `active_key`."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
-class KeyStore:
-    """Signing keys in the database, private halves encrypted with the vault."""
+class NoActiveKey(RuntimeError):
+    """Nothing may sign right now: the active key was retired and the new one is not loaded yet."""
 
-    def __init__(self, store: Store, vault: Vault) -> None:
-        self._store = store
-        self._vault = vault
 
-    async def load(self, known: Mapping[str, SigningKey] | None = None) -> list[SigningKey]:
-        """Every key still worth publishing, newest first.
+class KeyStore(Protocol):
+    """Where signing keys live. `database` (`bankgate.tokens.keystore.DatabaseKeyStore`) is the only one today."""
 
-        Private keys already in `known` are reused rather than decrypted and parsed again: loading an RSA key
-        validates it, which takes milliseconds, and a server refreshes its keys every few seconds.
-        """
-        now = time.time()
-        table = schema.signing_keys
-        async with self._store.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(table)
-                    .where(table.c.publish_until.is_(None) | (table.c.publish_until > now))
-                    .order_by(table.c.created_at.desc())
-                )
-            ).mappings()
-            return [self._decode(row, known.get(row["kid"]) if known else None) for row in rows]
+    async def load(self, known: Mapping[str, SigningKey] | None = None) -> builtins.list[SigningKey]:
+        """Every key still published, newest first; the active one with its signer. Keys in `known` may be
+        reused rather than read again (a server reloads its keys every few seconds)."""
+        ...
 
-    def _decode(self, row: Any, known: SigningKey | None = None) -> SigningKey:
-        if known is not None:
-            private = known.private_key
-        else:
-            der = self._vault.decrypt(row["private_key"], context=_context(row["kid"]))
-            private = serialization.load_der_private_key(der, password=None)
-        return SigningKey(
-            kid=row["kid"],
-            alg=row["alg"],
-            public_jwk=json.loads(row["public_jwk"]),
-            created_at=row["created_at"],
-            retired_at=row["retired_at"],
-            publish_until=row["publish_until"],
-            private_key=private,  # type: ignore[arg-type]
-        )
+    async def list(self) -> builtins.list[SigningKey]:
+        """Every key the store holds, unpublished ones included, newest first, without signers."""
+        ...
 
     async def rotate(self, alg: Algorithm, *, retire_publish_for: float) -> SigningKey:
-        """Make a new active key; retire the previous active ones, published `retire_publish_for` more seconds."""
-        private = _generate(alg)
-        jwk = _public_jwk(alg, private)
-        kid = jwk_thumbprint(jwk)
-        der = private.private_bytes(
-            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        now = time.time()
-        table = schema.signing_keys
-        async with self._store.begin() as conn:
-            await conn.execute(
-                update(table)
-                .where(table.c.retired_at.is_(None))
-                .values(retired_at=now, publish_until=now + retire_publish_for)
-            )
-            await conn.execute(
-                table.insert().values(
-                    kid=kid,
-                    alg=alg,
-                    public_jwk=json.dumps(jwk),
-                    private_key=self._vault.encrypt(der, context=_context(kid)),
-                    created_at=now,
-                )
-            )
-        return SigningKey(kid, alg, jwk, now, None, None, private)
+        """Make a new active key; retire the previous active one, published `retire_publish_for` more seconds."""
+        ...
 
-    async def ensure_active(self, alg: Algorithm, *, retire_publish_for: float) -> tuple[SigningKey, bool]:
-        """The active key if it uses `alg`; else a new one (so a change of algorithm is a rotation)."""
-        keys = await self.load()
-        for key in keys:
-            if key.retired_at is None and key.alg == alg:
-                return key, False
-        return await self.rotate(alg, retire_publish_for=retire_publish_for), True
+    async def retire(self, kid: str) -> SigningKey:
+        """Unpublish `kid` at once; `KeyRetireError` when it is unknown, already unpublished or the active key."""
+        ...
 
 
 class KeyRing:
     """The keys one server process signs with and publishes; refreshed from the store in the background."""
 
     def __init__(self, keys: list[SigningKey]) -> None:
+        self._withdrawn: set[str] = set()
         self.replace(keys)
 
+    def __repr__(self) -> str:
+        return f"KeyRing(active={self.active.kid!r}, published={len(self.by_kid)})"
+
     def replace(self, keys: list[SigningKey]) -> None:
+        keys = [k for k in keys if k.kid not in self._withdrawn]  # a reload that raced a retirement
         active = [k for k in keys if k.retired_at is None]
         if not active:
             raise RuntimeError("no active signing key; run `bankgate init` or `bankgate keys rotate`")
@@ -181,3 +166,16 @@ class KeyRing:
         self.active: SigningKey = max(active, key=lambda k: k.created_at)
         self.by_kid: dict[str, SigningKey] = {k.kid: k for k in keys if k.published_at(now)}
         self.jwks: dict[str, Any] = {"keys": [k.jwk for k in self.by_kid.values()]}
+
+    def withdraw(self, kid: str) -> bool:
+        """Stop publishing, trusting and signing with `kid` now (it was retired, maybe compromised); True when it
+        was the active key. Then nothing signs until `replace` brings the new active key: refusing to issue for
+        a moment beats issuing under a compromised key."""
+        self._withdrawn.add(kid)
+        if self.by_kid.pop(kid, None) is not None:
+            self.jwks = {"keys": [k.jwk for k in self.by_kid.values()]}
+        if self.active.kid != kid:
+            return False
+        if self.active.signer is not None:
+            self.active = dataclasses.replace(self.active, signer=None)
+        return True
