@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bankgate.oauth.grants import GRANTS
+from bankgate.oauth.request import CLIENT_AUTH
+
 __all__ = ["openapi_document"]
 
 _OAUTH_ERROR = {
@@ -45,16 +48,22 @@ _PARSE_FAILURE = {
         }
     },
 }
-_TOKEN_REQUEST = {
-    "type": "object",
-    "required": ["grant_type"],
-    "properties": {
-        "grant_type": {"type": "string", "enum": ["client_credentials"]},
-        "scope": {"type": "string", "description": "Space-separated business application IDs; none: all allowed"},
-        "client_id": {"type": "string", "description": "client_secret_post only"},
-        "client_secret": {"type": "string", "description": "client_secret_post only (never in the URL)"},
-    },
-}
+
+
+def _token_request() -> dict[str, Any]:
+    """The token request: the registered grant types and their parameters, then those of the registered client
+    authentication methods."""
+    return {
+        "type": "object",
+        "required": ["grant_type"],
+        "properties": {
+            "grant_type": {"type": "string", "enum": GRANTS.names()},
+            **GRANTS.parameters(),
+            **CLIENT_AUTH.parameters(),
+        },
+    }
+
+
 _TOKEN_PARAMS = {
     "type": "object",
     "required": ["token"],
@@ -171,7 +180,7 @@ def openapi_document(server_url: str, *, token_status: int = 201) -> dict[str, A
                     "summary": "Get an access token (client credentials, RFC 6749 §4.4)",
                     "description": "Parameters as a form body, a JSON body, or query-string parameters.",
                     "security": basic,
-                    "requestBody": _form_or_json(_TOKEN_REQUEST),
+                    "requestBody": _form_or_json(_token_request()),
                     "responses": {
                         str(token_status): _json(
                             {

@@ -11,12 +11,15 @@ import binascii
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from bankgate.oauth.errors import OAuthError
 from bankgate.oauth.http import BodyTooLarge, Receive, Scope, header, read_body
+from bankgate.oauth.registry import ClientAuthRegistry
 
-__all__ = ["ClientCredentials", "Params", "client_credentials", "read_params"]
+__all__ = ["CLIENT_AUTH", "ClientCredentials", "ClientSecretBasic", "ClientSecretPost", "Params", "client_credentials",
+           "read_params"]
 
 _API_KEY_SHAPE = re.compile(r"bk_(test|live)_[A-Za-z0-9]{8,64}")
 _FORM = "application/x-www-form-urlencoded"
@@ -145,21 +148,54 @@ def _parse_basic(authorization: str) -> ClientCredentials:
     return ClientCredentials(unquote(api_key), unquote(secret))
 
 
-def client_credentials(authorization: str | None, params: Params) -> ClientCredentials:
-    """Client credentials from `Authorization: Basic` (client_secret_basic) or the body (client_secret_post)."""
-    posted = params.get("client_secret")  # never from the URL: the ErrorBoundary refuses secrets in query strings
-    if authorization:
-        if posted is not None:
-            raise OAuthError.invalid_request(
-                "the client authenticated twice (Authorization header and client_secret); use only one"
-            )
-        credentials = _parse_basic(authorization)
+class ClientSecretBasic:
+    """`Authorization: Basic base64(api_key:secret_key)` (RFC 6749 §2.3.1), the method clients should use."""
+
+    name = "client_secret_basic"
+    carried_in = "Authorization header"
+    hint = "Authorization: Basic base64(api_key:secret_key)"
+    parameters: dict[str, Any] = {}
+
+    def presented(self, authorization: str | None, params: Params) -> bool:
+        return bool(authorization)
+
+    def read(self, authorization: str | None, params: Params) -> ClientCredentials:
+        credentials = _parse_basic(authorization or "")
         claimed = params.get("client_id")
         if claimed is not None and claimed != credentials.api_key:
             raise OAuthError.invalid_request("client_id does not match the API key in the Authorization header")
         return credentials
-    if posted is not None and params.get("client_id"):
-        return ClientCredentials(params.values["client_id"], posted)
-    raise OAuthError.invalid_client(
-        "no client authentication: send Authorization: Basic base64(api_key:secret_key)", reason="no_credentials"
-    )
+
+
+class ClientSecretPost:
+    """`client_id` and `client_secret` in the body (RFC 6749 §2.3.1); never from the URL: the ErrorBoundary
+    refuses secrets in query strings."""
+
+    name = "client_secret_post"
+    carried_in = "client_secret"
+    hint = "client_id and client_secret in the body"
+    parameters: dict[str, Any] = {
+        "client_id": {"type": "string", "description": "client_secret_post only"},
+        "client_secret": {"type": "string", "description": "client_secret_post only (never in the URL)"},
+    }
+
+    def presented(self, authorization: str | None, params: Params) -> bool:
+        return params.get("client_secret") is not None
+
+    def read(self, authorization: str | None, params: Params) -> ClientCredentials:
+        api_key = params.get("client_id")
+        if not api_key:
+            raise OAuthError.invalid_client(f"no client authentication: send {ClientSecretBasic.hint}",
+                                            reason="no_credentials")
+        return ClientCredentials(api_key, params.values["client_secret"])
+
+
+#: How the token, introspection and revocation endpoints read client credentials; discovery lists the names.
+CLIENT_AUTH = ClientAuthRegistry()
+CLIENT_AUTH.register(ClientSecretBasic())
+CLIENT_AUTH.register(ClientSecretPost())
+
+
+def client_credentials(authorization: str | None, params: Params) -> ClientCredentials:
+    """Client credentials by the one registered method the request uses (`CLIENT_AUTH`)."""
+    return CLIENT_AUTH.read(authorization, params)

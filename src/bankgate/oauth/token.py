@@ -1,23 +1,18 @@
-"""Token endpoint, client credentials grant (RFC 6749 §4.4), as the Banked seed shows it: 201 with `created_at`.
-
-RFC 6749 §5.1 answers 200, and strict clients accept nothing else: `BANKGATE_TOKEN_STATUS=200` is for them.
+"""Token endpoint (RFC 6749 §3.2): the client authenticates, then the grant its `grant_type` names runs
+(`bankgate.oauth.grants`: client credentials, RFC 6749 §4.4, as the Banked seed shows it: 201 with `created_at`).
 """
 
 from __future__ import annotations
 
-import orjson
-
 from bankgate.credentials.clients import ClientRecord
-from bankgate.credentials.scopes import ScopeError, grant_scopes
 from bankgate.oauth.endpoint import OAuthEndpoint
-from bankgate.oauth.errors import JSON_NO_STORE, OAuthError
-from bankgate.oauth.http import Send, respond
+from bankgate.oauth.errors import OAuthError
+from bankgate.oauth.grants import GRANTS
+from bankgate.oauth.http import Send
 from bankgate.oauth.request import Params
 from bankgate.runtime import Runtime
 
 __all__ = ["TokenEndpoint"]
-
-GRANT = "client_credentials"
 
 
 class TokenEndpoint(OAuthEndpoint):
@@ -26,47 +21,11 @@ class TokenEndpoint(OAuthEndpoint):
     async def handle(
         self, runtime: Runtime, client: ClientRecord, params: Params, source_ip: str | None, send: Send
     ) -> None:
-        grant_type = params.require("grant_type", GRANT)
-        if grant_type != GRANT:
+        grant_type = params.require("grant_type", GRANTS.names()[0])
+        grant = GRANTS.get(grant_type)
+        if grant is None:
+            accepted = " or ".join(f"grant_type={name}" for name in GRANTS.names())
             raise OAuthError(
-                "unsupported_grant_type",
-                f"grant_type {grant_type[:64]!r} is not supported: send grant_type=client_credentials",
+                "unsupported_grant_type", f"grant_type {grant_type[:64]!r} is not supported: send {accepted}"
             )
-        if client.auth_mode != "oauth2":
-            raise OAuthError(
-                "unauthorized_client",
-                "this client was onboarded for Basic authentication: send Authorization: Basic "
-                "base64(api_key:secret_key) on each API call instead of asking for a token",
-            )
-        try:
-            scopes = grant_scopes(params.get("scope"), client.scopes)
-        except ScopeError as exc:
-            raise OAuthError("invalid_scope", str(exc)) from None
-        retry_after = runtime.services.limiter.hit(f"client:{client.id}")
-        if retry_after is not None:
-            raise OAuthError(
-                "slow_down",
-                "this client asks for tokens too often; reuse a token until it is about to expire "
-                f"(retry in {max(1, round(retry_after))} s)",
-                429,
-                audit_reason="rate_limited",
-                retry_after=max(1, round(retry_after)),
-            )
-        issued = runtime.tokens.issue(client_id=client.id, scope=scopes, ttl=runtime.settings.token_ttl)
-        runtime.audit(
-            "token.issued",
-            client.api_key,
-            "success",
-            source_ip,
-            {"client_id": client.id, "jti": issued.jti, "scope": issued.scope, "kid": issued.kid},
-        )
-        body = orjson.dumps(
-            {
-                "access_token": issued.access_token,
-                "token_type": "Bearer",
-                "expires_in": issued.expires_in,
-                "scope": issued.scope,
-                "created_at": issued.created_at,
-            }
-        )
-        await respond(send, runtime.settings.token_status, body, JSON_NO_STORE)
+        await grant.handle(runtime, client, params, source_ip, send)
