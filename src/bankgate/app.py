@@ -14,13 +14,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bankgate.boundary import ErrorBoundary, defer_to_boundary
 from bankgate.config import Settings
-from bankgate.guard.whoami import WhoAmIEndpoint
 from bankgate.oauth.account import CertificateDownloadEndpoint, CertificateListEndpoint, PasswordResetEndpoint
 from bankgate.oauth.authorize import AuthorizeEndpoint
 from bankgate.oauth.discovery import jwks_endpoint, metadata_endpoint, openapi_endpoint
 from bankgate.oauth.introspect import IntrospectionEndpoint
 from bankgate.oauth.revoke import RevocationEndpoint
 from bankgate.oauth.token import TokenEndpoint
+from bankgate.oauth.whoami import WhoAmIEndpoint
 from bankgate.outage import OutageLog
 from bankgate.runtime import Runtime
 
