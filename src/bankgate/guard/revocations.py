@@ -123,6 +123,12 @@ class RemoteRevocations(DenyList):
         if age is None or age > self._max_staleness:
             await asyncio.shield(polling)
 
+    async def wait(self) -> None:
+        """Wait for the poll in flight, if any (a poll `ready` started in the background)."""
+        polling = self._polling
+        if polling is not None and not polling.done() and polling.get_loop() is asyncio.get_running_loop():
+            await asyncio.shield(polling)
+
     async def poll(self) -> None:
         """Fetch what was revoked since the last poll and apply it; a failure is logged and leaves the list as it
         was (it grows older, and fails closed beyond `max_staleness`)."""

@@ -137,6 +137,8 @@ class TokenVerifier:
         self._is_revoked = is_revoked
         self._token_revoked = token_revoked
         self._revocations = revocations
+        #: The deny list fed from the issuer (`Guard.remote(..., revocations=True)`), if any.
+        self.revocations = revocations
         self._leeway = leeway
         self._cache_size = cache_size
         self._cache: dict[str, _Verified] = {}
