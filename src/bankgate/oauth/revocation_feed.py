@@ -9,6 +9,7 @@ read from the same rows the server's own processes reload their deny list from (
 Not public: the subjects name the clients, users and certificates that were revoked and when, which is none of
 another client's business. The caller authenticates with a client key pair (HTTP Basic, as for introspection,
 RFC 7662 §2.1), throttled like every key pair, and the client must have the `bankgate:revocations` application.
+Refusals go to the audit trail (`revocations.denied`); successful polls do not (one every few seconds per API).
 """
 
 from __future__ import annotations
