@@ -136,7 +136,6 @@ class TokenVerifier:
         self._environment = environment
         self._is_revoked = is_revoked
         self._token_revoked = token_revoked
-        self._revocations = revocations
         #: The deny list fed from the issuer (`Guard.remote(..., revocations=True)`), if any.
         self.revocations = revocations
         self._leeway = leeway
@@ -178,10 +177,10 @@ class TokenVerifier:
             verified.jti, verified.subject_key, verified.certificate_key, verified.issued_at
         ):
             raise InvalidToken("the token has been revoked")
-        if self._revocations is not None:
-            await self._revocations.ready()
+        if self.revocations is not None:
+            await self.revocations.ready()
             try:
-                revoked = self._revocations.token_denied(
+                revoked = self.revocations.token_denied(
                     verified.jti, verified.subject_key, verified.certificate_key, verified.issued_at
                 )
             except RevocationUnavailable as exc:
