@@ -14,13 +14,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bankgate.boundary import ErrorBoundary, defer_to_boundary
 from bankgate.config import Settings
-from bankgate.guard.whoami import WhoAmIEndpoint
 from bankgate.oauth.account import CertificateDownloadEndpoint, CertificateListEndpoint, PasswordResetEndpoint
 from bankgate.oauth.authorize import AuthorizeEndpoint
 from bankgate.oauth.discovery import jwks_endpoint, metadata_endpoint, openapi_endpoint
 from bankgate.oauth.introspect import IntrospectionEndpoint
+from bankgate.oauth.revocation_feed import RevocationFeedEndpoint
 from bankgate.oauth.revoke import RevocationEndpoint
 from bankgate.oauth.token import TokenEndpoint
+from bankgate.oauth.whoami import WhoAmIEndpoint
 from bankgate.outage import OutageLog
 from bankgate.runtime import Runtime
 
@@ -116,6 +117,7 @@ def create_app(settings: Settings, *, issuer: str | None = None) -> ASGIApp:
         starlette.router.routes.append(Route(path, endpoint, methods=[method]))
     starlette.router.routes.extend(
         [
+            Route("/oauth/revocations", RevocationFeedEndpoint(state), methods=["GET"]),
             Route("/api/v1/users/{username}/password", PasswordResetEndpoint(state), methods=["POST"]),
             Route("/api/v1/users/{username}/certificates", CertificateListEndpoint(state), methods=["GET"]),
             Route("/api/v1/users/{username}/certificates/{serial}", CertificateDownloadEndpoint(state),

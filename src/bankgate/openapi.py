@@ -70,6 +70,28 @@ _TOKEN_PARAMS = {
     "properties": {"token": {"type": "string"}, "token_type_hint": {"type": "string"}},
 }
 
+_REVOCATION_FEED = {
+    "type": "object",
+    "required": ["tokens", "subjects", "next"],
+    "properties": {
+        "tokens": {
+            "type": "array",
+            "description": "revoked tokens not yet expired",
+            "items": {"type": "object", "required": ["jti", "expires_at"],
+                      "properties": {"jti": {"type": "string"}, "expires_at": {"type": "number"}}},
+        },
+        "subjects": {
+            "type": "array",
+            "description": "revoked clients, users and certificates: their tokens issued at or before not_before "
+            "(null: every token) are refused",
+            "items": {"type": "object", "required": ["subject", "not_before"],
+                      "properties": {"subject": {"type": "string", "example": "client:3f1c…"},
+                                     "not_before": {"type": ["number", "null"]}}},
+        },
+        "next": {"type": "string", "description": "the cursor to send as `since` next time"},
+    },
+}
+
 
 def _json(schema: dict[str, Any], description: str, media: str = "application/json") -> dict[str, Any]:
     return {"description": description, "content": {media: {"schema": schema}}}
@@ -285,6 +307,18 @@ def openapi_document(server_url: str, *, token_status: int = 201) -> dict[str, A
                     "security": basic,
                     "requestBody": _form_or_json(_TOKEN_PARAMS),
                     "responses": {"200": {"description": "revoked (or nothing to revoke)"},
+                                  **_oauth_errors("400", "401", "403", "413", "429", "503")},
+                }
+            },
+            "/oauth/revocations": {
+                "get": {
+                    "summary": "Revocation feed for resource servers verifying tokens on their own (RFC 7009 "
+                    "revocations); the client needs the bankgate:revocations application",
+                    "security": basic,
+                    "parameters": [{"name": "since", "in": "query", "required": False,
+                                    "description": "the `next` cursor of the previous answer; none: every "
+                                    "revocation in force", "schema": {"type": "string"}}],
+                    "responses": {"200": _json(_REVOCATION_FEED, "revocations since the cursor"),
                                   **_oauth_errors("400", "401", "403", "413", "429", "503")},
                 }
             },

@@ -12,8 +12,13 @@ from typing import Any
 from sqlalchemy import event
 
 from bankgate.audit import AuditEvent, Outcome
+from bankgate.certheaders import ClientCertificateSource
 from bankgate.config import Settings
+from bankgate.credentials.authenticate import ClientAuthentication
+from bankgate.idempotency import open_store
+from bankgate.net import TrustedProxies
 from bankgate.outage import DATABASE, OutageLog, unavailable_service
+from bankgate.resource import server_guard
 from bankgate.services import Services
 from bankgate.tokens.issuer import TokenIssuer
 from bankgate.tokens.keys import KEY_CHANGE, KeyRing
@@ -28,9 +33,6 @@ IDEMPOTENCY_PURGE_INTERVAL = 300.0
 
 class Runtime:
     def __init__(self, services: Services, keys: KeyRing, issuer_url: str) -> None:
-        from bankgate.certheaders import ClientCertificateSource
-        from bankgate.net import TrustedProxies
-
         self.services = services
         self.settings: Settings = services.settings
         self.keys = keys
@@ -45,11 +47,9 @@ class Runtime:
         self.client_certs = ClientCertificateSource(
             self.proxies, self.settings.client_cert_header, name=self.settings.client_cert_header_name
         )
-        from bankgate.guard.local import server_guard
-
+        #: How every entrance checks a client key pair (throttled); each renders and audits its refusals.
+        self.client_auth = ClientAuthentication(services.clients, services.throttle, self.settings.environment)
         self.guard = server_guard(self)  # every API route authenticates through this one guard
-        from bankgate.idempotency import open_store
-
         self.idempotency = open_store(self.settings.idempotency_store, services.store)
         self.sandbox: Any = None
         if self.settings.environment == "sandbox":

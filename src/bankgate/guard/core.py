@@ -17,8 +17,11 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+import httpx
+
 from bankgate.certheaders import ClientCertificateSource
 from bankgate.guard.keys import RemoteJWKS
+from bankgate.guard.revocations import FEED_SCOPE, RemoteRevocations
 from bankgate.guard.verifier import InvalidToken, Principal, TokenVerifier, VerifierUnavailable
 from bankgate.net import TrustedProxies
 from bankgate.oauth.http import DuplicateHeader, single_header
@@ -179,20 +182,38 @@ class Guard:
         client_cert_header: str | None = None,
         client_cert_header_name: str | None = None,
         is_revoked: Callable[[str], bool] | None = None,
+        revocations: bool = False,
+        revocation_credentials: tuple[str, str] | None = None,
+        revocation_interval: float = 5.0,
+        revocation_max_staleness: float | None = None,
         leeway: int = 30,
         cache_size: int = 10000,
         min_refresh_interval: float = 30.0,
         realm: str = "bankgate",
+        http: httpx.AsyncClient | None = None,
     ) -> Guard:
         """A guard for an API running apart from the bankgate server: keys from the issuer's JWKS URL.
 
         `trusted_proxies` and `client_cert_header` ("nginx", "envoy", "traefik", "alb", "caddy") say where a
-        certificate-bound token's certificate comes from behind a TLS-terminating proxy.
+        certificate-bound token's certificate comes from behind a TLS-terminating proxy. With `revocations`, tokens
+        revoked at the issuer (alone, or with their client, user or certificate) are refused too: the issuer's
+        revocation feed is polled every `revocation_interval` seconds with `revocation_credentials`, the key pair
+        of a client that has the `bankgate:revocations` application, and requests are refused with 503 when the
+        list is older than `revocation_max_staleness` (default: 10 intervals, at least 30 s). `http` is the
+        `httpx.AsyncClient` to reach the issuer with (default: a new client per request).
         """
         issuer = issuer.rstrip("/")
-        keys = RemoteJWKS(jwks_url or f"{issuer}/.well-known/jwks.json", min_refresh_interval=min_refresh_interval)
+        keys = RemoteJWKS(jwks_url or f"{issuer}/.well-known/jwks.json", min_refresh_interval=min_refresh_interval,
+                          http=http)
+        feed: RemoteRevocations | None = None
+        if revocations:
+            if revocation_credentials is None:
+                raise ValueError("revocations=True needs revocation_credentials=(api_key, secret_key) of a client "
+                                 f"that has the {FEED_SCOPE} application")
+            feed = RemoteRevocations(f"{issuer}/oauth/revocations", revocation_credentials,
+                                     interval=revocation_interval, max_staleness=revocation_max_staleness, http=http)
         verifier = TokenVerifier(keys, issuer=issuer, audience=audience, environment=environment,
-                                 is_revoked=is_revoked, leeway=leeway, cache_size=cache_size)
+                                 is_revoked=is_revoked, revocations=feed, leeway=leeway, cache_size=cache_size)
         proxies = TrustedProxies(trusted_proxies)
         certs = ClientCertificateSource(proxies, client_cert_header, name=client_cert_header_name)
         return cls(verifier, proxies=proxies, client_certs=certs, realm=realm)

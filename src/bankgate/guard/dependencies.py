@@ -10,8 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
+try:
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+except ImportError as exc:  # the guard itself needs no framework; these dependencies do
+    raise ImportError(
+        "bankgate.guard's FastAPI dependencies need Starlette, which is not installed: pip install fastapi "
+        "(or pip install starlette)",
+        name=exc.name,
+    ) from exc
 
 from bankgate.guard.core import GuardError, insufficient_scope
 from bankgate.guard.middleware import principal_of

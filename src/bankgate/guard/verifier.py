@@ -17,14 +17,15 @@ import hmac
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import jwt
 
+from bankgate.guard.denylist import RevocationUnavailable
 from bankgate.guard.keys import KeySource
 from bankgate.pki.thumbprints import x5t_s256
 
-__all__ = ["ALLOWED_ALGORITHMS", "InvalidToken", "Principal", "TokenVerifier", "VerifierUnavailable"]
+__all__ = ["ALLOWED_ALGORITHMS", "InvalidToken", "Principal", "Revocations", "TokenVerifier", "VerifierUnavailable"]
 
 ALLOWED_ALGORITHMS = frozenset({"RS256", "ES256", "EdDSA"})
 MAX_TOKEN_LENGTH = 8192
@@ -86,6 +87,16 @@ class Principal:
 TokenRevoked = Callable[[str, str, str | None, int], bool]
 
 
+class Revocations(Protocol):
+    """A deny list that may need I/O before it can answer (`RemoteRevocations`: the issuer's revocation feed)."""
+
+    async def ready(self) -> None:
+        """Make the list fresh enough to answer; cheap when it already is."""
+
+    def token_denied(self, jti: str, subject: str, certificate: str | None, issued_at: int) -> bool:
+        """As `DenyList.token_denied`: raises RevocationUnavailable when the list is too old to trust."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Verified:
     principal: Principal
@@ -102,7 +113,8 @@ class TokenVerifier:
 
     `keys` finds a `kid`'s public key (locally or from a JWKS URL); `is_revoked(jti)` answers from memory and may
     raise VerifierUnavailable when it cannot tell (fail closed); None means no deny list is checked. The issuer's own
-    guard passes `token_revoked` instead, which also refuses tokens of a revoked client, user or certificate.
+    guard passes `token_revoked` instead, which also refuses tokens of a revoked client, user or certificate; a
+    guard apart from the issuer passes `revocations`, the same deny list fed from the issuer's revocation feed.
     """
 
     def __init__(
@@ -114,6 +126,7 @@ class TokenVerifier:
         environment: str,
         is_revoked: Callable[[str], bool] | None,
         token_revoked: TokenRevoked | None = None,
+        revocations: Revocations | None = None,
         leeway: int = 30,
         cache_size: int = 10000,
     ) -> None:
@@ -123,6 +136,8 @@ class TokenVerifier:
         self._environment = environment
         self._is_revoked = is_revoked
         self._token_revoked = token_revoked
+        #: The deny list fed from the issuer (`Guard.remote(..., revocations=True)`), if any.
+        self.revocations = revocations
         self._leeway = leeway
         self._cache_size = cache_size
         self._cache: dict[str, _Verified] = {}
@@ -162,6 +177,16 @@ class TokenVerifier:
             verified.jti, verified.subject_key, verified.certificate_key, verified.issued_at
         ):
             raise InvalidToken("the token has been revoked")
+        if self.revocations is not None:
+            await self.revocations.ready()
+            try:
+                revoked = self.revocations.token_denied(
+                    verified.jti, verified.subject_key, verified.certificate_key, verified.issued_at
+                )
+            except RevocationUnavailable as exc:
+                raise VerifierUnavailable(str(exc)) from None
+            if revoked:
+                raise InvalidToken("the token has been revoked")
         return verified.principal
 
     def forget(self) -> None:

@@ -8,16 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from bankgate.credentials.allowlist import describe_default
-from bankgate.credentials.clients import ClientAuthError, ClientRecord
+from bankgate.credentials.authenticate import ClientRejected
+from bankgate.credentials.clients import ClientRecord
 from bankgate.oauth.errors import OAuthError
 from bankgate.oauth.http import Receive, Scope, Send, header
 from bankgate.oauth.request import Params, client_credentials, read_params
 from bankgate.runtime import Runtime
-from bankgate.throttle import keys_for
 
 __all__ = ["OAuthEndpoint"]
-
-_FAILED = "client authentication failed: check the API key and secret key"
 
 
 class OAuthEndpoint:
@@ -61,40 +59,12 @@ class OAuthEndpoint:
     async def authenticate(
         runtime: Runtime, api_key: str, secret: str, source_ip: str | None, *, allow_revoked: bool = False
     ) -> ClientRecord:
-        """Check the key pair, throttled per key and per address: a throttled attempt is refused unchecked."""
-        throttle = runtime.services.throttle
-        quiet = throttle.quiet
-        keys = [] if quiet else keys_for(api_key[:80], source_ip)
-        retry_after = None if quiet else throttle.blocked(keys)
-        if retry_after is not None:
-            raise OAuthError(
-                "slow_down",
-                f"too many failed authentications; retry in {max(1, round(retry_after))} s",
-                429,
-                audit_reason="throttled",
-                retry_after=max(1, round(retry_after)),
-            )
+        """The client authentication use case (throttled per key and per address), its refusal as RFC 6749 §5.2."""
         try:
-            client = await runtime.services.clients.authenticate(api_key, secret, allow_revoked=allow_revoked)
-        except ClientAuthError as exc:
-            if exc.reason in ("unknown_api_key", "wrong_secret"):
-                await throttle.failure(keys or keys_for(api_key[:80], source_ip))
-            if exc.reason == "client_revoked":
-                raise OAuthError.invalid_client(
-                    "this client has been revoked; ask your integration manager for new credentials",
-                    reason=exc.reason,
-                ) from None
-            if exc.reason == "wrong_environment":
-                raise OAuthError.invalid_client(
-                    f"these credentials are not for the {runtime.settings.environment} environment; "
-                    "use the server of their environment",
-                    reason=exc.reason,
-                ) from None
-            # Unknown key or wrong secret: one answer, so keys cannot be enumerated.
-            raise OAuthError.invalid_client(_FAILED, reason=exc.reason) from None
-        if not quiet:
-            await throttle.success(keys)
-        return client
+            return await runtime.client_auth(api_key, secret, source_ip, allow_revoked=allow_revoked)
+        except ClientRejected as exc:
+            raise OAuthError(exc.error, exc.description, exc.status, audit_reason=exc.audit_reason,
+                             retry_after=exc.retry_after) from None
 
     async def handle(
         self, runtime: Runtime, client: ClientRecord, params: Params, source_ip: str | None, send: Send

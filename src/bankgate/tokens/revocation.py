@@ -1,6 +1,7 @@
 """What makes an issued token stop working before it expires, although tokens are never stored.
 
-Two deny lists, both in the database and both kept in memory by every server process:
+Two deny lists, both in the database and both kept in memory by every server process (the in-memory rule,
+`DenyList`, is the one the guard library uses apart from the server too):
 
 * tokens (RFC 7009): the `jti`s of revoked tokens, kept only until the token would have expired;
 * subjects: a whole client (`client:<id>`), M2M user (`user:<id>`) or client certificate (`cert:<x5t#S256>`,
@@ -10,63 +11,57 @@ Two deny lists, both in the database and both kept in memory by every server pro
 The lists are reloaded every `revocation_sync_interval` (`sync`), so checking a token on each API call costs a few
 dictionary lookups, not a query. A revocation is in force at once on the process that made it and within one sync
 interval on the others. When the lists cannot be reloaded for a while, `denied` refuses to answer (fail closed)
-rather than let a revoked token through.
+rather than let a revoked token through. `read_since` reads the same rows for the revocation feed that guards running
+apart from the server poll (`GET /oauth/revocations`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from sqlalchemy import case, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bankgate.guard.denylist import DenyList, RevocationUnavailable, subject_keys
 from bankgate.store import Store, schema
 
-__all__ = ["RevocationList", "RevocationUnavailable", "subject_keys"]
+__all__ = ["RevocationBatch", "RevocationList", "RevocationUnavailable", "subject_keys"]
 
 log = logging.getLogger("bankgate.tokens")
 
 #: Revocations are re-read this far back at each sync, so clocks of processes on other hosts may differ this much.
 SKEW = 60.0
-#: In memory, "every token of the subject": no `iat` reaches it.
-_ALL = math.inf
 
 
-def subject_keys(claims: dict[str, object]) -> tuple[str, str | None]:
-    """The subject keys a token's claims fall under: `client:<sub>` or `user:<sub>` (a user's token has `oid`),
-    and `cert:<x5t#S256>` when it is bound to a certificate (else None)."""
-    kind = "user" if "oid" in claims else "client"
-    cnf = claims.get("cnf")
-    bound = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
-    return f"{kind}:{claims.get('sub')}", f"cert:{bound}" if isinstance(bound, str) else None
+@dataclass(frozen=True, slots=True)
+class RevocationBatch:
+    """Revocations recorded since a point in time: `(jti, expires_at)` of tokens not yet expired, `(subject,
+    not_before)` of subjects (None: every token), and `newest`, the `revoked_at` of the newest row read (or the
+    point asked for), from which the next read starts."""
+
+    tokens: tuple[tuple[str, float], ...]
+    subjects: tuple[tuple[str, float | None], ...]
+    newest: float
 
 
-class RevocationUnavailable(Exception):
-    """The deny list has not been reloaded for too long to say whether a token is revoked."""
+class RevocationList(DenyList):
+    """The server's deny list: `DenyList` in memory, the `revoked_tokens` and `revoked_subjects` tables behind it."""
 
-
-class RevocationList:
     def __init__(self, store: Store, *, max_staleness: float = 30.0) -> None:
+        super().__init__(max_staleness=max_staleness, source="the database")
         self._store = store
-        self._denied: dict[str, float] = {}  # jti -> expires_at
-        self._subjects: dict[str, float] = {}  # subject key -> tokens issued at or before this are refused
         self._since = 0.0  # revoked_at of the newest entry seen, minus nothing: SKEW is applied at read time
-        self._synced_at: float | None = None  # None: never loaded, so memory knows nothing yet
-        self._max_staleness = max_staleness
-
-    def __repr__(self) -> str:
-        return f"RevocationList(denied={len(self._denied)}, subjects={len(self._subjects)})"
 
     # -- tokens -------------------------------------------------------------------------------------------
 
     async def revoke(self, jti: str, client_id: str, expires_at: float) -> bool:
         """Deny `jti` until `expires_at`; False when it was already denied."""
-        self._denied[jti] = expires_at
+        self.add_token(jti, expires_at)
         try:
             async with self._store.begin() as conn:
                 await conn.execute(
@@ -102,11 +97,6 @@ class RevocationList:
             )
         )
 
-    def remember(self, subject: str, not_before: float | None = None) -> None:
-        """Apply a subject revocation this process has just committed, without waiting for the next sync."""
-        cut = _ALL if not_before is None else not_before
-        self._subjects[subject] = max(cut, self._subjects.get(subject, -_ALL))
-
     async def subject_revoked(self, subjects: Iterable[str | None], issued_at: float) -> bool:
         """Exact answer from the database: is a token issued at `issued_at` under any of `subjects` revoked?"""
         keys = [key for key in subjects if key is not None]
@@ -115,54 +105,35 @@ class RevocationList:
             rows = (await conn.execute(select(table.c.not_before).where(table.c.subject.in_(keys)))).all()
         return any(not_before is None or issued_at <= not_before for (not_before,) in rows)
 
-    # -- the request path ---------------------------------------------------------------------------------
-
-    def denied(self, jti: str) -> bool:
-        """Answer from memory; raises RevocationUnavailable when the list is too old to trust (or never loaded)."""
-        if jti in self._denied:
-            return True
-        synced_at = self._synced_at
-        if synced_at is None or time.monotonic() - synced_at > self._max_staleness:
-            raise RevocationUnavailable("the revocation list cannot be reloaded from the database")
-        return False
-
-    def token_denied(self, jti: str, subject: str, certificate: str | None, issued_at: int) -> bool:
-        """`denied`, and also refused when the token's subject or the certificate it is bound to (`cert:…` keys,
-        see `subject_keys`) has been revoked since it was issued. Answer from memory, fail closed."""
-        if jti in self._denied:
-            return True
-        subjects = self._subjects
-        if subjects and (
-            subjects.get(subject, -1.0) >= issued_at
-            or (certificate is not None and subjects.get(certificate, -1.0) >= issued_at)
-        ):
-            return True
-        synced_at = self._synced_at
-        if synced_at is None or time.monotonic() - synced_at > self._max_staleness:
-            raise RevocationUnavailable("the revocation list cannot be reloaded from the database")
-        return False
-
-    async def sync(self) -> None:
-        """Load revocations made since the last sync (all of them the first time); forget expired ones."""
+    async def read_since(self, since: float | None) -> RevocationBatch:
+        """Revocations recorded since `since` (a `RevocationBatch.newest`; None: every one in force), re-reading
+        `SKEW` seconds further back so a row written by a process whose clock is behind is not missed."""
         tokens, subjects = schema.revoked_tokens, schema.revoked_subjects
-        now = time.time()
-        token_query = select(tokens.c.jti, tokens.c.expires_at, tokens.c.revoked_at).where(tokens.c.expires_at > now)
+        token_query = select(tokens.c.jti, tokens.c.expires_at, tokens.c.revoked_at).where(
+            tokens.c.expires_at > time.time()
+        )
         subject_query = select(subjects.c.subject, subjects.c.not_before, subjects.c.revoked_at)
-        if self._synced_at is not None:
-            token_query = token_query.where(tokens.c.revoked_at >= self._since - SKEW)
-            subject_query = subject_query.where(subjects.c.revoked_at >= self._since - SKEW)
+        if since is not None:
+            token_query = token_query.where(tokens.c.revoked_at >= since - SKEW)
+            subject_query = subject_query.where(subjects.c.revoked_at >= since - SKEW)
         async with self._store.connect() as conn:
             token_rows = (await conn.execute(token_query)).all()
             subject_rows = (await conn.execute(subject_query)).all()
-        for jti, expires_at, revoked_at in token_rows:
-            self._denied[jti] = expires_at
-            self._since = max(self._since, revoked_at)
-        for subject, not_before, revoked_at in subject_rows:
+        return RevocationBatch(
+            tuple((jti, expires_at) for jti, expires_at, _ in token_rows),
+            tuple((subject, not_before) for subject, not_before, _ in subject_rows),
+            max((since or 0.0, *(row[2] for row in (*token_rows, *subject_rows)))),
+        )
+
+    async def sync(self) -> None:
+        """Load revocations made since the last sync (all of them the first time); forget expired ones."""
+        batch = await self.read_since(self._since if self.loaded else None)
+        for jti, expires_at in batch.tokens:
+            self.add_token(jti, expires_at)
+        for subject, not_before in batch.subjects:
             self.remember(subject, not_before)
-            self._since = max(self._since, revoked_at)
-        if any(expires_at <= now for expires_at in self._denied.values()):
-            self._denied = {jti: expires_at for jti, expires_at in self._denied.items() if expires_at > now}
-        self._synced_at = time.monotonic()
+        self._since = max(self._since, batch.newest)
+        self.refreshed()
 
     async def purge(self, now: float | None = None) -> int:
         """Forget entries whose tokens have expired anyway."""

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bankgate.credentials.authenticate import ClientRejected
 from bankgate.guard.core import Guard, GuardError
 from bankgate.guard.keys import LocalKeys
 from bankgate.guard.verifier import Principal, TokenVerifier, VerifierUnavailable
-from bankgate.oauth.endpoint import OAuthEndpoint
-from bankgate.oauth.errors import OAuthError
 from bankgate.oauth.request import ClientCredentials
 from bankgate.tokens.revocation import RevocationUnavailable
 
@@ -43,8 +42,8 @@ def server_guard(runtime: Runtime) -> Guard:
     async def basic(api_key: str, secret: str, source_ip: str | None) -> Principal:
         """A key pair on an API call: the token endpoint's own check (throttled, audited), then the mode."""
         try:
-            client = await OAuthEndpoint.authenticate(runtime, api_key, secret, source_ip)
-        except OAuthError as err:
+            client = await runtime.client_auth(api_key, secret, source_ip)
+        except ClientRejected as err:
             actor = ClientCredentials(api_key, secret).actor  # never a secret typed into the key field
             runtime.audit("api.denied", actor, "failure", source_ip, {"reason": err.audit_reason})
             raise GuardError(err.status, err.error, err.description, retry_after=err.retry_after,
