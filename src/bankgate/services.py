@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 
+from bankgate.admin import Admin
 from bankgate.audit import AuditEvent, AuditLog
 from bankgate.changes import ChangeFeed
 from bankgate.config import Settings
@@ -77,6 +78,8 @@ class Services:
         )
         self.throttle = AuthThrottle.from_settings(store, settings)
         self.limiter = IssuanceLimiter(store, limit=settings.issuance_rate_limit)
+        #: The administrative use cases over the services above, for every entrance (command line, admin API).
+        self.admin = Admin(self)
 
     def __repr__(self) -> str:
         return f"Services({self.store!r}, environment={self.settings.environment!r})"
