@@ -1,4 +1,5 @@
-"""The real `bankgate` command, run as a subprocess against data directories in tmp dirs."""
+"""The `bankgate` command against data directories in tmp dirs: in process through Typer's runner, and the real
+entry point as a subprocess where the process itself is what is checked."""
 
 from __future__ import annotations
 
@@ -13,25 +14,38 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+import bankgate
+from bankgate.cli import app
 from bankgate.config import load_settings
 from bankgate.credentials.clients import ClientAuthError
 from bankgate.services import KEY_PUBLISH_MARGIN, Services
 from bankgate.vault import Vault, load_master_key
-from conftest import cli_json, run_cli
+from conftest import run_cli
 
 ISSUED_KEYS = {"client_id", "api_key", "secret_key", "scopes", "auth_mode", "environment"}
 AUDIT_KEYS = {"event", "at", "actor", "source_ip", "outcome"}
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
+def invoke(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`bankgate ARGS` in this process: what it printed and its exit status, as a subprocess would report them.
+    An exception other than the command's own exit is raised, not rendered: it would be a traceback for a user."""
+    result = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+    completed = subprocess.CompletedProcess(["bankgate", *args], result.exit_code, result.stdout, result.stderr)
+    if check and result.exit_code != 0:
+        raise AssertionError(f"bankgate {' '.join(args)} failed ({result.exit_code}):\n{result.stderr}")
+    return completed
+
+
 def bg(data_dir: Path, *args: str, env: dict[str, str] | None = None,
        check: bool = True) -> subprocess.CompletedProcess[str]:
-    return run_cli(*args, "--data-dir", str(data_dir), env=env, check=check)
+    return invoke(*args, "--data-dir", str(data_dir), env=env, check=check)
 
 
 def bg_json(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Any:
-    return cli_json(*args, "--data-dir", str(data_dir), env=env)
+    return json.loads(bg(data_dir, *args, "--json", env=env).stdout)
 
 
 def create(data_dir: Path, *scopes: str, auth_mode: str = "oauth2", name: str = "Acme web shop",
@@ -303,7 +317,13 @@ def test_audit_tail_shows_the_newest_events_oldest_first(data_dir: Path) -> None
 # -- where settings come from ------------------------------------------------------------------------------
 
 
+def test_the_installed_entry_point_prints_its_version() -> None:
+    result = run_cli("--version")
+    assert result.stdout == f"bankgate {bankgate.__version__}\n" == "bankgate 0.1.0\n"
+
+
 def test_data_dir_comes_from_bankgate_data_dir_when_no_flag(tmp_path: Path) -> None:
+    """The real entry point (`python -m bankgate`), as a subprocess."""
     directory = tmp_path / "from-env"
     env = {"BANKGATE_DATA_DIR": str(directory)}
     report = json.loads(run_cli("init", "--json", env=env).stdout)
