@@ -66,10 +66,12 @@ class Services:
         self.changes = ChangeFeed(store)
         self.revocations = RevocationList(store, max_staleness=max(30.0, 10 * settings.revocation_sync_interval))
         changes, revocations = self.changes, self.revocations
+        # A disable's cut-off lies this far ahead: the other processes' caches follow within one sync and a query.
+        settle = settings.revocation_sync_interval + 1.0
         self.clients = ClientRegistry(store, vault, settings.environment, cache_ttl=settings.client_cache_ttl,
-                                      changes=changes, revocations=revocations)
+                                      changes=changes, revocations=revocations, settle=settle)
         self.users = UserDirectory(store, settings.environment, passphrase_ttl=settings.passphrase_ttl,
-                                   hasher=PasswordHasher(), changes=changes, revocations=revocations)
+                                   hasher=PasswordHasher(), changes=changes, revocations=revocations, settle=settle)
         self.keys = KeyStore(store, vault)
         self.audit = AuditLog(store, flush_interval=settings.audit_flush_interval)
         self.pki = CertificateService(store, vault, settings.environment, changes=changes, revocations=revocations)

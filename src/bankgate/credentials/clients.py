@@ -13,6 +13,7 @@ from sqlalchemy import delete, select, update
 from bankgate.cache import TtlCache
 from bankgate.changes import ChangeFeed
 from bankgate.config import Environment
+from bankgate.credentials._cutoff import cutoff, wait_past_cutoff
 from bankgate.credentials.keys import new_api_key, new_secret_key
 from bankgate.credentials.scopes import check_application_ids
 from bankgate.store import Store, schema
@@ -139,6 +140,7 @@ class ClientRegistry:
         cache_ttl: float = 60.0,
         changes: ChangeFeed | None = None,
         revocations: RevocationList | None = None,
+        settle: float = 1.5,
     ) -> None:
         self._store = store
         self._vault = vault
@@ -146,6 +148,8 @@ class ClientRegistry:
         self._cache: TtlCache[str, ClientRecord | None] = TtlCache(cache_ttl)
         self._changes = changes or ChangeFeed(store)
         self._revocations = revocations or RevocationList(store)
+        #: How far ahead a disable puts its cut-off: other processes' caches follow within a sync (`_cutoff`).
+        self._settle = settle
         self._rechecked: dict[str, float] = {}  # api key -> when a cached refusal was last re-read
         self._changes.subscribe("client", self.forget)
 
@@ -377,14 +381,16 @@ class ClientRegistry:
 
     async def disable(self, api_key: str) -> ClientRecord:
         """Suspend the client: it gets no token, and every token issued until now is refused for good (enabling
-        it again does not bring them back: a subject cut-off at this instant, not a flag read per request)."""
+        it again does not bring them back: a subject cut-off, see `_cutoff`, not a flag read per request)."""
         record = await self._changeable(api_key, "active", "disabled")
         await self._write(record, {"status": "disabled"}, cut_tokens=True)
         return await self.get(api_key)
 
     async def enable(self, api_key: str) -> ClientRecord:
-        """Let a disabled client get new tokens again (those issued before it was disabled stay refused)."""
+        """Let a disabled client get new tokens again (those issued before it was disabled stay refused). Returns
+        once the disable's cut-off has passed, so the tokens it gets from then on stay valid."""
         record = await self._changeable(api_key, "active", "disabled")
+        await wait_past_cutoff(self._store, f"client:{record.id}")
         await self._write(record, {"status": "active"}, cut_tokens=False)
         return await self.get(api_key)
 
@@ -413,7 +419,7 @@ class ClientRegistry:
         return await self.get(api_key)
 
     async def _write(self, record: ClientRecord, values: dict[str, object], *, cut_tokens: bool) -> None:
-        subject, cut = f"client:{record.id}", time.time()
+        subject, cut = f"client:{record.id}", cutoff(self._settle)
         async with self._store.begin() as conn:
             await conn.execute(update(schema.clients).where(schema.clients.c.id == record.id).values(**values))
             if cut_tokens:

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bankgate.changes import ChangeFeed
 from bankgate.config import Environment
+from bankgate.credentials._cutoff import cutoff, wait_past_cutoff
 from bankgate.credentials.scopes import check_application_ids
 from bankgate.store import Store, schema
 from bankgate.tokens.revocation import RevocationList
@@ -189,6 +190,7 @@ class UserDirectory:
         max_verifications: int | None = None,
         changes: ChangeFeed | None = None,
         revocations: RevocationList | None = None,
+        settle: float = 1.5,
     ) -> None:
         self._store = store
         self._environment: Environment = environment
@@ -199,6 +201,8 @@ class UserDirectory:
         self._verifications = asyncio.Semaphore(self.max_verifications)
         self._changes = changes or ChangeFeed(store)
         self._revocations = revocations or RevocationList(store)
+        #: How far ahead a disable puts its cut-off: other processes' caches follow within a sync (`_cutoff`).
+        self._settle = settle
 
     def __repr__(self) -> str:
         return f"UserDirectory(environment={self._environment!r})"
@@ -314,14 +318,16 @@ class UserDirectory:
 
     async def disable(self, username: str) -> UserRecord:
         """Suspend the user: no token, passphrase reset or certificate for it, and every token issued until now is
-        refused for good (a subject cut-off at this instant: enabling the user again does not bring them back)."""
+        refused for good (a subject cut-off, see `_cutoff`: enabling the user again does not bring them back)."""
         user = await self._changeable(username, "active", "disabled")
         await self._write(user, {"status": "disabled"}, cut_tokens=True)
         return await self.get(username)
 
     async def enable(self, username: str) -> UserRecord:
-        """Let a disabled user get new tokens again (those issued before it was disabled stay refused)."""
+        """Let a disabled user get new tokens again (those issued before it was disabled stay refused). Returns once
+        the disable's cut-off has passed, so the tokens it gets from then on stay valid."""
         user = await self._changeable(username, "active", "disabled")
+        await wait_past_cutoff(self._store, f"user:{user.id}")
         await self._write(user, {"status": "active"}, cut_tokens=False)
         return await self.get(username)
 
@@ -350,7 +356,7 @@ class UserDirectory:
         return await self.get(username)
 
     async def _write(self, user: UserRecord, values: dict[str, object], *, cut_tokens: bool) -> None:
-        subject, cut = f"user:{user.id}", time.time()
+        subject, cut = f"user:{user.id}", cutoff(self._settle)
         async with self._store.begin() as conn:
             await conn.execute(update(schema.users).where(schema.users.c.id == user.id).values(**values))
             if cut_tokens:
