@@ -34,7 +34,7 @@ class CertificateAdmin(UseCases):
         issued = await self._services.pki.issue(user, csr_pem=csr_pem, days=days, key_type=kind)
         try:
             delivered = deliver(issued)
-        except BaseException:
+        except Exception:
             await self._services.pki.revoke(issued.serial)
             raise
         await self._audit_cert(actor, "cert.issued", issued.record, user.username)

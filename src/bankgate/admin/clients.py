@@ -27,9 +27,7 @@ class ClientAdmin(UseCases):
     async def update(
         self, actor: Actor, api_key: str, *, name: str | None = None, scopes: Sequence[str] | None = None
     ) -> ClientRecord:
-        before, after = await self._services.clients.update(
-            api_key, name=name, scopes=list(scopes) if scopes is not None else None
-        )
+        before, after = await self._services.clients.update(api_key, name=name, scopes=scopes)
         detail: dict[str, object] = {"api_key": api_key, "client_id": after.id}
         if name is not None:
             detail.update(name=after.name, previous_name=before.name)

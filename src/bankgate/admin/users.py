@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 
 from bankgate.admin._base import Actor, NotFoundError, UseCases
@@ -30,7 +31,7 @@ class UserAdmin(UseCases):
             raise NotFoundError(f"no user named {username}; see `bankgate users list`")
         return user
 
-    async def allow_list(self, user: UserRecord) -> list[AllowEntry]:
+    async def allow_list(self, user: UserRecord) -> builtins.list[AllowEntry]:
         return await self._services.allowlist.list("user", user.id)
 
     async def reset_password(self, actor: Actor, username: str, passphrase: str, new_password: str) -> UserRecord:

@@ -16,7 +16,6 @@ except ModuleNotFoundError:  # a client-only install: `bankgate token` needs no 
     from bankgate.client._cli import without_server_extra
 
     without_server_extra(sys.argv)
-import click
 from rich.markup import escape
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -47,7 +46,7 @@ def _fail(message: str) -> NoReturn:
 class _Boundary(TyperGroup):
     """The one place that turns an error of any command into its one-line message (and never a traceback)."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer.Context (typer's own click)
         try:
             return super().invoke(ctx)
         except _EXPECTED as exc:

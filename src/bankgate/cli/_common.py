@@ -107,7 +107,7 @@ def command(group: typer.Typer, name: str | None = None, *, json_output: bool = 
             cli = Invocation(options.pop("data_dir"), options.pop("database_url"), options.pop("as_json", False))
             return fn(cli, **options)
 
-        del invoke.__wrapped__  # type: ignore[attr-defined]
+        del invoke.__wrapped__
         invoke.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         invoke.__annotations__ = {p.name: p.annotation for p in params}
         group.command(name)(invoke)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -360,7 +361,7 @@ class ClientRegistry:
         return record
 
     async def update(
-        self, api_key: str, *, name: str | None = None, scopes: list[str] | None = None
+        self, api_key: str, *, name: str | None = None, scopes: Sequence[str] | None = None
     ) -> tuple[ClientRecord, ClientRecord]:
         """Rename the client and/or replace its applications; (before, after).
 
