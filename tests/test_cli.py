@@ -314,6 +314,23 @@ def test_audit_tail_shows_the_newest_events_oldest_first(data_dir: Path) -> None
     assert [e["event"] for e in only] == ["client.revoked"]
 
 
+def test_audit_tail_filters_by_kind_actor_and_time(data_dir: Path) -> None:
+    issued = create(data_dir)
+    bg(data_dir, "clients", "disable", issued["api_key"])
+    mine = bg_json(data_dir, "audit", "tail", "--event", "client.", "--since", "1h")
+    assert [e["event"] for e in mine] == ["client.created", "client.disabled"]
+    actor = mine[0]["actor"]
+    assert actor.startswith("cli")
+    assert [e["event"] for e in bg_json(data_dir, "audit", "tail", "--actor", actor)] == [
+        "client.created", "client.disabled"]
+    assert bg_json(data_dir, "audit", "tail", "--actor", "api:nobody") == []
+    assert bg_json(data_dir, "audit", "tail", "--until", "2000-01-01T00:00Z") == []
+    later = bg_json(data_dir, "audit", "tail", "--since", "2999-01-01T00:00:00+01:00")
+    assert later == []
+    result = bg(data_dir, "audit", "tail", "--since", "yesterday", check=False)
+    assert result.returncode == 2 and "'yesterday' is neither a time" in result.stderr
+
+
 # -- where settings come from ------------------------------------------------------------------------------
 
 
