@@ -294,8 +294,11 @@ async def test_a_deleted_user_loses_tokens_certificates_and_allow_list_but_keeps
     assert await services.allowlist.list("user", user.id) == []
     assert await services.admin.users.list() == []
     assert [u.username for u in await services.admin.users.list(deleted=True)] == [username]
-    with pytest.raises(UserStateError, match=f"user {username} is deleted; create a new user instead"):
-        await services.admin.users.enable(OPS, username)
+    for change in (services.admin.users.enable, services.admin.users.new_passphrase):
+        with pytest.raises(UserStateError, match=f"user {username} is deleted; create a new user instead"):
+            await change(OPS, username)
+    with pytest.raises(ValueError, match=f"user {username} is deleted; create a new user instead"):
+        await services.admin.certs.issue(OPS, username, lambda issued: None)
     trail = [e for e in await events(services, "") if e[0].startswith(("user.", "cert."))]
     assert [e[0] for e in trail][-2:] == ["cert.revoked", "user.deleted"]
     serials = [c.serial for c in await services.admin.certs.list(username)]

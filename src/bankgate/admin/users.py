@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from bankgate.admin._base import Actor, NotFoundError, UseCases
 from bankgate.credentials.allowlist import AllowEntry
-from bankgate.credentials.users import NewUser, PassphraseError, UserRecord, WeakPasswordError
+from bankgate.credentials.users import NewUser, PassphraseError, UserRecord, UserStateError, WeakPasswordError
 
 __all__ = ["UserAdmin"]
 
@@ -49,7 +49,8 @@ class UserAdmin(UseCases):
         return user
 
     async def new_passphrase(self, actor: Actor, username: str) -> NewUser:
-        await self.get(username)
+        if (await self.get(username)).status == "deleted":
+            raise UserStateError(f"user {username} is deleted; create a new user instead")
         new = await self._services.users.new_passphrase(username)
         await self._audit(actor, "user.passphrase_reissued", {"username": username, "user_id": new.user.id})
         return new
