@@ -1,4 +1,5 @@
-"""The real `bankgate` command, run as a subprocess against data directories in tmp dirs."""
+"""The `bankgate` command against data directories in tmp dirs: in process through Typer's runner, and the real
+entry point as a subprocess where the process itself is what is checked."""
 
 from __future__ import annotations
 
@@ -13,25 +14,38 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+import bankgate
+from bankgate.cli import app
 from bankgate.config import load_settings
 from bankgate.credentials.clients import ClientAuthError
 from bankgate.services import KEY_PUBLISH_MARGIN, Services
 from bankgate.vault import Vault, load_master_key
-from conftest import cli_json, run_cli
+from conftest import run_cli
 
 ISSUED_KEYS = {"client_id", "api_key", "secret_key", "scopes", "auth_mode", "environment"}
 AUDIT_KEYS = {"event", "at", "actor", "source_ip", "outcome"}
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
+def invoke(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`bankgate ARGS` in this process: what it printed and its exit status, as a subprocess would report them.
+    An exception other than the command's own exit is raised, not rendered: it would be a traceback for a user."""
+    result = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+    completed = subprocess.CompletedProcess(["bankgate", *args], result.exit_code, result.stdout, result.stderr)
+    if check and result.exit_code != 0:
+        raise AssertionError(f"bankgate {' '.join(args)} failed ({result.exit_code}):\n{result.stderr}")
+    return completed
+
+
 def bg(data_dir: Path, *args: str, env: dict[str, str] | None = None,
        check: bool = True) -> subprocess.CompletedProcess[str]:
-    return run_cli(*args, "--data-dir", str(data_dir), env=env, check=check)
+    return invoke(*args, "--data-dir", str(data_dir), env=env, check=check)
 
 
 def bg_json(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Any:
-    return cli_json(*args, "--data-dir", str(data_dir), env=env)
+    return json.loads(bg(data_dir, *args, "--json", env=env).stdout)
 
 
 def create(data_dir: Path, *scopes: str, auth_mode: str = "oauth2", name: str = "Acme web shop",
@@ -260,6 +274,25 @@ def test_keys_list_table_prints_kids_whole(data_dir: Path) -> None:
         assert kid in out, out
 
 
+def test_keys_retire_unpublishes_a_key_at_once_and_refuses_the_active_key_alone(data_dir: Path) -> None:
+    [first] = bg_json(data_dir, "keys", "list")
+    refused = bg(data_dir, "keys", "retire", first["kid"], check=False)
+    assert_one_line_error(refused, "rotate")
+    assert [k["kid"] for k in bg_json(data_dir, "keys", "list")] == [first["kid"]]
+
+    done = bg_json(data_dir, "keys", "retire", first["kid"], "--rotate")
+    assert done["retired"]["kid"] == first["kid"]
+    new_kid = done["rotated_to"]["kid"]
+    assert new_kid != first["kid"]
+    assert [k["kid"] for k in bg_json(data_dir, "keys", "list")] == [new_kid]
+
+    events = bg_json(data_dir, "audit", "tail", "--limit", "3")
+    assert [(e["event"], e["outcome"]) for e in events] == [
+        ("key.retired", "failure"), ("key.rotated", "success"), ("key.retired", "success")
+    ]
+    assert events[-1]["actor"].startswith("cli")
+
+
 def test_keys_rotate_rejects_an_unknown_algorithm(data_dir: Path) -> None:
     result = bg(data_dir, "keys", "rotate", "--alg", "HS256", check=False)
     assert_one_line_error(result, "invalid settings", "signing_alg")
@@ -300,10 +333,33 @@ def test_audit_tail_shows_the_newest_events_oldest_first(data_dir: Path) -> None
     assert [e["event"] for e in only] == ["client.revoked"]
 
 
+def test_audit_tail_filters_by_kind_actor_and_time(data_dir: Path) -> None:
+    issued = create(data_dir)
+    bg(data_dir, "clients", "disable", issued["api_key"])
+    mine = bg_json(data_dir, "audit", "tail", "--event", "client.", "--since", "1h")
+    assert [e["event"] for e in mine] == ["client.created", "client.disabled"]
+    actor = mine[0]["actor"]
+    assert actor.startswith("cli")
+    assert [e["event"] for e in bg_json(data_dir, "audit", "tail", "--actor", actor)] == [
+        "client.created", "client.disabled"]
+    assert bg_json(data_dir, "audit", "tail", "--actor", "api:nobody") == []
+    assert bg_json(data_dir, "audit", "tail", "--until", "2000-01-01T00:00Z") == []
+    later = bg_json(data_dir, "audit", "tail", "--since", "2999-01-01T00:00:00+01:00")
+    assert later == []
+    result = bg(data_dir, "audit", "tail", "--since", "yesterday", check=False)
+    assert result.returncode == 2 and "'yesterday' is neither a time" in result.stderr
+
+
 # -- where settings come from ------------------------------------------------------------------------------
 
 
+def test_the_installed_entry_point_prints_its_version() -> None:
+    result = run_cli("--version")
+    assert result.stdout == f"bankgate {bankgate.__version__}\n" == "bankgate 0.1.0\n"
+
+
 def test_data_dir_comes_from_bankgate_data_dir_when_no_flag(tmp_path: Path) -> None:
+    """The real entry point (`python -m bankgate`), as a subprocess."""
     directory = tmp_path / "from-env"
     env = {"BANKGATE_DATA_DIR": str(directory)}
     report = json.loads(run_cli("init", "--json", env=env).stdout)

@@ -127,12 +127,29 @@ class AuditLog:
             self._task = None
         await self.flush()
 
-    async def tail(self, limit: int = 20, *, event: str | None = None) -> list[AuditEvent]:
-        """The newest `limit` events, oldest first."""
+    async def tail(
+        self,
+        limit: int = 20,
+        *,
+        event: str | None = None,
+        actor: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[AuditEvent]:
+        """The newest `limit` events, oldest first; only those of `event` (a name, or a prefix ending in `.`:
+        `client.`), of `actor`, and at or after `since` / before `until` (UNIX seconds) when given."""
         table = schema.audit_events
         query = select(table).order_by(table.c.id.desc()).limit(limit)
-        if event:
+        if event and event.endswith("."):
+            query = query.where(table.c.event.startswith(event, autoescape=True))
+        elif event:
             query = query.where(table.c.event == event)
+        if actor:
+            query = query.where(table.c.actor == actor)
+        if since is not None:
+            query = query.where(table.c.at >= since)
+        if until is not None:
+            query = query.where(table.c.at < until)
         async with self._store.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [

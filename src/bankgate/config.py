@@ -6,6 +6,7 @@ Precedence, highest first: explicit values (command-line flags), environment var
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 from pathlib import Path
@@ -20,7 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Algorithm", "Environment", "Settings", "listen_url", "load_settings"]
+__all__ = ["Algorithm", "Environment", "Settings", "UnknownSettingError", "listen_url", "load_settings"]
 
 Environment = Literal["sandbox", "production"]
 Algorithm = Literal["RS256", "ES256", "EdDSA"]
@@ -221,7 +222,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         toml = _toml_path(init_settings())
         if toml is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+            sources.append(_StrictTomlSource(settings_cls, toml_file=toml))
         return tuple(sources)
 
     # Derived values: one place decides each.
@@ -255,6 +256,23 @@ def listen_url(host: str, port: int, *, tls: bool = False) -> str:
     if host in ("0.0.0.0", "::"):  # noqa: S104
         shown = "127.0.0.1"
     return f"{'https' if tls else 'http'}://{shown}:{port}"
+
+
+class UnknownSettingError(ValueError):
+    """A key in the TOML file that is no setting: a typo would otherwise be ignored and its default used."""
+
+
+class _StrictTomlSource(TomlConfigSettingsSource):
+    """The TOML file, refusing keys that name no setting (environment variables may hold anything, the file not)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], toml_file: Path) -> None:
+        super().__init__(settings_cls, toml_file=toml_file)
+        known = sorted(settings_cls.model_fields)
+        for key in self.toml_data:
+            if key not in settings_cls.model_fields:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; settings are: {', '.join(known)}"
+                raise UnknownSettingError(f"unknown setting {key!r} in {toml_file}{hint}")
 
 
 def _toml_path(init: dict[str, Any]) -> Path | None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 
+from bankgate.admin import Admin
 from bankgate.audit import AuditEvent, AuditLog
 from bankgate.changes import ChangeFeed
 from bankgate.config import Settings
@@ -67,10 +68,12 @@ class Services:
         self.changes = ChangeFeed(store)
         self.revocations = RevocationList(store, max_staleness=max(30.0, 10 * settings.revocation_sync_interval))
         changes, revocations = self.changes, self.revocations
+        # A disable's cut-off lies this far ahead: the other processes' caches follow within one sync and a query.
+        settle = settings.revocation_sync_interval + 1.0
         self.clients = ClientRegistry(store, vault, settings.environment, cache_ttl=settings.client_cache_ttl,
-                                      changes=changes, revocations=revocations)
+                                      changes=changes, revocations=revocations, settle=settle)
         self.users = UserDirectory(store, settings.environment, passphrase_ttl=settings.passphrase_ttl,
-                                   hasher=PasswordHasher(), changes=changes, revocations=revocations)
+                                   hasher=PasswordHasher(), changes=changes, revocations=revocations, settle=settle)
         self.audit = AuditLog(store, flush_interval=settings.audit_flush_interval)
         self.keys = SigningKeys(open_key_store(settings, store, vault, changes=changes), self.audit,
                                 alg=settings.signing_alg, publish_for=self.key_publish_seconds)
@@ -80,6 +83,8 @@ class Services:
         )
         self.throttle = AuthThrottle.from_settings(store, settings)
         self.limiter = IssuanceLimiter(store, limit=settings.issuance_rate_limit)
+        #: The administrative use cases over the services above, for every entrance (command line, admin API).
+        self.admin = Admin(self)
 
     def __repr__(self) -> str:
         return f"Services({self.store!r}, environment={self.settings.environment!r})"

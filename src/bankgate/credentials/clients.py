@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from bankgate.cache import TtlCache
 from bankgate.changes import ChangeFeed
 from bankgate.config import Environment
+from bankgate.credentials._cutoff import cutoff, wait_past_cutoff
 from bankgate.credentials.keys import new_api_key, new_secret_key
 from bankgate.credentials.scopes import check_application_ids
 from bankgate.store import Store, schema
@@ -25,10 +27,14 @@ __all__ = [
     "ClientNotFoundError",
     "ClientRecord",
     "ClientRegistry",
+    "ClientStateError",
+    "ClientStatus",
     "IssuedSecret",
 ]
 
 AuthMode = Literal["oauth2", "basic"]
+#: active -> disabled -> active again; revoked and deleted are for good (deleted: a tombstone without secrets).
+ClientStatus = Literal["active", "disabled", "revoked", "deleted"]
 AUTH_MODES: tuple[AuthMode, ...] = ("oauth2", "basic")
 #: A refusal reached from a cached record is re-read from the database at most this often per API key.
 RECHECK_INTERVAL = 1.0
@@ -37,6 +43,10 @@ _RECHECKED = frozenset({"unknown_api_key", "wrong_secret"})
 
 class ClientNotFoundError(LookupError):
     pass
+
+
+class ClientStateError(ValueError):
+    """The change does not apply to the client as it is (e.g. enabling a revoked client); says what to do."""
 
 
 class ClientAuthError(Exception):
@@ -65,7 +75,7 @@ class ClientRecord:
     auth_mode: AuthMode
     scopes: tuple[str, ...]
     environment: Environment
-    status: Literal["active", "revoked"]
+    status: ClientStatus
     created_at: float
     revoked_at: float | None = None
     secrets: tuple[SecretHash, ...] = field(default=(), repr=False)
@@ -131,6 +141,7 @@ class ClientRegistry:
         cache_ttl: float = 60.0,
         changes: ChangeFeed | None = None,
         revocations: RevocationList | None = None,
+        settle: float = 1.5,
     ) -> None:
         self._store = store
         self._vault = vault
@@ -138,15 +149,15 @@ class ClientRegistry:
         self._cache: TtlCache[str, ClientRecord | None] = TtlCache(cache_ttl)
         self._changes = changes or ChangeFeed(store)
         self._revocations = revocations or RevocationList(store)
+        #: How far ahead a disable puts its cut-off: other processes' caches follow within a sync (`_cutoff`).
+        self._settle = settle
         self._rechecked: dict[str, float] = {}  # api key -> when a cached refusal was last re-read
         self._changes.subscribe("client", self.forget)
 
     # -- onboarding ---------------------------------------------------------------------------------------
 
     async def create(self, name: str, scopes: list[str], auth_mode: str = "oauth2") -> IssuedSecret:
-        name = name.strip()
-        if not name or len(name) > 200:
-            raise ValueError("a client needs a name of 1 to 200 characters (--name)")
+        name = self._check_name(name)
         if auth_mode not in AUTH_MODES:
             raise ValueError(f"auth mode {auth_mode!r} is not one of: {', '.join(AUTH_MODES)}")
         app_ids = check_application_ids(scopes)
@@ -224,11 +235,13 @@ class ClientRegistry:
             raise ClientNotFoundError(f"no client with API key {api_key}")
         return record
 
-    async def list(self) -> list[ClientRecord]:
+    async def list(self, *, deleted: bool = False) -> list[ClientRecord]:
+        """Clients, oldest first; deleted ones (tombstones) only with `deleted`."""
+        query = select(schema.clients.c.api_key).order_by(schema.clients.c.created_at)
+        if not deleted:
+            query = query.where(schema.clients.c.status != "deleted")
         async with self._store.connect() as conn:
-            keys = (
-                await conn.execute(select(schema.clients.c.api_key).order_by(schema.clients.c.created_at))
-            ).scalars()
+            keys = (await conn.execute(query)).scalars()
             api_keys = list(keys)
         return [record for key in api_keys if (record := await self._load(key)) is not None]
 
@@ -270,6 +283,8 @@ class ClientRegistry:
         now = time.time()
         if not self._vault.matches(secret, [s.digest for s in record.secrets if s.valid_at(now)]):
             return "wrong_secret"
+        if record.status == "disabled" and not allow_revoked:
+            return "client_disabled"
         if not record.active and not allow_revoked:
             return "client_revoked"
         if record.environment != self._environment:
@@ -294,7 +309,7 @@ class ClientRegistry:
         record = await self.get(api_key)
         subject = f"client:{record.id}"
         async with self._store.begin() as conn:
-            if record.active:
+            if record.status in ("active", "disabled"):
                 await conn.execute(
                     update(schema.clients)
                     .where(schema.clients.c.id == record.id)
@@ -310,9 +325,7 @@ class ClientRegistry:
         """A new secret; secrets valid now stay valid for `overlap` more seconds (0 ends them at once)."""
         if overlap < 0:
             raise ValueError("the overlap must be zero or positive")
-        record = await self.get(api_key)
-        if not record.active:
-            raise ValueError(f"client {api_key} is revoked; create a new client instead")
+        record = await self._changeable(api_key, "active", "disabled")
         secret = new_secret_key("live" if record.environment == "production" else "test")
         now = time.time()
         ends = now + overlap
@@ -332,3 +345,87 @@ class ClientRegistry:
             await self._changes.record(conn, ("client", api_key))
         self._changes.announce(("client", api_key))
         return IssuedSecret(await self.get(api_key), secret)
+
+    def _check_name(self, name: str) -> str:
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise ValueError("a client needs a name of 1 to 200 characters (--name)")
+        return name
+
+    async def _changeable(self, api_key: str, *allowed: ClientStatus) -> ClientRecord:
+        record = await self.get(api_key)
+        if record.status not in allowed:
+            advice = ("create a new client instead" if record.status in ("revoked", "deleted")
+                      else f"enable it first: bankgate clients enable {api_key}")
+            raise ClientStateError(f"client {api_key} is {record.status}; {advice}")
+        return record
+
+    async def update(
+        self, api_key: str, *, name: str | None = None, scopes: Sequence[str] | None = None
+    ) -> tuple[ClientRecord, ClientRecord]:
+        """Rename the client and/or replace its applications; (before, after).
+
+        Tokens carry the scopes they were issued with, so when an application is taken away every token issued
+        until now is refused (a subject cut-off, as for `disable`); adding one leaves them alone."""
+        before = await self._changeable(api_key, "active", "disabled")
+        values: dict[str, object] = {}
+        if name is not None:
+            values["name"] = self._check_name(name)
+        app_ids = check_application_ids(scopes) if scopes is not None else before.scopes
+        if scopes is not None:
+            values["scopes"] = json.dumps(list(app_ids))
+        if not values:
+            raise ValueError("nothing to change: give --name and/or --scope")
+        narrowed = not set(before.scopes) <= set(app_ids)
+        await self._write(before, values, cut_tokens=narrowed)
+        return before, await self.get(api_key)
+
+    async def disable(self, api_key: str) -> ClientRecord:
+        """Suspend the client: it gets no token, and every token issued until now is refused for good (enabling
+        it again does not bring them back: a subject cut-off, see `_cutoff`, not a flag read per request)."""
+        record = await self._changeable(api_key, "active", "disabled")
+        await self._write(record, {"status": "disabled"}, cut_tokens=True)
+        return await self.get(api_key)
+
+    async def enable(self, api_key: str) -> ClientRecord:
+        """Let a disabled client get new tokens again (those issued before it was disabled stay refused). Returns
+        once the disable's cut-off has passed, so the tokens it gets from then on stay valid."""
+        record = await self._changeable(api_key, "active", "disabled")
+        await wait_past_cutoff(self._store, f"client:{record.id}")
+        await self._write(record, {"status": "active"}, cut_tokens=False)
+        return await self.get(api_key)
+
+    async def delete(self, api_key: str) -> ClientRecord:
+        """Delete the client: its secrets and IP allow-list entries go, its row stays as a tombstone (status
+        `deleted`, so the audit trail still names a client and its API key is never reissued) and every token it
+        holds is refused like a revocation. Idempotent."""
+        record = await self.get(api_key)
+        subject = f"client:{record.id}"
+        allow = ("allow", f"client:{record.id}")
+        async with self._store.begin() as conn:
+            await conn.execute(
+                update(schema.clients)
+                .where(schema.clients.c.id == record.id)
+                .values(status="deleted", revoked_at=record.revoked_at or time.time())
+            )
+            await conn.execute(delete(schema.client_secrets).where(schema.client_secrets.c.client_id == record.id))
+            entries = schema.ip_allow_entries
+            await conn.execute(
+                delete(entries).where(entries.c.subject_kind == "client").where(entries.c.subject_id == record.id)
+            )
+            await self._revocations.write_subject(conn, subject)
+            await self._changes.record(conn, ("client", api_key), allow)
+        self._revocations.remember(subject)
+        self._changes.announce(("client", api_key), allow)
+        return await self.get(api_key)
+
+    async def _write(self, record: ClientRecord, values: dict[str, object], *, cut_tokens: bool) -> None:
+        subject, cut = f"client:{record.id}", cutoff(self._settle)
+        async with self._store.begin() as conn:
+            await conn.execute(update(schema.clients).where(schema.clients.c.id == record.id).values(**values))
+            if cut_tokens:
+                await self._revocations.write_subject(conn, subject, not_before=cut)
+            await self._changes.record(conn, ("client", record.api_key))
+        if cut_tokens:
+            self._revocations.remember(subject, cut)
+        self._changes.announce(("client", record.api_key))

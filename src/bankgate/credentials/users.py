@@ -18,11 +18,12 @@ from typing import Literal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bankgate.changes import ChangeFeed
 from bankgate.config import Environment
+from bankgate.credentials._cutoff import cutoff, wait_past_cutoff
 from bankgate.credentials.scopes import check_application_ids
 from bankgate.store import Store, schema
 from bankgate.tokens.revocation import RevocationList
@@ -33,10 +34,14 @@ __all__ = [
     "UserDirectory",
     "UserNotFoundError",
     "UserRecord",
+    "UserStateError",
+    "UserStatus",
     "WeakPasswordError",
     "check_password_strength",
 ]
 
+#: active -> disabled -> active again; revoked and deleted are for good (deleted: a tombstone without secrets).
+UserStatus = Literal["active", "disabled", "revoked", "deleted"]
 #: The seed's tokens say `"userType": "4"` for API (M2M) users.
 M2M_USER_TYPE = "4"
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{2,63}")
@@ -55,6 +60,10 @@ def _parameters(hasher: PasswordHasher) -> tuple[object, ...]:
 
 class UserNotFoundError(LookupError):
     pass
+
+
+class UserStateError(ValueError):
+    """The change does not apply to the user as it is (e.g. enabling a revoked user); says what to do."""
 
 
 class PassphraseError(Exception):
@@ -76,7 +85,7 @@ class UserRecord:
     name: str
     user_type: str
     environment: Environment
-    status: Literal["active", "disabled", "revoked"]
+    status: UserStatus
     created_at: float
     passphrase_expires_at: float | None
     password_changed_at: float | None
@@ -156,6 +165,13 @@ def check_password_strength(password: str, *, username: str, passphrase: str | N
     )
 
 
+def _check_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise ValueError("a user needs a name of 1 to 200 characters (--name)")
+    return name
+
+
 def _slug(name: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     return (slug or "user")[:48]
@@ -174,6 +190,7 @@ class UserDirectory:
         max_verifications: int | None = None,
         changes: ChangeFeed | None = None,
         revocations: RevocationList | None = None,
+        settle: float = 1.5,
     ) -> None:
         self._store = store
         self._environment: Environment = environment
@@ -184,6 +201,8 @@ class UserDirectory:
         self._verifications = asyncio.Semaphore(self.max_verifications)
         self._changes = changes or ChangeFeed(store)
         self._revocations = revocations or RevocationList(store)
+        #: How far ahead a disable puts its cut-off: other processes' caches follow within a sync (`_cutoff`).
+        self._settle = settle
 
     def __repr__(self) -> str:
         return f"UserDirectory(environment={self._environment!r})"
@@ -192,9 +211,7 @@ class UserDirectory:
 
     async def create(self, name: str, username: str | None = None, scopes: Sequence[str] = ()) -> NewUser:
         applications = check_application_ids(scopes) if scopes else ()
-        name = name.strip()
-        if not name or len(name) > 200:
-            raise ValueError("a user needs a name of 1 to 200 characters (--name)")
+        name = _check_name(name)
         if username is not None and not USERNAME.fullmatch(username):
             raise ValueError(
                 f"username {username!r} must be 3 to 64 characters: lower-case letters, digits, '.', '_', '-'"
@@ -274,6 +291,81 @@ class UserDirectory:
         self._changes.announce(("user", user.username))
         return await self.get(username)
 
+    async def _changeable(self, username: str, *allowed: UserStatus) -> UserRecord:
+        user = await self.get(username)
+        if user.status not in allowed:
+            advice = ("create a new user instead" if user.status in ("revoked", "deleted")
+                      else f"enable it first: bankgate users enable {username}")
+            raise UserStateError(f"user {username} is {user.status}; {advice}")
+        return user
+
+    async def update(
+        self, username: str, *, name: str | None = None, scopes: Sequence[str] | None = None
+    ) -> tuple[UserRecord, UserRecord]:
+        """Rename the user and/or replace its applications; (before, after). Taking an application away refuses
+        every token issued until now (they carry it), as `disable` does; adding one leaves them alone."""
+        before = await self._changeable(username, "active", "disabled")
+        values: dict[str, object] = {}
+        if name is not None:
+            values["name"] = _check_name(name)
+        applications = (check_application_ids(scopes) if scopes else ()) if scopes is not None else before.scopes
+        if scopes is not None:
+            values["scopes"] = json.dumps(list(applications)) if applications else None
+        if not values:
+            raise ValueError("nothing to change: give --name and/or --scope")
+        await self._write(before, values, cut_tokens=not set(before.scopes) <= set(applications))
+        return before, await self.get(username)
+
+    async def disable(self, username: str) -> UserRecord:
+        """Suspend the user: no token, passphrase reset or certificate for it, and every token issued until now is
+        refused for good (a subject cut-off, see `_cutoff`: enabling the user again does not bring them back)."""
+        user = await self._changeable(username, "active", "disabled")
+        await self._write(user, {"status": "disabled"}, cut_tokens=True)
+        return await self.get(username)
+
+    async def enable(self, username: str) -> UserRecord:
+        """Let a disabled user get new tokens again (those issued before it was disabled stay refused). Returns once
+        the disable's cut-off has passed, so the tokens it gets from then on stay valid."""
+        user = await self._changeable(username, "active", "disabled")
+        await wait_past_cutoff(self._store, f"user:{user.id}")
+        await self._write(user, {"status": "active"}, cut_tokens=False)
+        return await self.get(username)
+
+    async def delete(self, username: str) -> UserRecord:
+        """Delete the user: password, passphrase and IP allow-list entries go, the row stays as a tombstone (status
+        `deleted`, so the audit trail still names a user and the username is not handed to someone else) and
+        every token it holds is refused like a revocation. Its certificates are revoked by the caller
+        (`CertificateService.revoke`), which owns them. Idempotent."""
+        user = await self.get(username)
+        subject = f"user:{user.id}"
+        allow = ("allow", f"user:{user.id}")
+        async with self._store.begin() as conn:
+            await conn.execute(
+                update(schema.users)
+                .where(schema.users.c.id == user.id)
+                .values(status="deleted", password_hash=None, passphrase_hash=None, passphrase_expires_at=None)
+            )
+            entries = schema.ip_allow_entries
+            await conn.execute(
+                delete(entries).where(entries.c.subject_kind == "user").where(entries.c.subject_id == user.id)
+            )
+            await self._revocations.write_subject(conn, subject)
+            await self._changes.record(conn, ("user", user.username), allow)
+        self._revocations.remember(subject)
+        self._changes.announce(("user", user.username), allow)
+        return await self.get(username)
+
+    async def _write(self, user: UserRecord, values: dict[str, object], *, cut_tokens: bool) -> None:
+        subject, cut = f"user:{user.id}", cutoff(self._settle)
+        async with self._store.begin() as conn:
+            await conn.execute(update(schema.users).where(schema.users.c.id == user.id).values(**values))
+            if cut_tokens:
+                await self._revocations.write_subject(conn, subject, not_before=cut)
+            await self._changes.record(conn, ("user", user.username))
+        if cut_tokens:
+            self._revocations.remember(subject, cut)
+        self._changes.announce(("user", user.username))
+
     # -- lookup -------------------------------------------------------------------------------------------
 
     @staticmethod
@@ -312,9 +404,13 @@ class UserDirectory:
             row = (await conn.execute(select(schema.users).where(schema.users.c.id == user_id))).first()
         return self._record(row) if row is not None else None
 
-    async def list(self) -> list[UserRecord]:
+    async def list(self, *, deleted: bool = False) -> list[UserRecord]:
+        """Users, oldest first; deleted ones (tombstones) only with `deleted`."""
+        query = select(schema.users).order_by(schema.users.c.created_at)
+        if not deleted:
+            query = query.where(schema.users.c.status != "deleted")
         async with self._store.connect() as conn:
-            rows = (await conn.execute(select(schema.users).order_by(schema.users.c.created_at))).all()
+            rows = (await conn.execute(query)).all()
         return [self._record(row) for row in rows]
 
     # -- passwords ---------------------------------------------------------------------------------------

@@ -354,7 +354,9 @@ class CertificateService:
         A user may hold several valid certificates (a renewal overlaps the old one).
         """
         if user.status != "active":
-            raise ValueError(f"user {user.username} is disabled; enable the user before issuing a certificate")
+            advice = ("enable the user before issuing a certificate" if user.status == "disabled"
+                      else "create a new user instead")
+            raise ValueError(f"user {user.username} is {user.status}; {advice}")
         authority, _ = await self.ensure_ca(user.environment)
         now = time.time()
         built = await asyncio.to_thread(_build_client, authority, user, csr_pem, days, key_type, now)
