@@ -29,7 +29,7 @@ import binascii
 import hashlib
 import hmac
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, get_args
 from urllib.parse import unquote
 
@@ -192,7 +192,7 @@ class ClientCertificateSource:
     def __repr__(self) -> str:
         return f"ClientCertificateSource(style={self.style!r}, headers={self.header_names!r})"
 
-    def der(self, scope: dict[str, Any]) -> bytes | None:
+    def der(self, scope: Mapping[str, Any]) -> bytes | None:
         """The DER bytes of the certificate the request presents, or None."""
         tls = (scope.get("extensions") or {}).get("tls")
         if tls:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = ["TrustedProxies"]
@@ -24,7 +24,7 @@ class TrustedProxies:
             return False
         return any(address in network for network in self.networks)
 
-    def client_ip(self, scope: dict[str, Any]) -> str | None:
+    def client_ip(self, scope: Mapping[str, Any]) -> str | None:
         """The peer address; behind trusted proxies, the right-most X-Forwarded-For hop that is not one of them."""
         client = scope.get("client")
         peer = client[0] if client else None
