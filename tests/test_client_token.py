@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import json
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 import httpx
 import pytest
@@ -200,6 +202,15 @@ def test_cache_keys_differ_for_every_credential_and_scope() -> None:
     keys = {base.cache_key, *(o.cache_key for o in others)}
     assert len(keys) == 6
     assert SECRET not in base.cache_key
+
+
+def test_scope_given_as_any_sequence_of_names_is_sent_space_separated() -> None:
+    """RFC 6749 section 3.3: one space-delimited string, whichever sequence the caller holds the names in."""
+    for scope in (["app_1", "app_2"], ("app_1", "app_2"), collections.deque(["app_1", "app_2"]), "app_1 app_2"):
+        source = ClientCredentials("https://a.test/token", "bk_1", SECRET, scope)
+        assert source.scope == "app_1 app_2"
+        assert parse_qs(source.build_request().read().decode())["scope"] == ["app_1 app_2"]
+    assert ClientCredentials("https://a.test/token", "bk_1", SECRET).scope is None
 
 
 def test_repr_never_shows_secret_or_token() -> None:

@@ -209,7 +209,7 @@ class HttpToolsProtocol(_Bounds, HttpToolsTLSProtocol):
         self._body_before_head = 0  # ... of them before the request now begun
         self._read = 0  # bytes of the current read
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # a stream protocol always gets a Transport
         super().connection_made(transport)
         self._start_bounds()
 
@@ -304,7 +304,7 @@ class H11Protocol(_Bounds, H11TLSProtocol):
         self.limits = limits
         self.conn = _H11Connection(self, limits.max_header_bytes)
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # a stream protocol always gets a Transport
         super().connection_made(transport)
         self._start_bounds()
 

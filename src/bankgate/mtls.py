@@ -100,7 +100,7 @@ def _dropped_when_idle(protocol: H11Protocol | HttpToolsProtocol) -> bool:
 class H11TLSProtocol(H11Protocol):
     """uvicorn's h11 protocol, plus the ASGI TLS extension on TLS connections."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # a stream protocol always gets a Transport
         super().connection_made(transport)
         tls = tls_extension(transport)
         if tls is not None:
@@ -114,7 +114,7 @@ class H11TLSProtocol(H11Protocol):
 class HttpToolsTLSProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, plus the ASGI TLS extension on TLS connections."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # a stream protocol always gets a Transport
         super().connection_made(transport)
         tls = tls_extension(transport)
         if tls is not None:

@@ -149,7 +149,7 @@ def _plain_errors() -> dict[str, Any]:
     return _oauth_errors("400", "503")
 
 
-_PAYMENT_ORDER = {
+_PAYMENT_ORDER: dict[str, Any] = {
     "type": "object",
     "required": ["application_id", "amount", "currency", "reference"],
     "properties": {
@@ -162,7 +162,7 @@ _PAYMENT_ORDER = {
 _PAYMENT = {
     "type": "object",
     "properties": {
-        **_PAYMENT_ORDER["properties"],  # type: ignore[dict-item]
+        **_PAYMENT_ORDER["properties"],
         "id": {"type": "string"},
         "status": {"type": "string"},
         "created_at": {"type": "integer"},
@@ -172,11 +172,11 @@ _PAYMENT = {
 
 def openapi_document(server_url: str, *, token_status: int = 201) -> dict[str, Any]:
     """The OpenAPI 3.1 document; `token_status` is the configured success status of POST /oauth/token."""
-    api_auth = [{"bearer": []}, {"clientBasic": []}]
+    api_auth: list[dict[str, list[str]]] = [{"bearer": []}, {"clientBasic": []}]
     idempotency_key = {"name": "Idempotency-Key", "in": "header", "required": True,
                        "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
-    basic = [{"clientBasic": []}]
-    user_basic = [{"userBasic": []}]
+    basic: list[dict[str, list[str]]] = [{"clientBasic": []}]
+    user_basic: list[dict[str, list[str]]] = [{"userBasic": []}]
     username = {"name": "username", "in": "path", "required": True, "schema": {"type": "string"}}
     return {
         "openapi": "3.1.0",

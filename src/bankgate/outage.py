@@ -23,7 +23,7 @@ _SQL_DEFECTS = (sa_exc.IntegrityError, sa_exc.DataError, sa_exc.ProgrammingError
 _SQL_UNAVAILABLE = (sa_exc.DBAPIError, sa_exc.DisconnectionError, sa_exc.TimeoutError)
 
 try:
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     _PG_UNAVAILABLE: tuple[type[BaseException], ...] = (
         asyncpg.exceptions.InterfaceError,  # e.g. ConnectionDoesNotExistError

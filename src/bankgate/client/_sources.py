@@ -268,7 +268,7 @@ class ClientCredentials(TokenSource):
                          default_lifetime=default_lifetime)
         self.client_id = client_id
         self._secret = client_secret
-        self.scope = " ".join(scope) if isinstance(scope, list | tuple) else scope
+        self.scope: str | None = scope if scope is None or isinstance(scope, str) else " ".join(scope)
         self.auth_method = auth_method
         self.extra_params = dict(extra_params or {})
         self.discovery_url = discovery_url

@@ -119,7 +119,7 @@ def parse_address(ip: str | None) -> Address | None:
 def _check_kind(kind: str) -> SubjectKind:
     if kind not in SUBJECT_KINDS:
         raise AllowListError(f"subject kind {kind!r} is not one of: {', '.join(SUBJECT_KINDS)}")
-    return kind  # type: ignore[return-value]
+    return kind
 
 
 class IpAllowList:

@@ -168,7 +168,7 @@ class ClientRegistry:
             id=str(uuid.uuid4()),
             api_key=api_key,
             name=name,
-            auth_mode=auth_mode,  # type: ignore[arg-type]
+            auth_mode=auth_mode,
             scopes=app_ids,
             environment=self._environment,
             status="active",

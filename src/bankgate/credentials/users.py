@@ -14,11 +14,11 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import delete, select, update
+from sqlalchemy import Row, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bankgate.changes import ChangeFeed
@@ -369,8 +369,8 @@ class UserDirectory:
     # -- lookup -------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _record(row: object) -> UserRecord:
-        r = row._mapping  # type: ignore[attr-defined]
+    def _record(row: Row[Any]) -> UserRecord:
+        r = row._mapping
         return UserRecord(
             id=r["id"],
             username=r["username"],

@@ -26,12 +26,13 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Awaitable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import and_, bindparam, delete, literal_column, null, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, literal_column, null, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.elements import ColumnClause
 
 from bankgate.idempotency._types import (
     COMPLETED,
@@ -49,12 +50,14 @@ from bankgate.store.inline import Compiled, InlineSqlite, savepoint
 __all__ = ["SqlIdempotencyStore"]
 
 
+_T = TypeVar("_T")
 _PRINCIPAL_LENGTH = 200
 _ATTEMPTS = 5
 
 
 def _statements(dialect: str) -> dict[str, Any]:
     """Every statement the store runs, built once with named parameters (SQLAlchemy caches their compiled form)."""
+    insert: Callable[[Table], postgresql.Insert | sqlite.Insert]
     if dialect == "postgresql":
         insert = postgresql.insert
     elif dialect == "sqlite":
@@ -63,7 +66,8 @@ def _statements(dialect: str) -> dict[str, Any]:
         raise ValueError(f"SqlIdempotencyStore supports SQLite and PostgreSQL, not {dialect!r}")
     t = schema.idempotency_keys
     # Constants are written into the SQL rather than bound: fewer parameters to bind on every request.
-    started, completed = literal_column(f"'{STARTED}'"), literal_column(f"'{COMPLETED}'")
+    started: ColumnClause[str] = literal_column(f"'{STARTED}'")
+    completed: ColumnClause[str] = literal_column(f"'{COMPLETED}'")
     this_key = and_(t.c.principal == bindparam("p_principal"), t.c.key == bindparam("p_key"))
     running = and_(this_key, t.c.owner == bindparam("p_owner"), t.c.state == started)
     # The old row is no longer live: its lease or retention has passed, or it is older than the asker's retention.
@@ -139,7 +143,7 @@ def encode_headers(headers: tuple[tuple[bytes, bytes], ...]) -> str:
     ) + "]"
 
 
-_json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_json_string = json.encoder.encode_basestring_ascii
 
 
 def decode_headers(text: str | None) -> tuple[tuple[bytes, bytes], ...]:
@@ -203,7 +207,7 @@ class _SqliteFile:
                 if connection.execute(record.sql, record.args(params)).rowcount == 1:
                     for write in writes:
                         compiled = self._compiled(write.statement)
-                        connection.execute(compiled.sql, compiled.args(write.params))  # type: ignore[arg-type]
+                        connection.execute(compiled.sql, compiled.args(write.params))
                     return True, None
         elif connection.execute(record.sql, record.args(params)).rowcount == 1:
             if writes:
@@ -211,7 +215,7 @@ class _SqliteFile:
                 # a failing statement by itself, and the record goes with a statement of its own.
                 compiled = self._compiled(writes[0].statement)
                 try:
-                    connection.execute(compiled.sql, compiled.args(writes[0].params))  # type: ignore[arg-type]
+                    connection.execute(compiled.sql, compiled.args(writes[0].params))
                 except BaseException:
                     if connection.in_transaction:
                         forget = self._sql["forget"]
@@ -266,7 +270,7 @@ class _Asyncpg:
         self._statements = statements
         self._sql = {name: Compiled(statement, engine.dialect) for name, statement in statements.items()}
 
-    async def _run(self, work: Any) -> Any:
+    async def _run(self, work: Callable[[Any], Awaitable[_T]]) -> _T:
         async with self._engine.connect() as conn:
             pooled = await conn.get_raw_connection()
             try:
@@ -283,7 +287,7 @@ class _Asyncpg:
                 return True, None
             return False, await driver.fetchrow(read.sql, *read.args(params))
 
-        return await self._run(work)  # type: ignore[no-any-return]
+        return await self._run(work)
 
     async def execute(self, name: str, params: dict[str, Any]) -> int:
         compiled = self._sql[name]
@@ -293,7 +297,7 @@ class _Asyncpg:
             found = _COMMAND_COUNT.search(status or "")
             return int(found.group(1)) if found else 0
 
-        return await self._run(work)  # type: ignore[no-any-return]
+        return await self._run(work)
 
     def commit(
         self, params: dict[str, Any], writes: Sequence[Write]
@@ -370,7 +374,7 @@ class SqlIdempotencyStore:
         return f"SqlIdempotencyStore({self._store!r})"
 
     async def claim(self, principal: str, key: str, fingerprint: str, *, lease: float, retention: float) -> Claim:
-        params = {
+        params: dict[str, Any] = {
             "p_principal": bounded(principal, _PRINCIPAL_LENGTH),
             "p_key": _check_key(key),
             "p_fingerprint": fingerprint,
@@ -426,7 +430,7 @@ class SqlIdempotencyStore:
         *,
         retention: float,
     ) -> Claim:
-        params = {
+        params: dict[str, Any] = {
             "p_principal": bounded(principal, _PRINCIPAL_LENGTH),
             "p_key": _check_key(key),
             "p_fingerprint": fingerprint,

@@ -18,6 +18,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
+from starlette.types import Scope
 
 from bankgate.guard import GuardMiddleware, Principal, insufficient_scope, principal_of
 from bankgate.idempotency import AtomicStore, IdempotencyMiddleware, atomic_key
@@ -129,11 +130,13 @@ def sandbox_app(runtime: Any) -> Any:
         Route(PAYMENTS_PATH + "/{payment_id}", api.get_payment, methods=["GET"]),
     ])
 
-    def required(scope: Any) -> bool:
-        return settings.idempotency_required or scope["path"] == PAYMENTS_PATH
+    def required(scope: Scope) -> bool:
+        path: str = scope["path"]
+        return settings.idempotency_required or path == PAYMENTS_PATH
 
-    def atomic(scope: Any) -> bool:
-        return scope["path"] == PAYMENTS_PATH
+    def atomic(scope: Scope) -> bool:
+        path: str = scope["path"]
+        return path == PAYMENTS_PATH
 
     # A payment commits with its key when both live in one database and nothing slow comes between them.
     joined = isinstance(runtime.idempotency, AtomicStore) and not settings.sandbox_processing_delay

@@ -25,7 +25,7 @@ import operator
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -70,10 +70,11 @@ class Compiled:
         # itemgetter gives a bare value, not a 1-tuple, for a single name
         self._pick = operator.itemgetter(*self.order) if len(self.order) > 1 else None
 
-    def args(self, params: dict[str, Any]) -> Sequence[Any]:
+    def args(self, params: Mapping[str, Any]) -> Sequence[Any]:
         if self._pick is not None:
             try:
-                return self._pick(params)  # type: ignore[no-any-return]
+                picked: tuple[Any, ...] = self._pick(params)
+                return picked
             except KeyError:
                 pass
         return [params[name] if name in params else self.defaults[name] for name in self.order]
@@ -275,7 +276,7 @@ class InlineSqlite:
         self._thread.shutdown(wait=False)
 
 
-def _settle(done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+def _settle(done: Sequence[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for future, result, exc in done:
         if future.done():
             continue
