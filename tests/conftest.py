@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
+import gc
 import json
+import logging
 import os
 import socket
 import ssl
@@ -16,7 +19,6 @@ import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from bankgate.config import Settings, load_settings
+from bankgate.config import Settings, listen_url, load_settings
 from bankgate.services import Services
 from bankgate.store import Store
 
@@ -181,23 +183,17 @@ def basic(api_key: str, secret: str) -> str:
     return "Basic " + base64.b64encode(f"{api_key}:{secret}".encode()).decode()
 
 
-@dataclass
 class Server:
-    """A real `bankgate serve` process on a free loopback port."""
+    """A bankgate server for tests: in process (`InProcessServer`, the default) or a real `bankgate serve` process
+    on a free loopback port (`ProcessServer`). Both name the same URLs and take the same helpers."""
 
     base_url: str
     data_dir: Path
     env: dict[str, str]
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    _http: httpx.Client = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._http = httpx.Client(base_url=self.base_url, timeout=10, verify=False)  # noqa: S501 - plain-HTTP helper
 
     @property
     def http(self) -> httpx.Client:
-        return self._http
+        raise NotImplementedError
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, "--data-dir", str(self.data_dir), env=self.env, check=check)
@@ -218,9 +214,39 @@ class Server:
         )
 
     def audit(self, limit: int = 50) -> list[dict[str, Any]]:
-        """The audit trail, once the server's batch writer has flushed (it flushes every 0.05 s in tests)."""
-        time.sleep(0.3)
+        """The audit trail, once the server's batch writer has written what it holds."""
+        self.flush_audit()
         return self.cli_json("audit", "tail", "--limit", str(limit))
+
+    def flush_audit(self) -> None:
+        raise NotImplementedError
+
+    def log(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class ProcessServer(Server):
+    """A real `bankgate serve` process on a free loopback port: for what lives in the socket or the process."""
+
+    def __init__(
+        self, base_url: str, data_dir: Path, env: dict[str, str], process: subprocess.Popen[bytes], log_path: Path
+    ) -> None:
+        self.base_url = base_url
+        self.data_dir = data_dir
+        self.env = env
+        self.process = process
+        self.log_path = log_path
+        self._http = httpx.Client(base_url=self.base_url, timeout=10, verify=False)  # noqa: S501 - plain-HTTP helper
+
+    @property
+    def http(self) -> httpx.Client:
+        return self._http
+
+    def flush_audit(self) -> None:
+        time.sleep(0.3)  # the batch writer flushes every 0.05 s in tests
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -236,13 +262,106 @@ class Server:
                 self.process.wait()
 
 
-def start_server(
-    data_dir: Path, log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
-) -> Server:
-    """Start `bankgate serve` (plus `args`, e.g. `--tls`) and wait until `/healthz` answers."""
-    port = free_port()
-    scheme = "https" if "--tls" in args else "http"
-    full_env = {
+class InProcessServer(Server):
+    """The app `bankgate serve` runs (`create_app`, after the same init and issuer choice), in this process behind
+    Starlette's `TestClient`: its lifespan and background jobs run in a portal thread, requests come from
+    127.0.0.1, and `base_url` names a free port nothing listens on (the issuer a real server there would use)."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        from starlette.testclient import TestClient
+
+        from bankgate.app import create_app
+
+        port = free_port()
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.data_dir = data_dir
+        self.env = env
+        with _CLI_LOCK, _environment(env):
+            settings = load_settings(host="127.0.0.1", port=port)
+        issuer = _outside_loop(_prepare, settings)
+        settings = settings.model_copy(update={"issuer": issuer})
+        self.app = create_app(settings, issuer=settings.issuer_for(settings.host, settings.port))
+        self._log = _LogCapture()
+        logging.getLogger("bankgate").addHandler(self._log)
+        self._client = TestClient(self.app, base_url=self.base_url, raise_server_exceptions=False,
+                                  follow_redirects=False, client=("127.0.0.1", free_port()))
+        try:
+            self._client.__enter__()
+        except BaseException:
+            logging.getLogger("bankgate").removeHandler(self._log)
+            raise
+
+    @property
+    def http(self) -> httpx.Client:
+        return self._client
+
+    @property
+    def runtime(self) -> Any:
+        return self.app.state.runtime
+
+    def flush_audit(self) -> None:
+        self._client.portal.call(self.runtime.services.audit.flush)
+
+    def log(self) -> str:
+        return self._log.text()
+
+    def stop(self) -> None:
+        try:
+            if getattr(self._client, "portal", None) is not None:
+                self._client.__exit__(None, None, None)
+        finally:
+            logging.getLogger("bankgate").removeHandler(self._log)
+            gc.unfreeze()  # the runtime freezes what it loaded; a test process starts many
+
+
+class _LogCapture(logging.Handler):
+    """What a server process prints of the `bankgate` logger: warnings and worse, message and traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self._lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._lines.append(self.format(record))
+
+    def text(self) -> str:
+        return "".join(line + "\n" for line in self._lines)
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+async def _prepare(settings: Settings) -> str:
+    """What `bankgate serve` does before it listens: initialise, then choose (and store) the issuer URL."""
+    services = await Services.open(settings, initialise=True)
+    try:
+        await services.init()
+        return (await services.resolve_issuer(listen_url(settings.host, settings.port))).url
+    finally:
+        await services.close()
+
+
+def _outside_loop(job: Any, *args: Any) -> Any:
+    """`asyncio.run(job(*args))`, in a worker thread when called from inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(job(*args))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as worker:
+        return worker.submit(asyncio.run, job(*args)).result(timeout=120)
+
+
+def _server_env(data_dir: Path, env: dict[str, str] | None) -> dict[str, str]:
+    return {
         **os.environ,
         "BANKGATE_DATA_DIR": str(data_dir),
         "BANKGATE_CLIENT_CACHE_TTL": "0",
@@ -250,6 +369,15 @@ def start_server(
         "BANKGATE_KEY_REFRESH_INTERVAL": "0.5",
         **(env or {}),
     }
+
+
+def start_server(
+    data_dir: Path, log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> ProcessServer:
+    """Start `bankgate serve` (plus `args`, e.g. `--tls`) and wait until `/healthz` answers."""
+    port = free_port()
+    scheme = "https" if "--tls" in args else "http"
+    full_env = _server_env(data_dir, env)
     log = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "bankgate", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
@@ -257,7 +385,7 @@ def start_server(
         stderr=subprocess.STDOUT,
         env=full_env,
     )
-    server = Server(f"{scheme}://127.0.0.1:{port}", data_dir, full_env, process, log_path)
+    server = ProcessServer(f"{scheme}://127.0.0.1:{port}", data_dir, full_env, process, log_path)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -272,14 +400,32 @@ def start_server(
     raise AssertionError(f"bankgate serve did not start within 30 s:\n{server.log()}")
 
 
+def _wants_process(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("real_server") is not None
+
+
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Any]:
-    """Start servers with chosen settings (environment variables); all are stopped after the test."""
+def server_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """Start servers with chosen settings (environment variables); all are stopped after the test.
+
+    In process unless `process=True`, `args` (flags of `bankgate serve`) are given, or the test is marked
+    `real_server`: then a real `bankgate serve` on a free port.
+    """
     started: list[Server] = []
 
-    def make(env: dict[str, str] | None = None, data_dir: Path | None = None, args: tuple[str, ...] = ()) -> Server:
+    def make(
+        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
+        args: tuple[str, ...] = (),
+        *,
+        process: bool = False,
+    ) -> Server:
         directory = data_dir or tmp_path / f"data-{len(started)}"
-        server = start_server(directory, tmp_path / f"server-{len(started)}.log", env, args)
+        server: Server
+        if process or args or _wants_process(request):
+            server = start_server(directory, tmp_path / f"server-{len(started)}.log", env, args)
+        else:
+            server = InProcessServer(directory, _server_env(directory, env))
         started.append(server)
         return server
 
@@ -294,11 +440,21 @@ def server(server_factory: Any) -> Server:
     return server_factory()
 
 
+@pytest.fixture
+def real_server(server_factory: Any) -> Server:
+    """`server`, as a real `bankgate serve` process on a free loopback port."""
+    return server_factory(process=True)
+
+
 @pytest.fixture(scope="module")
 def shared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One sandbox server with default settings for a whole test module whose tests only add their own clients."""
     directory = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
-    server = start_server(directory / "data", directory / "server.log")
+    server: Server
+    if request.node.get_closest_marker("real_server") is not None:
+        server = start_server(directory / "data", directory / "server.log")
+    else:
+        server = InProcessServer(directory / "data", _server_env(directory / "data", None))
     yield server
     server.stop()
 
