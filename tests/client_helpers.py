@@ -17,7 +17,7 @@ from conftest import Server
 
 def issued(server: Server, actor: str, event: str = "token.issued") -> int:
     """How many `event`s the server's audit trail holds for `actor` (an API key or a username)."""
-    time.sleep(0.3)  # the audit writer flushes every 0.05 s in tests
+    server.flush_audit()
     events = server.cli_json("audit", "tail", "--limit", "10000", "--event", event)
     return sum(1 for e in events if e["actor"] == actor)
 

@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 
 from bankgate.cache import TtlCache
 from bankgate.changes import ChangeFeed
+from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Environment
 from bankgate.credentials.keys import new_api_key, new_secret_key
 from bankgate.credentials.scopes import check_application_ids
@@ -131,11 +132,13 @@ class ClientRegistry:
         cache_ttl: float = 60.0,
         changes: ChangeFeed | None = None,
         revocations: RevocationList | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._store = store
+        self._now, self._monotonic = clock.now, clock.monotonic
         self._vault = vault
         self._environment: Environment = environment
-        self._cache: TtlCache[str, ClientRecord | None] = TtlCache(cache_ttl)
+        self._cache: TtlCache[str, ClientRecord | None] = TtlCache(cache_ttl, clock=clock)
         self._changes = changes or ChangeFeed(store)
         self._revocations = revocations or RevocationList(store)
         self._rechecked: dict[str, float] = {}  # api key -> when a cached refusal was last re-read
@@ -152,7 +155,7 @@ class ClientRegistry:
         app_ids = check_application_ids(scopes)
         prefix = "live" if self._environment == "production" else "test"
         api_key, secret = new_api_key(prefix), new_secret_key(prefix)
-        now = time.time()
+        now = self._now()
         record = ClientRecord(
             id=str(uuid.uuid4()),
             api_key=api_key,
@@ -267,7 +270,7 @@ class ClientRegistry:
             # Hash anyway so an unknown key costs the same time as a wrong secret.
             self._vault.matches(secret, ())
             return "unknown_api_key"
-        now = time.time()
+        now = self._now()
         if not self._vault.matches(secret, [s.digest for s in record.secrets if s.valid_at(now)]):
             return "wrong_secret"
         if not record.active and not allow_revoked:
@@ -277,7 +280,7 @@ class ClientRegistry:
         return None
 
     def _may_recheck(self, api_key: str) -> bool:
-        now = time.monotonic()
+        now = self._monotonic()
         last = self._rechecked.get(api_key)
         if last is not None and now - last < RECHECK_INTERVAL:
             return False
@@ -298,7 +301,7 @@ class ClientRegistry:
                 await conn.execute(
                     update(schema.clients)
                     .where(schema.clients.c.id == record.id)
-                    .values(status="revoked", revoked_at=time.time())
+                    .values(status="revoked", revoked_at=self._now())
                 )
             await self._revocations.write_subject(conn, subject)
             await self._changes.record(conn, ("client", api_key))
@@ -314,7 +317,7 @@ class ClientRegistry:
         if not record.active:
             raise ValueError(f"client {api_key} is revoked; create a new client instead")
         secret = new_secret_key("live" if record.environment == "production" else "test")
-        now = time.time()
+        now = self._now()
         ends = now + overlap
         table = schema.client_secrets
         async with self._store.begin() as conn:

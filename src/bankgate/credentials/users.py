@@ -10,7 +10,6 @@ import os
 import re
 import secrets
 import string
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from bankgate.changes import ChangeFeed
+from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Environment
 from bankgate.credentials.scopes import check_application_ids
 from bankgate.store import Store, schema
@@ -174,8 +174,10 @@ class UserDirectory:
         max_verifications: int | None = None,
         changes: ChangeFeed | None = None,
         revocations: RevocationList | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._store = store
+        self._now = clock.now
         self._environment: Environment = environment
         self._passphrase_ttl = passphrase_ttl
         self._hasher = hasher
@@ -201,7 +203,7 @@ class UserDirectory:
             )
         passphrase = new_passphrase()
         passphrase_hash = await asyncio.to_thread(self._hasher.hash, passphrase)
-        now = time.time()
+        now = self._now()
         candidates = [username] if username else [_slug(name)] + [f"{_slug(name)}-{n}" for n in range(2, 100)]
         for candidate in candidates:
             if len(candidate) < 3:
@@ -250,7 +252,7 @@ class UserDirectory:
         user = await self.get(username)
         passphrase = new_passphrase()
         passphrase_hash = await asyncio.to_thread(self._hasher.hash, passphrase)
-        expires = time.time() + self._passphrase_ttl
+        expires = self._now() + self._passphrase_ttl
         async with self._store.begin() as conn:
             await conn.execute(
                 update(schema.users)
@@ -372,7 +374,7 @@ class UserDirectory:
             )
         if not matched:
             raise PassphraseError("wrong_passphrase", WRONG_PASSPHRASE)
-        if user.passphrase_expires_at is not None and time.time() >= user.passphrase_expires_at:
+        if user.passphrase_expires_at is not None and self._now() >= user.passphrase_expires_at:
             raise PassphraseError(
                 "passphrase_expired", "the initial passphrase has expired; ask your integration manager for a new one"
             )
@@ -390,7 +392,7 @@ class UserDirectory:
                 .where(schema.users.c.passphrase_hash == user.passphrase_hash)
                 .values(
                     password_hash=password_hash,
-                    password_changed_at=time.time(),
+                    password_changed_at=self._now(),
                     passphrase_hash=None,
                     passphrase_expires_at=None,
                 )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from sqlalchemy import select, update
 
+from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Algorithm
 from bankgate.store import Store, schema
 from bankgate.vault import Vault
@@ -93,8 +93,9 @@ def _context(kid: str) -> bytes:
 class KeyStore:
     """Signing keys in the database, private halves encrypted with the vault."""
 
-    def __init__(self, store: Store, vault: Vault) -> None:
+    def __init__(self, store: Store, vault: Vault, *, clock: Clock = SYSTEM) -> None:
         self._store = store
+        self._now = clock.now
         self._vault = vault
 
     async def load(self, known: Mapping[str, SigningKey] | None = None) -> list[SigningKey]:
@@ -103,7 +104,7 @@ class KeyStore:
         Private keys already in `known` are reused rather than decrypted and parsed again: loading an RSA key
         validates it, which takes milliseconds, and a server refreshes its keys every few seconds.
         """
-        now = time.time()
+        now = self._now()
         table = schema.signing_keys
         async with self._store.connect() as conn:
             rows = (
@@ -139,7 +140,7 @@ class KeyStore:
         der = private.private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        now = time.time()
+        now = self._now()
         table = schema.signing_keys
         async with self._store.begin() as conn:
             await conn.execute(
@@ -170,14 +171,15 @@ class KeyStore:
 class KeyRing:
     """The keys one server process signs with and publishes; refreshed from the store in the background."""
 
-    def __init__(self, keys: list[SigningKey]) -> None:
+    def __init__(self, keys: list[SigningKey], *, clock: Clock = SYSTEM) -> None:
+        self._now = clock.now
         self.replace(keys)
 
     def replace(self, keys: list[SigningKey]) -> None:
         active = [k for k in keys if k.retired_at is None]
         if not active:
             raise RuntimeError("no active signing key; run `bankgate init` or `bankgate keys rotate`")
-        now = time.time()
+        now = self._now()
         self.active: SigningKey = max(active, key=lambda k: k.created_at)
         self.by_kid: dict[str, SigningKey] = {k.kid: k for k in keys if k.published_at(now)}
         self.jwks: dict[str, Any] = {"keys": [k.jwk for k in self.by_kid.values()]}

@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bankgate.clock import SYSTEM, Clock
 from bankgate.store import Store, schema
 
 __all__ = ["RevocationList", "RevocationUnavailable", "subject_keys"]
@@ -51,8 +52,9 @@ class RevocationUnavailable(Exception):
 
 
 class RevocationList:
-    def __init__(self, store: Store, *, max_staleness: float = 30.0) -> None:
+    def __init__(self, store: Store, *, max_staleness: float = 30.0, clock: Clock = SYSTEM) -> None:
         self._store = store
+        self._now, self._monotonic = clock.now, clock.monotonic
         self._denied: dict[str, float] = {}  # jti -> expires_at
         self._subjects: dict[str, float] = {}  # subject key -> tokens issued at or before this are refused
         self._since = 0.0  # revoked_at of the newest entry seen, minus nothing: SKEW is applied at read time
@@ -71,7 +73,7 @@ class RevocationList:
             async with self._store.begin() as conn:
                 await conn.execute(
                     schema.revoked_tokens.insert().values(
-                        jti=jti, client_id=client_id, expires_at=expires_at, revoked_at=time.time()
+                        jti=jti, client_id=client_id, expires_at=expires_at, revoked_at=self._now()
                     )
                 )
         except IntegrityError:
@@ -122,7 +124,7 @@ class RevocationList:
         if jti in self._denied:
             return True
         synced_at = self._synced_at
-        if synced_at is None or time.monotonic() - synced_at > self._max_staleness:
+        if synced_at is None or self._monotonic() - synced_at > self._max_staleness:
             raise RevocationUnavailable("the revocation list cannot be reloaded from the database")
         return False
 
@@ -138,14 +140,14 @@ class RevocationList:
         ):
             return True
         synced_at = self._synced_at
-        if synced_at is None or time.monotonic() - synced_at > self._max_staleness:
+        if synced_at is None or self._monotonic() - synced_at > self._max_staleness:
             raise RevocationUnavailable("the revocation list cannot be reloaded from the database")
         return False
 
     async def sync(self) -> None:
         """Load revocations made since the last sync (all of them the first time); forget expired ones."""
         tokens, subjects = schema.revoked_tokens, schema.revoked_subjects
-        now = time.time()
+        now = self._now()
         token_query = select(tokens.c.jti, tokens.c.expires_at, tokens.c.revoked_at).where(tokens.c.expires_at > now)
         subject_query = select(subjects.c.subject, subjects.c.not_before, subjects.c.revoked_at)
         if self._synced_at is not None:
@@ -162,12 +164,12 @@ class RevocationList:
             self._since = max(self._since, revoked_at)
         if any(expires_at <= now for expires_at in self._denied.values()):
             self._denied = {jti: expires_at for jti, expires_at in self._denied.items() if expires_at > now}
-        self._synced_at = time.monotonic()
+        self._synced_at = self._monotonic()
 
     async def purge(self, now: float | None = None) -> int:
         """Forget entries whose tokens have expired anyway."""
         table = schema.revoked_tokens
         async with self._store.begin() as conn:
-            cutoff = time.time() if now is None else now
+            cutoff = self._now() if now is None else now
             result = await conn.execute(delete(table).where(table.c.expires_at <= cutoff))
             return result.rowcount or 0
