@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from client_helpers import issued
 from conftest import Server, run_cli
 
