@@ -26,6 +26,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from bankgate.clock import SYSTEM, Clock, ManualClock
 from bankgate.config import Settings, listen_url, load_settings
 from bankgate.services import Services
 from bankgate.store import Store
@@ -267,7 +268,7 @@ class InProcessServer(Server):
     Starlette's `TestClient`: its lifespan and background jobs run in a portal thread, requests come from
     127.0.0.1, and `base_url` names a free port nothing listens on (the issuer a real server there would use)."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str], clock: Clock = SYSTEM) -> None:
         from starlette.testclient import TestClient
 
         from bankgate.app import create_app
@@ -280,7 +281,8 @@ class InProcessServer(Server):
             settings = load_settings(host="127.0.0.1", port=port)
         issuer = _outside_loop(_prepare, settings)
         settings = settings.model_copy(update={"issuer": issuer})
-        self.app = create_app(settings, issuer=settings.issuer_for(settings.host, settings.port))
+        self.clock = clock
+        self.app = create_app(settings, issuer=settings.issuer_for(settings.host, settings.port), clock=clock)
         self._log = _LogCapture()
         logging.getLogger("bankgate").addHandler(self._log)
         self._client = TestClient(self.app, base_url=self.base_url, raise_server_exceptions=False,
@@ -409,7 +411,8 @@ def server_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[A
     """Start servers with chosen settings (environment variables); all are stopped after the test.
 
     In process unless `process=True`, `args` (flags of `bankgate serve`) are given, or the test is marked
-    `real_server`: then a real `bankgate serve` on a free port.
+    `real_server`: then a real `bankgate serve` on a free port. An in-process server reads `clock` (e.g. the
+    `clock` fixture's `ManualClock`, which a test advances instead of sleeping).
     """
     started: list[Server] = []
 
@@ -419,13 +422,15 @@ def server_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[A
         args: tuple[str, ...] = (),
         *,
         process: bool = False,
+        clock: Clock | None = None,
     ) -> Server:
         directory = data_dir or tmp_path / f"data-{len(started)}"
         server: Server
         if process or args or _wants_process(request):
+            assert clock is None, "a real server process reads the machine's clock"
             server = start_server(directory, tmp_path / f"server-{len(started)}.log", env, args)
         else:
-            server = InProcessServer(directory, _server_env(directory, env))
+            server = InProcessServer(directory, _server_env(directory, env), clock or SYSTEM)
         started.append(server)
         return server
 
@@ -457,6 +462,13 @@ def shared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         server = InProcessServer(directory / "data", _server_env(directory / "data", None))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A clock that moves only when the test says so (`clock.advance(seconds)`), for in-process servers and
+    services: a token's, a cache entry's or a block's whole life without sleeping."""
+    return ManualClock()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from bankgate import throttle as throttle_module
+from bankgate.clock import ManualClock
 from bankgate.config import Settings, load_settings
 from bankgate.runtime import Runtime
 from bankgate.services import Services
@@ -230,12 +231,14 @@ async def test_success_leaves_counts_recorded_only_by_another_process_to_their_w
 
 
 async def test_the_count_starts_again_after_a_quiet_window(tmp_path: Path, database_url: str) -> None:
-    services = await Services.open(make_settings(tmp_path, database_url, throttle_window=0.5), initialise=True)
+    clock = ManualClock()
+    services = await Services.open(make_settings(tmp_path, database_url, throttle_window=0.5), initialise=True,
+                                   clock=clock)
     try:
         keys = keys_for(ACCOUNT, ATTACKER)
         await services.throttle.failure(keys)
         await services.throttle.failure(keys)
-        await asyncio.sleep(0.6)
+        clock.advance(0.6)
         assert await services.throttle.failure(keys) is None
         stored = await row(services.store, f"acctip:{ACCOUNT}@{ATTACKER}")
         assert stored is not None and stored["failures"] == 1
