@@ -18,6 +18,7 @@ import threading
 import time
 import traceback
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -284,13 +285,13 @@ class InProcessServer(Server):
         self.clock = clock
         self.app = create_app(settings, issuer=settings.issuer_for(settings.host, settings.port), clock=clock)
         self._log = _LogCapture()
-        logging.getLogger("bankgate").addHandler(self._log)
+        logging.getLogger().addHandler(self._log)
         self._client = TestClient(self.app, base_url=self.base_url, raise_server_exceptions=False,
                                   follow_redirects=False, client=("127.0.0.1", free_port()))
         try:
             self._client.__enter__()
         except BaseException:
-            logging.getLogger("bankgate").removeHandler(self._log)
+            logging.getLogger().removeHandler(self._log)
             raise
 
     @property
@@ -308,16 +309,23 @@ class InProcessServer(Server):
         return self._log.text()
 
     def stop(self) -> None:
+        # The lifespan's shutdown in a daemon thread, waited for a while: a shutdown stuck on a database the test
+        # already dropped must not hang the whole run (a real process would simply be killed).
+        closing = threading.Thread(target=self._client.__exit__, args=(None, None, None), daemon=True)
         try:
             if getattr(self._client, "portal", None) is not None:
-                self._client.__exit__(None, None, None)
+                closing.start()
+                closing.join(30)
+                if closing.is_alive():
+                    warnings.warn(f"the in-process server at {self.base_url} did not stop within 30 s", stacklevel=2)
         finally:
-            logging.getLogger("bankgate").removeHandler(self._log)
+            logging.getLogger().removeHandler(self._log)
             gc.unfreeze()  # the runtime freezes what it loaded; a test process starts many
 
 
 class _LogCapture(logging.Handler):
-    """What a server process prints of the `bankgate` logger: warnings and worse, message and traceback."""
+    """What a server process prints of its logs (no handler but Python's last resort): warnings and worse,
+    message and traceback."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -478,9 +486,11 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 
 @pytest.fixture
-async def services(settings: Settings) -> AsyncIterator[Services]:
-    """An initialised bankgate (schema, signing key, CA), in process."""
-    opened = await Services.open(settings, initialise=True)
+async def services(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[Services]:
+    """An initialised bankgate (schema, signing key, CA), in process: on the machine's clock, or on the test's
+    `clock` (a `ManualClock`) when the test asks for that fixture too."""
+    clock = request.getfixturevalue("clock") if "clock" in request.fixturenames else SYSTEM
+    opened = await Services.open(settings, initialise=True, clock=clock)
     await opened.init()
     try:
         yield opened
