@@ -38,7 +38,7 @@ class TtlCache(Generic[K, V]):
         return False, None
 
     def expires_at(self, key: K) -> float | None:
-        """When the entry for `key` expires (`self._monotonic()` clock); None when there is none."""
+        """When the entry for `key` expires (on its clock's `monotonic()`); None when there is none."""
         hit = self._entries.get(key)
         return hit[0] if hit is not None else None
 
