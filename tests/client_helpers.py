@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +16,7 @@ from conftest import Server
 
 def issued(server: Server, actor: str, event: str = "token.issued") -> int:
     """How many `event`s the server's audit trail holds for `actor` (an API key or a username)."""
-    time.sleep(0.3)  # the audit writer flushes every 0.05 s in tests
+    server.flush_audit()
     events = server.cli_json("audit", "tail", "--limit", "10000", "--event", event)
     return sum(1 for e in events if e["actor"] == actor)
 

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
+import contextlib
+import gc
 import json
+import logging
 import os
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
+import traceback
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +27,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from bankgate.config import Settings, load_settings
+from bankgate.clock import SYSTEM, Clock, ManualClock
+from bankgate.config import Settings, listen_url, load_settings
 from bankgate.services import Services
 from bankgate.store import Store
 
@@ -119,18 +126,55 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_CLI_LOCK = threading.Lock()
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the real `bankgate` command (as `python -m bankgate`) and return what it printed."""
-    result = subprocess.run(
-        [sys.executable, "-m", "bankgate", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-    )
+    """Run the `bankgate` command in this process (its `main`, so its error handling too) and return what it printed.
+
+    As a subprocess it costs ~3 s of imports per call; in process a few milliseconds. The contract stays the one of
+    `subprocess.run`: `.stdout`, `.stderr`, `.returncode` (an uncaught exception prints its traceback and exits 1).
+    The command calls `asyncio.run`, so from inside a running event loop (an async test) it runs in a worker thread.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        result = _run_cli_here(args, env)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as worker:
+            result = worker.submit(_run_cli_here, args, env).result(timeout=120)
     if check and result.returncode != 0:
         raise AssertionError(f"bankgate {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result
+
+
+def _run_cli_here(args: tuple[str, ...], env: dict[str, str] | None) -> subprocess.CompletedProcess[str]:
+    from click.testing import CliRunner
+
+    from bankgate.cli import main
+
+    argv = ["bankgate", *args]
+    # One command at a time: the isolation swaps process-wide sys.stdout/sys.stderr/os.environ/sys.argv.
+    with _CLI_LOCK, CliRunner().isolation(env=env) as (stdout, stderr, _):
+        saved_argv, sys.argv = sys.argv, argv
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            code = 1
+        finally:
+            sys.argv = saved_argv
+            sys.stdout.flush()
+            sys.stderr.flush()
+        out, err = stdout.getvalue().decode(errors="replace"), stderr.getvalue().decode(errors="replace")
+    return subprocess.CompletedProcess(argv, code, out, err)
 
 
 def cli_json(*args: str, env: dict[str, str] | None = None) -> Any:
@@ -141,23 +185,17 @@ def basic(api_key: str, secret: str) -> str:
     return "Basic " + base64.b64encode(f"{api_key}:{secret}".encode()).decode()
 
 
-@dataclass
 class Server:
-    """A real `bankgate serve` process on a free loopback port."""
+    """A bankgate server for tests: in process (`InProcessServer`, the default) or a real `bankgate serve` process
+    on a free loopback port (`ProcessServer`). Both name the same URLs and take the same helpers."""
 
     base_url: str
     data_dir: Path
     env: dict[str, str]
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    _http: httpx.Client = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._http = httpx.Client(base_url=self.base_url, timeout=10, verify=False)  # noqa: S501 - plain-HTTP helper
 
     @property
     def http(self) -> httpx.Client:
-        return self._http
+        raise NotImplementedError
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, "--data-dir", str(self.data_dir), env=self.env, check=check)
@@ -178,9 +216,39 @@ class Server:
         )
 
     def audit(self, limit: int = 50) -> list[dict[str, Any]]:
-        """The audit trail, once the server's batch writer has flushed (it flushes every 0.05 s in tests)."""
-        time.sleep(0.3)
+        """The audit trail, once the server's batch writer has written what it holds."""
+        self.flush_audit()
         return self.cli_json("audit", "tail", "--limit", str(limit))
+
+    def flush_audit(self) -> None:
+        raise NotImplementedError
+
+    def log(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class ProcessServer(Server):
+    """A real `bankgate serve` process on a free loopback port: for what lives in the socket or the process."""
+
+    def __init__(
+        self, base_url: str, data_dir: Path, env: dict[str, str], process: subprocess.Popen[bytes], log_path: Path
+    ) -> None:
+        self.base_url = base_url
+        self.data_dir = data_dir
+        self.env = env
+        self.process = process
+        self.log_path = log_path
+        self._http = httpx.Client(base_url=self.base_url, timeout=10, verify=False)  # noqa: S501 - plain-HTTP helper
+
+    @property
+    def http(self) -> httpx.Client:
+        return self._http
+
+    def flush_audit(self) -> None:
+        time.sleep(0.3)  # the batch writer flushes every 0.05 s in tests
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -196,13 +264,114 @@ class Server:
                 self.process.wait()
 
 
-def start_server(
-    data_dir: Path, log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
-) -> Server:
-    """Start `bankgate serve` (plus `args`, e.g. `--tls`) and wait until `/healthz` answers."""
-    port = free_port()
-    scheme = "https" if "--tls" in args else "http"
-    full_env = {
+class InProcessServer(Server):
+    """The app `bankgate serve` runs (`create_app`, after the same init and issuer choice), in this process behind
+    Starlette's `TestClient`: its lifespan and background jobs run in a portal thread, requests come from
+    127.0.0.1, and `base_url` names a free port nothing listens on (the issuer a real server there would use)."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str], clock: Clock = SYSTEM) -> None:
+        from starlette.testclient import TestClient
+
+        from bankgate.app import create_app
+
+        port = free_port()
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.data_dir = data_dir
+        self.env = env
+        with _CLI_LOCK, _environment(env):
+            settings = load_settings(host="127.0.0.1", port=port)
+        issuer = _outside_loop(_prepare, settings)
+        settings = settings.model_copy(update={"issuer": issuer})
+        self.clock = clock
+        self.app = create_app(settings, issuer=settings.issuer_for(settings.host, settings.port), clock=clock)
+        self._log = _LogCapture()
+        logging.getLogger().addHandler(self._log)
+        self._client = TestClient(self.app, base_url=self.base_url, raise_server_exceptions=False,
+                                  follow_redirects=False, client=("127.0.0.1", free_port()))
+        try:
+            self._client.__enter__()
+        except BaseException:
+            logging.getLogger().removeHandler(self._log)
+            raise
+
+    @property
+    def http(self) -> httpx.Client:
+        return self._client
+
+    @property
+    def runtime(self) -> Any:
+        return self.app.state.runtime
+
+    def flush_audit(self) -> None:
+        self._client.portal.call(self.runtime.services.audit.flush)
+
+    def log(self) -> str:
+        return self._log.text()
+
+    def stop(self) -> None:
+        # The lifespan's shutdown in a daemon thread, waited for a while: a shutdown stuck on a database the test
+        # already dropped must not hang the whole run (a real process would simply be killed).
+        closing = threading.Thread(target=self._client.__exit__, args=(None, None, None), daemon=True)
+        try:
+            if getattr(self._client, "portal", None) is not None:
+                closing.start()
+                closing.join(30)
+                if closing.is_alive():
+                    warnings.warn(f"the in-process server at {self.base_url} did not stop within 30 s", stacklevel=2)
+        finally:
+            logging.getLogger().removeHandler(self._log)
+            gc.unfreeze()  # the runtime freezes what it loaded; a test process starts many
+
+
+class _LogCapture(logging.Handler):
+    """What a server process prints of its logs (no handler but Python's last resort): warnings and worse,
+    message and traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self._lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._lines.append(self.format(record))
+
+    def text(self) -> str:
+        return "".join(line + "\n" for line in self._lines)
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+async def _prepare(settings: Settings) -> str:
+    """What `bankgate serve` does before it listens: initialise, then choose (and store) the issuer URL."""
+    services = await Services.open(settings, initialise=True)
+    try:
+        await services.init()
+        return (await services.resolve_issuer(listen_url(settings.host, settings.port))).url
+    finally:
+        await services.close()
+
+
+def _outside_loop(job: Any, *args: Any) -> Any:
+    """`asyncio.run(job(*args))`, in a worker thread when called from inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(job(*args))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as worker:
+        return worker.submit(asyncio.run, job(*args)).result(timeout=120)
+
+
+def _server_env(data_dir: Path, env: dict[str, str] | None) -> dict[str, str]:
+    return {
         **os.environ,
         "BANKGATE_DATA_DIR": str(data_dir),
         "BANKGATE_CLIENT_CACHE_TTL": "0",
@@ -210,6 +379,15 @@ def start_server(
         "BANKGATE_KEY_REFRESH_INTERVAL": "0.5",
         **(env or {}),
     }
+
+
+def start_server(
+    data_dir: Path, log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> ProcessServer:
+    """Start `bankgate serve` (plus `args`, e.g. `--tls`) and wait until `/healthz` answers."""
+    port = free_port()
+    scheme = "https" if "--tls" in args else "http"
+    full_env = _server_env(data_dir, env)
     log = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "bankgate", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
@@ -217,7 +395,7 @@ def start_server(
         stderr=subprocess.STDOUT,
         env=full_env,
     )
-    server = Server(f"{scheme}://127.0.0.1:{port}", data_dir, full_env, process, log_path)
+    server = ProcessServer(f"{scheme}://127.0.0.1:{port}", data_dir, full_env, process, log_path)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -232,14 +410,35 @@ def start_server(
     raise AssertionError(f"bankgate serve did not start within 30 s:\n{server.log()}")
 
 
+def _wants_process(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("real_server") is not None
+
+
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Any]:
-    """Start servers with chosen settings (environment variables); all are stopped after the test."""
+def server_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """Start servers with chosen settings (environment variables); all are stopped after the test.
+
+    In process unless `process=True`, `args` (flags of `bankgate serve`) are given, or the test is marked
+    `real_server`: then a real `bankgate serve` on a free port. An in-process server reads `clock` (e.g. the
+    `clock` fixture's `ManualClock`, which a test advances instead of sleeping).
+    """
     started: list[Server] = []
 
-    def make(env: dict[str, str] | None = None, data_dir: Path | None = None, args: tuple[str, ...] = ()) -> Server:
+    def make(
+        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
+        args: tuple[str, ...] = (),
+        *,
+        process: bool = False,
+        clock: Clock | None = None,
+    ) -> Server:
         directory = data_dir or tmp_path / f"data-{len(started)}"
-        server = start_server(directory, tmp_path / f"server-{len(started)}.log", env, args)
+        server: Server
+        if process or args or _wants_process(request):
+            assert clock is None, "a real server process reads the machine's clock"
+            server = start_server(directory, tmp_path / f"server-{len(started)}.log", env, args)
+        else:
+            server = InProcessServer(directory, _server_env(directory, env), clock or SYSTEM)
         started.append(server)
         return server
 
@@ -254,13 +453,30 @@ def server(server_factory: Any) -> Server:
     return server_factory()
 
 
+@pytest.fixture
+def real_server(server_factory: Any) -> Server:
+    """`server`, as a real `bankgate serve` process on a free loopback port."""
+    return server_factory(process=True)
+
+
 @pytest.fixture(scope="module")
 def shared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One sandbox server with default settings for a whole test module whose tests only add their own clients."""
     directory = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
-    server = start_server(directory / "data", directory / "server.log")
+    server: Server
+    if request.node.get_closest_marker("real_server") is not None:
+        server = start_server(directory / "data", directory / "server.log")
+    else:
+        server = InProcessServer(directory / "data", _server_env(directory / "data", None))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A clock that moves only when the test says so (`clock.advance(seconds)`), for in-process servers and
+    services: a token's, a cache entry's or a block's whole life without sleeping."""
+    return ManualClock()
 
 
 @pytest.fixture
@@ -270,9 +486,11 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 
 @pytest.fixture
-async def services(settings: Settings) -> AsyncIterator[Services]:
-    """An initialised bankgate (schema, signing key, CA), in process."""
-    opened = await Services.open(settings, initialise=True)
+async def services(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[Services]:
+    """An initialised bankgate (schema, signing key, CA), in process: on the machine's clock, or on the test's
+    `clock` (a `ManualClock`) when the test asks for that fixture too."""
+    clock = request.getfixturevalue("clock") if "clock" in request.fixturenames else SYSTEM
+    opened = await Services.open(settings, initialise=True, clock=clock)
     await opened.init()
     try:
         yield opened

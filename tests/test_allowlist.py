@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from bankgate.clock import ManualClock
 from bankgate.config import Settings, load_settings
 from bankgate.credentials.allowlist import AllowListError, describe_default, parse_address, parse_cidr
 from bankgate.services import Services
@@ -187,21 +187,22 @@ async def test_another_process_sees_a_change_within_the_cache_ttl_and_the_change
     tmp_path: Path, database_url: str
 ) -> None:
     settings = make_settings(tmp_path, database_url, environment="production", client_cache_ttl=1.5)
-    admin = await Services.open(settings, initialise=True)
-    server = await Services.open(settings)
+    clock = ManualClock()
+    admin = await Services.open(settings, initialise=True, clock=clock)
+    server = await Services.open(settings, clock=clock)
     try:
         assert await server.allowlist.allows("user", USER, "203.0.113.7") is False  # now cached: no entry
         await admin.allowlist.allow("user", USER, "203.0.113.0/24")
         assert await admin.allowlist.allows("user", USER, "203.0.113.7") is True  # at once where it was made
         assert await server.allowlist.allows("user", USER, "203.0.113.7") is False  # still the cached answer
-        await asyncio.sleep(1.6)
+        clock.advance(1.6)
         assert await server.allowlist.allows("user", USER, "203.0.113.7") is True
 
         await admin.allowlist.allows("user", USER, "203.0.113.7")
         await server.allowlist.remove("user", USER, "203.0.113.0/24")
         assert await server.allowlist.allows("user", USER, "203.0.113.7") is False
         assert await admin.allowlist.allows("user", USER, "203.0.113.7") is True
-        await asyncio.sleep(1.6)
+        clock.advance(1.6)
         assert await admin.allowlist.allows("user", USER, "203.0.113.7") is False
     finally:
         await admin.close()

@@ -200,25 +200,20 @@ def test_production_without_an_allow_list_entry_refuses_with_403(server_factory:
     assert tls.authorize(user).status_code == 200
 
 
-def test_an_expired_certificate_is_refused(tls: Tls, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_expired_certificate_is_refused(tls: Tls) -> None:
     """Issued two days in the past for one day: the TLS handshake or, failing that, the endpoint refuses it."""
     import asyncio
+    import time
 
-    import bankgate.pki.certificates as certificates
+    from bankgate.clock import ManualClock
     from bankgate.config import load_settings
     from bankgate.services import Services
 
     user = tls.new_user("Expired Cert")
-
-    class TwoDaysAgo:
-        @staticmethod
-        def time() -> float:
-            return __import__("time").time() - 2 * 86400
-
-    monkeypatch.setattr(certificates, "time", TwoDaysAgo)
+    two_days_ago = ManualClock(time.time() - 2 * 86400)
 
     async def issue() -> Any:
-        services = await Services.open(load_settings(data_dir=tls.server.data_dir))
+        services = await Services.open(load_settings(data_dir=tls.server.data_dir), clock=two_days_ago)
         try:
             return await services.pki.issue(await services.users.get(user["username"]), days=1)
         finally:

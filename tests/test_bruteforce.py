@@ -7,8 +7,12 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from conftest import Server, basic
+
+# Failures are counted per loopback source address, across two server processes: real servers.
+pytestmark = pytest.mark.real_server
 
 WRONG = "sk_test_" + "W" * 43
 

@@ -8,8 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from client_helpers import issued
 from conftest import Server, run_cli
+
+# `bankgate token` speaks HTTP to the server's URL: a real server.
+pytestmark = pytest.mark.real_server
 
 #: Import blocker for the server stack: what a `pip install bankgate` (no extras) machine lacks.
 _CLIENT_ONLY = """

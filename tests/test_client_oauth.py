@@ -36,6 +36,9 @@ from bankgate.client import (
 from client_helpers import LosingProxy, issued
 from conftest import Server, basic
 
+# The SDK speaks HTTP to the server's URL (and across processes): a real server.
+pytestmark = pytest.mark.real_server
+
 ORDER = {"application_id": "app_1", "amount": "12.50", "currency": "EUR", "reference": "Invoice 2026-001"}
 
 

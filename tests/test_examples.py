@@ -11,6 +11,9 @@ import pytest
 
 from conftest import Server
 
+# The example fetches the server's JWKS over HTTP: a real server.
+pytestmark = pytest.mark.real_server
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -15,7 +15,6 @@ import re
 import socket
 import sqlite3
 import time
-import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from bankgate.clock import SYSTEM, Clock, ManualClock
 from bankgate.config import load_settings
 from bankgate.guard import (
     Guard,
@@ -50,13 +50,16 @@ from bankgate.guard import (
     require_principal,
     require_scope,
 )
-from bankgate.guard import verifier as verifier_module
 from bankgate.guard.core import decode_basic, parse_authorization
 from bankgate.guard.keys import parse_jwks
 from bankgate.pki.thumbprints import x5t_s256
 from bankgate.services import Services
 from conftest import Server, Tls, basic, start_server
 from key_helpers import decrypted_signing_keys
+
+# Remote guards fetch the issuer's JWKS over HTTP, raw requests go through a socket, throttles count per
+# loopback address: real servers.
+pytestmark = pytest.mark.real_server
 
 ACCOUNTS = "/api/v1/accounts"
 PAYMENTS = "/api/v1/payments"
@@ -724,10 +727,12 @@ class Ring:
         return pyjwt.encode(payload, key.private_key, algorithm=key.alg, headers={"kid": kid, "typ": "at+jwt"})
 
 
-def _verifier(ring: Ring, *, revoked: set[str] | None = None, cache_size: int = 100) -> TokenVerifier:
+def _verifier(
+    ring: Ring, *, revoked: set[str] | None = None, cache_size: int = 100, clock: Clock = SYSTEM
+) -> TokenVerifier:
     return TokenVerifier(LocalKeys(ring.lookup), issuer=ISSUER, audience="bankgate-api", environment="sandbox",
                          is_revoked=revoked.__contains__ if revoked is not None else None,
-                         leeway=30, cache_size=cache_size)
+                         leeway=30, cache_size=cache_size, clock=clock)
 
 
 async def test_a_reused_token_is_signature_checked_once() -> None:
@@ -744,20 +749,19 @@ async def test_a_reused_token_is_signature_checked_once() -> None:
     assert ring.lookups == 6
 
 
-async def test_a_cached_token_stops_when_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_cached_token_stops_when_it_expires(clock: ManualClock) -> None:
     ring = Ring()
-    verifier = _verifier(ring)
+    verifier = _verifier(ring, clock=clock)
     token = ring.token(ttl=60)
     await verifier.verify(token, None)
     expires_at = pyjwt.decode(token, options={"verify_signature": False})["exp"]
-    monkeypatch.setattr(verifier_module, "time", types.SimpleNamespace(time=lambda: expires_at + 29.0))
+    clock.advance(expires_at + 29.0 - clock.now())
     await verifier.verify(token, None)  # within the leeway
     assert ring.lookups == 1
-    monkeypatch.setattr(verifier_module, "time", types.SimpleNamespace(time=lambda: expires_at + 31.0))
+    clock.advance(2.0)  # expires_at + 31
     with pytest.raises(InvalidToken, match="expired"):
         await verifier.verify(token, None)
     assert "cached=0" in repr(verifier)
-    monkeypatch.undo()
     with pytest.raises(InvalidToken, match="expired"):  # and checked again from scratch, it is still expired
         await verifier.verify(ring.token(ttl=-60), None)
 

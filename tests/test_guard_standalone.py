@@ -16,9 +16,11 @@ import pytest
 SERVER_PACKAGES = ("sqlalchemy", "alembic", "argon2", "typer", "uvicorn", "pydantic_settings", "pydantic",
                    "redis", "aiosqlite", "asyncpg", "orjson", "starlette", "fastapi")
 #: The bankgate modules a guard may load; anything else (store, config, runtime, services, the endpoints) is the
-#: server. `bankgate.oauth.http` and `bankgate.web` are dependency-free ASGI helpers.
+#: server. `bankgate.oauth.http` and `bankgate.web` are dependency-free ASGI helpers, `bankgate.clock` the
+#: standard library's clocks.
 GUARD_MODULES = ("bankgate", "bankgate.guard", "bankgate.certheaders", "bankgate.net", "bankgate.pki",
-                 "bankgate.pki.thumbprints", "bankgate.oauth", "bankgate.oauth.http", "bankgate.web")
+                 "bankgate.pki.thumbprints", "bankgate.oauth", "bankgate.oauth.http", "bankgate.web",
+                 "bankgate.clock")
 
 
 def _loaded_after(code: str) -> dict[str, list[str]]:

@@ -18,6 +18,9 @@ from conftest import cli_json, free_port, run_cli
 
 WHOAMI = "/api/v1/whoami"
 
+# What `bankgate serve` prints, and several processes choosing one issuer: real servers.
+pytestmark = pytest.mark.real_server
+
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}

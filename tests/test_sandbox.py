@@ -236,6 +236,7 @@ def _assert_one_payment(responses: list[httpx.Response], *, atomic: bool = True)
     return str(fresh[0].json()["id"])
 
 
+@pytest.mark.real_server  # concurrent connections from outside, or several processes
 def test_a_hundred_simultaneous_identical_payments_make_one(server: Server) -> None:
     headers = _bearer(server, server.create_client("app_1"))
     responses = asyncio.run(_storm([server.base_url], headers, str(uuid.uuid4()), 100))
@@ -243,6 +244,7 @@ def test_a_hundred_simultaneous_identical_payments_make_one(server: Server) -> N
     assert len(_sqlite_rows(server, "payments")) == 1
 
 
+@pytest.mark.real_server  # concurrent connections from outside, or several processes
 def test_two_processes_sharing_sqlite_make_one_payment(server_factory: Any, tmp_path: Path) -> None:
     first = server_factory(SAME_ISSUER, data_dir=tmp_path / "shared")
     second = server_factory(SAME_ISSUER, data_dir=tmp_path / "shared")
@@ -252,6 +254,7 @@ def test_two_processes_sharing_sqlite_make_one_payment(server_factory: Any, tmp_
     assert len(_sqlite_rows(first, "payments")) == 1
 
 
+@pytest.mark.real_server  # concurrent connections from outside, or several processes
 def test_two_processes_sharing_postgresql_make_one_payment(
     server_factory: Any, postgres_url: str, tmp_path: Path
 ) -> None:
@@ -277,6 +280,7 @@ def _pg_count(url: str) -> int:
     return asyncio.run(count())
 
 
+@pytest.mark.real_server  # concurrent connections from outside, or several processes
 def test_two_processes_sharing_redis_for_idempotency_make_one_payment(
     server_factory: Any, redis_url: str, tmp_path: Path
 ) -> None:
@@ -321,6 +325,7 @@ def _wait_for(predicate: Any, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.real_server  # a process killed with SIGKILL
 def test_kill_9_after_the_payment_is_written_then_a_retry_after_the_lease_pays_once(
     server_factory: Any, tmp_path: Path
 ) -> None:

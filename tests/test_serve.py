@@ -16,6 +16,9 @@ import pytest
 
 from conftest import _pg_admin, basic, free_port, run_cli
 
+# `bankgate serve` itself: real servers.
+pytestmark = pytest.mark.real_server
+
 
 def _wait_for(url: str, process: subprocess.Popen[str], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from joserfc.jwk import JWKRegistry
 
 from bankgate.audit import AuditEvent
+from bankgate.clock import ManualClock
 from bankgate.config import Settings, load_settings
 from bankgate.credentials.clients import ClientAuthError, ClientNotFoundError
 from bankgate.credentials.scopes import ScopeError
@@ -288,11 +289,11 @@ async def test_rotate_secret_with_zero_overlap_ends_old_secret_at_once(services:
     assert len(rotated.client.as_json()["secrets"]) == 1  # type: ignore[arg-type]
 
 
-async def test_old_secret_stops_working_when_overlap_expires(services: Services) -> None:
+async def test_old_secret_stops_working_when_overlap_expires(services: Services, clock: ManualClock) -> None:
     issued = await services.clients.create("x", ["app_1"])
     rotated = await services.clients.rotate_secret(issued.client.api_key, overlap=0.3)
     assert (await services.clients.authenticate(issued.client.api_key, issued.secret_key)).active
-    await asyncio.sleep(0.5)
+    clock.advance(0.5)
     assert await auth_reason(services, issued.client.api_key, issued.secret_key) == "wrong_secret"
     assert (await services.clients.authenticate(issued.client.api_key, rotated.secret_key)).active
 
@@ -346,19 +347,20 @@ async def test_revoke_by_another_instance_may_be_served_from_cache_but_stops_wit
 ) -> None:
     ttl = 0.5
     settings = make_settings(tmp_path, database_url, client_cache_ttl=ttl)
-    server = await Services.open(settings, initialise=True)
-    cli = await Services.open(settings)  # as `bankgate clients revoke` would, in another process
+    clock = ManualClock()
+    server = await Services.open(settings, initialise=True, clock=clock)
+    cli = await Services.open(settings, clock=clock)  # as `bankgate clients revoke` would, in another process
     try:
         issued = await server.clients.create("x", ["app_1"])
-        cached_from = time.monotonic()
+        cached_from = clock.monotonic()
         await server.clients.authenticate(issued.client.api_key, issued.secret_key)
-        cached_until = time.monotonic() + ttl
+        cached_until = clock.monotonic() + ttl
 
         await cli.clients.revoke(issued.client.api_key)
-        if time.monotonic() < cached_from + ttl * 0.8:
+        if clock.monotonic() < cached_from + ttl * 0.8:
             # the documented staleness: the server still holds the record it cached before the revocation
             assert (await server.clients.authenticate(issued.client.api_key, issued.secret_key)).active
-        await asyncio.sleep(max(0.0, cached_until - time.monotonic()) + 0.05)
+        clock.advance(max(0.0, cached_until - clock.monotonic()) + 0.05)
         assert await auth_reason(server, issued.client.api_key, issued.secret_key) == "client_revoked"
     finally:
         await cli.close()

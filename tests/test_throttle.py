@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from bankgate import throttle as throttle_module
+from bankgate.clock import ManualClock
 from bankgate.config import Settings, load_settings
 from bankgate.runtime import Runtime
 from bankgate.services import Services
@@ -230,12 +230,14 @@ async def test_success_leaves_counts_recorded_only_by_another_process_to_their_w
 
 
 async def test_the_count_starts_again_after_a_quiet_window(tmp_path: Path, database_url: str) -> None:
-    services = await Services.open(make_settings(tmp_path, database_url, throttle_window=0.5), initialise=True)
+    clock = ManualClock()
+    services = await Services.open(make_settings(tmp_path, database_url, throttle_window=0.5), initialise=True,
+                                   clock=clock)
     try:
         keys = keys_for(ACCOUNT, ATTACKER)
         await services.throttle.failure(keys)
         await services.throttle.failure(keys)
-        await asyncio.sleep(0.6)
+        clock.advance(0.6)
         assert await services.throttle.failure(keys) is None
         stored = await row(services.store, f"acctip:{ACCOUNT}@{ATTACKER}")
         assert stored is not None and stored["failures"] == 1
@@ -368,39 +370,28 @@ async def test_running_servers_share_blocks_through_their_background_sync(tmp_pa
 # -- issuance limits ---------------------------------------------------------------------------------------
 
 
-class Clock:
-    """`time.time` of the throttle module, moved by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock(1_800_000_010.0)  # 10 s into a window
-    monkeypatch.setattr(throttle_module, "time", fake)
-    return fake
+def clock() -> ManualClock:
+    """The limiter's clock, moved by hand: 10 s into a window."""
+    return ManualClock(1_800_000_010.0)
 
 
-async def open_pair(tmp_path: Path, database_url: str, limit: int) -> tuple[Services, Services]:
+async def open_pair(tmp_path: Path, database_url: str, limit: int, clock: ManualClock) -> tuple[Services, Services]:
     settings = make_settings(tmp_path, database_url, issuance_rate_limit=limit)
-    first = await Services.open(settings, initialise=True)
-    second = await Services.open(settings)
+    first = await Services.open(settings, initialise=True, clock=clock)
+    second = await Services.open(settings, clock=clock)
     return first, second
 
 
 async def test_limiter_allows_the_limit_then_says_when_the_window_ends(
-    tmp_path: Path, database_url: str, clock: Clock
+    tmp_path: Path, database_url: str, clock: ManualClock
 ) -> None:
-    limiter = IssuanceLimiter(Store(make_settings(tmp_path, database_url).sqlalchemy_url), limit=3)
+    limiter = IssuanceLimiter(Store(make_settings(tmp_path, database_url).sqlalchemy_url), limit=3, clock=clock)
     try:
         assert [limiter.hit("client:a") for _ in range(3)] == [None, None, None]
         assert limiter.hit("client:a") == pytest.approx(50)
         assert limiter.hit("client:b") is None  # per key
-        clock.now += 50  # the next window
+        clock.advance(50)  # the next window
         assert limiter.hit("client:a") is None
     finally:
         await limiter._store.close()
@@ -423,8 +414,10 @@ async def test_limiter_hit_does_no_database_work(services: Services) -> None:
     assert not inspect.iscoroutinefunction(limiter.hit)
 
 
-async def test_two_instances_share_the_limit_through_sync(tmp_path: Path, database_url: str, clock: Clock) -> None:
-    first, second = await open_pair(tmp_path, database_url, limit=5)
+async def test_two_instances_share_the_limit_through_sync(
+    tmp_path: Path, database_url: str, clock: ManualClock
+) -> None:
+    first, second = await open_pair(tmp_path, database_url, limit=5, clock=clock)
     try:
         assert [first.limiter.hit("client:a") for _ in range(3)] == [None] * 3
         await first.limiter.sync()
@@ -444,8 +437,8 @@ async def test_two_instances_share_the_limit_through_sync(tmp_path: Path, databa
 
 
 async def test_limit_is_exact_within_one_process_between_syncs(tmp_path: Path, database_url: str,
-                                                               clock: Clock) -> None:
-    first, second = await open_pair(tmp_path, database_url, limit=10)
+                                                               clock: ManualClock) -> None:
+    first, second = await open_pair(tmp_path, database_url, limit=10, clock=clock)
     try:
         for _ in range(4):
             first.limiter.hit("user:u")
@@ -464,14 +457,14 @@ async def test_limit_is_exact_within_one_process_between_syncs(tmp_path: Path, d
 
 
 async def test_counts_of_a_new_window_replace_the_old_and_old_windows_are_purged(
-    tmp_path: Path, database_url: str, clock: Clock
+    tmp_path: Path, database_url: str, clock: ManualClock
 ) -> None:
-    first, second = await open_pair(tmp_path, database_url, limit=5)
+    first, second = await open_pair(tmp_path, database_url, limit=5, clock=clock)
     try:
         for _ in range(5):
             first.limiter.hit("client:a")
         await first.limiter.sync()
-        clock.now += 60
+        clock.advance(60)
         second.limiter.hit("client:a")
         await second.limiter.sync()
         assert second.limiter.count("client:a") == 1
@@ -479,16 +472,16 @@ async def test_counts_of_a_new_window_replace_the_old_and_old_windows_are_purged
         async with first.store.connect() as conn:
             stored = (await conn.execute(sa.select(table.c.window_started, table.c.count))).all()
         assert [tuple(r) for r in stored] == [(1_800_000_060.0, 1)]
-        assert await first.limiter.purge(clock.now + 60) == 0
-        assert await first.limiter.purge(clock.now + 180) == 1
+        assert await first.limiter.purge(clock.now() + 60) == 0
+        assert await first.limiter.purge(clock.now() + 180) == 1
     finally:
         await first.close()
         await second.close()
 
 
-async def test_a_failed_sync_keeps_the_counts_for_the_next(services: Services, clock: Clock,
+async def test_a_failed_sync_keeps_the_counts_for_the_next(services: Services, clock: ManualClock,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    limiter = IssuanceLimiter(services.store, limit=10)
+    limiter = IssuanceLimiter(services.store, limit=10, clock=clock)
     for _ in range(3):
         limiter.hit("client:a")
 

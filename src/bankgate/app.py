@@ -13,6 +13,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bankgate.boundary import ErrorBoundary, defer_to_boundary
+from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Settings
 from bankgate.oauth.account import CertificateDownloadEndpoint, CertificateListEndpoint, PasswordResetEndpoint
 from bankgate.oauth.authorize import AuthorizeEndpoint
@@ -89,13 +90,14 @@ class BankgateApp:
         await self.starlette(scope, receive, send)
 
 
-def create_app(settings: Settings, *, issuer: str | None = None) -> ASGIApp:
-    """The bankgate server. `issuer` defaults to `settings.issuer`, else to http://host:port from settings."""
+def create_app(settings: Settings, *, issuer: str | None = None, clock: Clock = SYSTEM) -> ASGIApp:
+    """The bankgate server. `issuer` defaults to `settings.issuer`, else to http://host:port from settings; `clock`
+    is what it reads the time from (tests pass a `ManualClock`)."""
     issuer_url = (issuer or settings.issuer_for(settings.host, settings.port)).rstrip("/")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        runtime = await Runtime.start(settings, issuer_url)
+        runtime = await Runtime.start(settings, issuer_url, clock=clock)
         app.state.runtime = runtime
         try:
             yield

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
+
+from bankgate.clock import SYSTEM, Clock
 
 __all__ = ["TtlCache"]
 
@@ -17,10 +18,11 @@ class TtlCache(Generic[K, V]):
     """Entries expire `ttl` seconds after they were stored; past `limit` entries the cache starts afresh
     (a flood of distinct keys costs memory only up to the limit)."""
 
-    __slots__ = ("_entries", "_limit", "_loading", "ttl")
+    __slots__ = ("_entries", "_limit", "_loading", "_monotonic", "ttl")
 
-    def __init__(self, ttl: float, *, limit: int = 50_000) -> None:
+    def __init__(self, ttl: float, *, limit: int = 50_000, clock: Clock = SYSTEM) -> None:
         self.ttl = ttl
+        self._monotonic = clock.monotonic
         self._limit = limit
         self._entries: dict[K, tuple[float, V]] = {}
         self._loading: dict[K, asyncio.Future[V]] = {}
@@ -31,12 +33,12 @@ class TtlCache(Generic[K, V]):
     def lookup(self, key: K) -> tuple[bool, V | None]:
         """(True, value) when a fresh entry exists, else (False, None)."""
         hit = self._entries.get(key)
-        if hit is not None and hit[0] > time.monotonic():
+        if hit is not None and hit[0] > self._monotonic():
             return True, hit[1]
         return False, None
 
     def expires_at(self, key: K) -> float | None:
-        """When the entry for `key` expires (`time.monotonic()` clock); None when there is none."""
+        """When the entry for `key` expires (on its clock's `monotonic()`); None when there is none."""
         hit = self._entries.get(key)
         return hit[0] if hit is not None else None
 
@@ -44,7 +46,7 @@ class TtlCache(Generic[K, V]):
         """The fresh entry, else `load()`'s result, stored. One load per key at a time: when an entry expires
         under load, the requests that find it gone wait for the same load instead of each reading the database."""
         hit = self._entries.get(key)
-        if hit is not None and hit[0] > time.monotonic():
+        if hit is not None and hit[0] > self._monotonic():
             return hit[1]
         pending = self._loading.get(key)
         if pending is None:
@@ -65,7 +67,7 @@ class TtlCache(Generic[K, V]):
         if self.ttl > 0:
             if len(self._entries) >= self._limit:
                 self._entries.clear()
-            self._entries[key] = (time.monotonic() + self.ttl, value)
+            self._entries[key] = (self._monotonic() + self.ttl, value)
         return value
 
     def forget(self, key: K) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bankgate.clock import SYSTEM, Clock
 from bankgate.store import Store, schema
 
 __all__ = ["Change", "ChangeFeed"]
@@ -34,8 +35,9 @@ RETENTION = 3600.0
 
 
 class ChangeFeed:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, clock: Clock = SYSTEM) -> None:
         self._store = store
+        self._now = clock.now
         self._subscribers: dict[str, list[Callable[[str], None]]] = {}
         self._seen: dict[int, float] = {}  # id -> at, of rows within the lookback already announced
         self._since: float | None = None  # newest `at` seen; None until the first sync
@@ -67,7 +69,7 @@ class ChangeFeed:
         cached before that was read after them)."""
         table = schema.changes
         first = self._since is None
-        since = time.time() if self._since is None else self._since
+        since = self._now() if self._since is None else self._since
         async with self._store.connect() as conn:
             rows = (
                 await conn.execute(
@@ -90,7 +92,7 @@ class ChangeFeed:
 
     async def purge(self, now: float | None = None) -> int:
         table = schema.changes
-        cutoff = (time.time() if now is None else now) - RETENTION
+        cutoff = (self._now() if now is None else now) - RETENTION
         async with self._store.begin() as conn:
             result = await conn.execute(delete(table).where(table.c.at < cutoff))
             return result.rowcount or 0

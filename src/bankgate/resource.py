@@ -37,6 +37,7 @@ def server_guard(runtime: Runtime) -> Guard:
         is_revoked=None,
         token_revoked=token_revoked,
         cache_size=settings.verified_token_cache_size,
+        clock=services.clock,
     )
 
     async def basic(api_key: str, secret: str, source_ip: str | None) -> Principal:

@@ -13,6 +13,7 @@ from sqlalchemy import event
 
 from bankgate.audit import AuditEvent, Outcome
 from bankgate.certheaders import ClientCertificateSource
+from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Settings
 from bankgate.credentials.authenticate import ClientAuthentication
 from bankgate.idempotency import open_store
@@ -41,7 +42,8 @@ class Runtime:
         self.outages = OutageLog(log)
         services.audit.outages = self.outages
         self.tokens = TokenIssuer(
-            keys, issuer=issuer_url, audience=self.settings.audience, environment=self.settings.environment
+            keys, issuer=issuer_url, audience=self.settings.audience, environment=self.settings.environment,
+            clock=services.clock,
         )
         self.proxies = TrustedProxies(self.settings.trusted_proxies)
         self.client_certs = ClientCertificateSource(
@@ -65,10 +67,10 @@ class Runtime:
         return f"Runtime(issuer={self.issuer_url!r}, active_kid={self.keys.active.kid!r})"
 
     @classmethod
-    async def start(cls, settings: Settings, issuer_url: str) -> Runtime:
-        services = await Services.open(settings)
+    async def start(cls, settings: Settings, issuer_url: str, *, clock: Clock = SYSTEM) -> Runtime:
+        services = await Services.open(settings, clock=clock)
         try:
-            keys = KeyRing(await services.keys.load())
+            keys = KeyRing(await services.keys.load(), clock=clock)
         except BaseException:
             await services.close()
             raise

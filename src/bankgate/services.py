@@ -9,6 +9,7 @@ from argon2 import PasswordHasher
 from bankgate.admin import Admin
 from bankgate.audit import AuditEvent, AuditLog
 from bankgate.changes import ChangeFeed
+from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Settings
 from bankgate.credentials.allowlist import IpAllowList
 from bankgate.credentials.clients import ClientRegistry
@@ -59,30 +60,35 @@ class IssuerChoice:
 
 
 class Services:
-    def __init__(self, settings: Settings, vault: Vault, store: Store) -> None:
+    def __init__(self, settings: Settings, vault: Vault, store: Store, *, clock: Clock = SYSTEM) -> None:
         self.settings = settings
+        #: What every service reads the time from: the machine's clocks, or a test's `ManualClock`.
+        self.clock = clock
         self.vault = vault
         self.store = store
         # Every writer records its changes on one feed (and subject revocations on one list), so the caches of
         # every server process follow them: at once in this process, within one sync interval in the others.
-        self.changes = ChangeFeed(store)
-        self.revocations = RevocationList(store, max_staleness=max(30.0, 10 * settings.revocation_sync_interval))
+        self.changes = ChangeFeed(store, clock=clock)
+        self.revocations = RevocationList(store, max_staleness=max(30.0, 10 * settings.revocation_sync_interval),
+                                          clock=clock)
         changes, revocations = self.changes, self.revocations
         # A disable's cut-off lies this far ahead: the other processes' caches follow within one sync and a query.
         settle = settings.revocation_sync_interval + 1.0
         self.clients = ClientRegistry(store, vault, settings.environment, cache_ttl=settings.client_cache_ttl,
-                                      changes=changes, revocations=revocations, settle=settle)
+                                      changes=changes, revocations=revocations, settle=settle, clock=clock)
         self.users = UserDirectory(store, settings.environment, passphrase_ttl=settings.passphrase_ttl,
-                                   hasher=PasswordHasher(), changes=changes, revocations=revocations, settle=settle)
+                                   hasher=PasswordHasher(), changes=changes, revocations=revocations, settle=settle,
+                                   clock=clock)
         self.audit = AuditLog(store, flush_interval=settings.audit_flush_interval)
-        self.keys = SigningKeys(open_key_store(settings, store, vault, changes=changes), self.audit,
-                                alg=settings.signing_alg, publish_for=self.key_publish_seconds)
-        self.pki = CertificateService(store, vault, settings.environment, changes=changes, revocations=revocations)
+        self.keys = SigningKeys(open_key_store(settings, store, vault, changes=changes, clock=clock), self.audit,
+                                alg=settings.signing_alg, publish_for=self.key_publish_seconds, clock=clock)
+        self.pki = CertificateService(store, vault, settings.environment, changes=changes, revocations=revocations,
+                                      clock=clock)
         self.allowlist = IpAllowList(
-            store, settings.environment, cache_ttl=settings.client_cache_ttl, changes=self.changes
+            store, settings.environment, cache_ttl=settings.client_cache_ttl, changes=self.changes, clock=clock
         )
-        self.throttle = AuthThrottle.from_settings(store, settings)
-        self.limiter = IssuanceLimiter(store, limit=settings.issuance_rate_limit)
+        self.throttle = AuthThrottle.from_settings(store, settings, clock=clock)
+        self.limiter = IssuanceLimiter(store, limit=settings.issuance_rate_limit, clock=clock)
         #: The administrative use cases over the services above, for every entrance (command line, admin API).
         self.admin = Admin(self)
 
@@ -90,14 +96,14 @@ class Services:
         return f"Services({self.store!r}, environment={self.settings.environment!r})"
 
     @classmethod
-    async def open(cls, settings: Settings, *, initialise: bool = False) -> Services:
+    async def open(cls, settings: Settings, *, initialise: bool = False, clock: Clock = SYSTEM) -> Services:
         """Open the services; with `initialise`, create what is missing (master key, schema, first signing key)."""
         master = load_master_key(
             settings.master_key.get_secret_value() if settings.master_key else None,
             settings.data_dir,
             create=initialise,
         )
-        services = cls(settings, Vault(master), Store(settings.sqlalchemy_url))
+        services = cls(settings, Vault(master), Store(settings.sqlalchemy_url), clock=clock)
         try:
             if initialise:
                 await services.store.migrate()

@@ -22,13 +22,13 @@ import ipaddress
 import logging
 import math
 import re
-import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from bankgate.clock import SYSTEM, Clock
 from bankgate.store import Store, schema
 
 if TYPE_CHECKING:
@@ -114,8 +114,10 @@ class AuthThrottle:
         account_failures: int = 50,
         window: float = 900.0,
         max_backoff: float = 900.0,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._store = store
+        self._now = clock.now
         self._thresholds = {IP_PREFIX: ip_failures, ACCOUNT_IP_PREFIX: account_ip_failures,
                             ACCOUNT_PREFIX: account_failures}
         self._window = window
@@ -132,7 +134,7 @@ class AuthThrottle:
         return f"AuthThrottle(blocked_keys={len(self._blocked)})"
 
     @classmethod
-    def from_settings(cls, store: Store, settings: Settings) -> AuthThrottle:
+    def from_settings(cls, store: Store, settings: Settings, *, clock: Clock = SYSTEM) -> AuthThrottle:
         return cls(
             store,
             ip_failures=settings.throttle_ip_failures,
@@ -140,6 +142,7 @@ class AuthThrottle:
             account_failures=settings.throttle_account_failures,
             window=settings.throttle_window,
             max_backoff=settings.throttle_max_backoff,
+            clock=clock,
         )
 
     keys_for = staticmethod(keys_for)
@@ -162,13 +165,13 @@ class AuthThrottle:
         """Seconds to wait when any key is blocked, else None. Memory only: no database, no hashing."""
         if not self._blocked:
             return None
-        now = time.time()
+        now = self._now()
         wait = max((self._blocked.get(key, 0.0) for key in keys), default=0.0) - now
         return wait if wait > 0 else None
 
     async def failure(self, keys: Sequence[str]) -> float | None:
         """Record one failed authentication under each key; return the wait now in force, if any."""
-        now = time.time()
+        now = self._now()
         table = schema.auth_throttle
         insert = _upsert(self._store)
         blocks: dict[str, float] = {}
@@ -257,7 +260,7 @@ class AuthThrottle:
 
     async def sync(self) -> None:
         """Reload the keys blocked now, so blocks made by other processes are enforced here too."""
-        now = time.time()
+        now = self._now()
         started = self._changes
         table = schema.auth_throttle
         async with self._store.connect() as conn:
@@ -281,7 +284,7 @@ class AuthThrottle:
 
     async def purge(self, now: float | None = None) -> int:
         """Delete rows whose window and block have both ended."""
-        now = time.time() if now is None else now
+        now = self._now() if now is None else now
         self._last_purge = now
         table = schema.auth_throttle
         async with self._store.begin() as conn:
@@ -302,8 +305,9 @@ class IssuanceLimiter:
     since. `sync` folds the local counts into `rate_counters` and reads the totals back.
     """
 
-    def __init__(self, store: Store, *, limit: int) -> None:
+    def __init__(self, store: Store, *, limit: int, clock: Clock = SYSTEM) -> None:
         self._store = store
+        self._now = clock.now
         self.limit = limit
         self._pending: dict[tuple[str, float], int] = {}  # (key, window) -> tokens not yet written
         self._inflight: dict[tuple[str, float], int] = {}  # being written by a running sync
@@ -324,7 +328,7 @@ class IssuanceLimiter:
         the window ends."""
         if self.limit <= 0:
             return None
-        now = time.time()
+        now = self._now()
         window = math.floor(now / RATE_WINDOW) * RATE_WINDOW
         if self._count(key, window) >= self.limit:
             return max(window + RATE_WINDOW - now, 0.001)
@@ -334,13 +338,13 @@ class IssuanceLimiter:
 
     def count(self, key: str) -> int:
         """Tokens counted for `key` in the current window, as this process knows it."""
-        return self._count(key, math.floor(time.time() / RATE_WINDOW) * RATE_WINDOW)
+        return self._count(key, math.floor(self._now() / RATE_WINDOW) * RATE_WINDOW)
 
     async def sync(self) -> None:
         """Write this process's new counts and read back the totals of every key it has counted this window."""
         if self.limit <= 0 and not self._pending:
             return
-        now = time.time()
+        now = self._now()
         window = math.floor(now / RATE_WINDOW) * RATE_WINDOW
         self._inflight, self._pending = self._pending, {}
         try:
@@ -395,7 +399,7 @@ class IssuanceLimiter:
 
     async def purge(self, now: float | None = None) -> int:
         """Delete counters of windows that have ended."""
-        now = time.time() if now is None else now
+        now = self._now() if now is None else now
         self._last_purge = now
         table = schema.rate_counters
         async with self._store.begin() as conn:

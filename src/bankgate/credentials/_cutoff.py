@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
+from collections.abc import Callable
 
 from sqlalchemy import select
 
@@ -20,17 +20,17 @@ from bankgate.store import Store, schema
 __all__ = ["cutoff", "wait_past_cutoff"]
 
 
-def cutoff(settle: float) -> float:
-    return time.time() + settle
+def cutoff(now: float, settle: float) -> float:
+    return now + settle
 
 
-async def wait_past_cutoff(store: Store, subject: str) -> None:
+async def wait_past_cutoff(store: Store, subject: str, now: Callable[[], float]) -> None:
     """Return once a token issued now would be newer than the subject's cut-off (at once when it has none)."""
     table = schema.revoked_subjects
     async with store.connect() as conn:
         not_before = (await conn.execute(select(table.c.not_before).where(table.c.subject == subject))).scalar()
     if not_before is None:
         return
-    delay = math.floor(not_before) + 1 - time.time()
+    delay = math.floor(not_before) + 1 - now()
     if delay > 0:
         await asyncio.sleep(delay)

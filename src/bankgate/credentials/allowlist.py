@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import time
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -21,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bankgate.cache import TtlCache
 from bankgate.changes import ChangeFeed
+from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Environment
 from bankgate.store import Store, schema
 
@@ -126,12 +126,21 @@ class IpAllowList:
     """Allow-list entries of one environment in the store, with a short-lived per-subject cache for `allows`."""
 
     def __init__(
-        self, store: Store, environment: Environment, *, cache_ttl: float = 60.0, changes: ChangeFeed | None = None
+        self,
+        store: Store,
+        environment: Environment,
+        *,
+        cache_ttl: float = 60.0,
+        changes: ChangeFeed | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._store = store
+        self._now, self._monotonic = clock.now, clock.monotonic
         self._environment: Environment = environment
         self._cache_ttl = cache_ttl
-        self._cache: TtlCache[tuple[str, str], tuple[Network, ...]] = TtlCache(cache_ttl, limit=_CACHE_LIMIT)
+        self._cache: TtlCache[tuple[str, str], tuple[Network, ...]] = TtlCache(
+            cache_ttl, limit=_CACHE_LIMIT, clock=clock
+        )
         self._decisions: dict[tuple[str, str, str | None], tuple[float, bool]] = {}
         self._default: tuple[Network, ...] = () if environment == "production" else LOOPBACK
         self._changes = changes or ChangeFeed(store)
@@ -164,7 +173,7 @@ class IpAllowList:
                         subject_id=subject_id,
                         environment=self._environment,
                         cidr=network,
-                        created_at=time.time(),
+                        created_at=self._now(),
                     )
                 )
                 await self._changes.record(conn, ("allow", f"{kind}:{subject_id}"))
@@ -244,7 +253,7 @@ class IpAllowList:
         # token endpoint asks this on every request, nearly always for the same few pairs.
         decision_key = (kind, subject_id, ip)
         cached = self._decisions.get(decision_key)
-        if cached is not None and cached[0] > time.monotonic():
+        if cached is not None and cached[0] > self._monotonic():
             return cached[1]
         address = parse_address(ip)
         if address is None:

@@ -13,6 +13,7 @@ from sqlalchemy import delete, select, update
 
 from bankgate.cache import TtlCache
 from bankgate.changes import ChangeFeed
+from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Environment
 from bankgate.credentials._cutoff import cutoff, wait_past_cutoff
 from bankgate.credentials.keys import new_api_key, new_secret_key
@@ -142,11 +143,13 @@ class ClientRegistry:
         changes: ChangeFeed | None = None,
         revocations: RevocationList | None = None,
         settle: float = 1.5,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._store = store
+        self._now, self._monotonic = clock.now, clock.monotonic
         self._vault = vault
         self._environment: Environment = environment
-        self._cache: TtlCache[str, ClientRecord | None] = TtlCache(cache_ttl)
+        self._cache: TtlCache[str, ClientRecord | None] = TtlCache(cache_ttl, clock=clock)
         self._changes = changes or ChangeFeed(store)
         self._revocations = revocations or RevocationList(store)
         #: How far ahead a disable puts its cut-off: other processes' caches follow within a sync (`_cutoff`).
@@ -163,7 +166,7 @@ class ClientRegistry:
         app_ids = check_application_ids(scopes)
         prefix = "live" if self._environment == "production" else "test"
         api_key, secret = new_api_key(prefix), new_secret_key(prefix)
-        now = time.time()
+        now = self._now()
         record = ClientRecord(
             id=str(uuid.uuid4()),
             api_key=api_key,
@@ -280,7 +283,7 @@ class ClientRegistry:
             # Hash anyway so an unknown key costs the same time as a wrong secret.
             self._vault.matches(secret, ())
             return "unknown_api_key"
-        now = time.time()
+        now = self._now()
         if not self._vault.matches(secret, [s.digest for s in record.secrets if s.valid_at(now)]):
             return "wrong_secret"
         if record.status == "disabled" and not allow_revoked:
@@ -292,7 +295,7 @@ class ClientRegistry:
         return None
 
     def _may_recheck(self, api_key: str) -> bool:
-        now = time.monotonic()
+        now = self._monotonic()
         last = self._rechecked.get(api_key)
         if last is not None and now - last < RECHECK_INTERVAL:
             return False
@@ -313,7 +316,7 @@ class ClientRegistry:
                 await conn.execute(
                     update(schema.clients)
                     .where(schema.clients.c.id == record.id)
-                    .values(status="revoked", revoked_at=time.time())
+                    .values(status="revoked", revoked_at=self._now())
                 )
             await self._revocations.write_subject(conn, subject)
             await self._changes.record(conn, ("client", api_key))
@@ -327,7 +330,7 @@ class ClientRegistry:
             raise ValueError("the overlap must be zero or positive")
         record = await self._changeable(api_key, "active", "disabled")
         secret = new_secret_key("live" if record.environment == "production" else "test")
-        now = time.time()
+        now = self._now()
         ends = now + overlap
         table = schema.client_secrets
         async with self._store.begin() as conn:
@@ -391,7 +394,7 @@ class ClientRegistry:
         """Let a disabled client get new tokens again (those issued before it was disabled stay refused). Returns
         once the disable's cut-off has passed, so the tokens it gets from then on stay valid."""
         record = await self._changeable(api_key, "active", "disabled")
-        await wait_past_cutoff(self._store, f"client:{record.id}")
+        await wait_past_cutoff(self._store, f"client:{record.id}", self._now)
         await self._write(record, {"status": "active"}, cut_tokens=False)
         return await self.get(api_key)
 
@@ -406,7 +409,7 @@ class ClientRegistry:
             await conn.execute(
                 update(schema.clients)
                 .where(schema.clients.c.id == record.id)
-                .values(status="deleted", revoked_at=record.revoked_at or time.time())
+                .values(status="deleted", revoked_at=record.revoked_at or self._now())
             )
             await conn.execute(delete(schema.client_secrets).where(schema.client_secrets.c.client_id == record.id))
             entries = schema.ip_allow_entries
@@ -420,7 +423,7 @@ class ClientRegistry:
         return await self.get(api_key)
 
     async def _write(self, record: ClientRecord, values: dict[str, object], *, cut_tokens: bool) -> None:
-        subject, cut = f"client:{record.id}", cutoff(self._settle)
+        subject, cut = f"client:{record.id}", cutoff(self._now(), self._settle)
         async with self._store.begin() as conn:
             await conn.execute(update(schema.clients).where(schema.clients.c.id == record.id).values(**values))
             if cut_tokens:

@@ -10,7 +10,6 @@ import os
 import re
 import secrets
 import string
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from sqlalchemy import Row, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bankgate.changes import ChangeFeed
+from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Environment
 from bankgate.credentials._cutoff import cutoff, wait_past_cutoff
 from bankgate.credentials.scopes import check_application_ids
@@ -191,8 +191,10 @@ class UserDirectory:
         changes: ChangeFeed | None = None,
         revocations: RevocationList | None = None,
         settle: float = 1.5,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._store = store
+        self._now = clock.now
         self._environment: Environment = environment
         self._passphrase_ttl = passphrase_ttl
         self._hasher = hasher
@@ -218,7 +220,7 @@ class UserDirectory:
             )
         passphrase = new_passphrase()
         passphrase_hash = await asyncio.to_thread(self._hasher.hash, passphrase)
-        now = time.time()
+        now = self._now()
         candidates = [username] if username else [_slug(name)] + [f"{_slug(name)}-{n}" for n in range(2, 100)]
         for candidate in candidates:
             if len(candidate) < 3:
@@ -267,7 +269,7 @@ class UserDirectory:
         user = await self.get(username)
         passphrase = new_passphrase()
         passphrase_hash = await asyncio.to_thread(self._hasher.hash, passphrase)
-        expires = time.time() + self._passphrase_ttl
+        expires = self._now() + self._passphrase_ttl
         async with self._store.begin() as conn:
             await conn.execute(
                 update(schema.users)
@@ -327,7 +329,7 @@ class UserDirectory:
         """Let a disabled user get new tokens again (those issued before it was disabled stay refused). Returns once
         the disable's cut-off has passed, so the tokens it gets from then on stay valid."""
         user = await self._changeable(username, "active", "disabled")
-        await wait_past_cutoff(self._store, f"user:{user.id}")
+        await wait_past_cutoff(self._store, f"user:{user.id}", self._now)
         await self._write(user, {"status": "active"}, cut_tokens=False)
         return await self.get(username)
 
@@ -356,7 +358,7 @@ class UserDirectory:
         return await self.get(username)
 
     async def _write(self, user: UserRecord, values: dict[str, object], *, cut_tokens: bool) -> None:
-        subject, cut = f"user:{user.id}", cutoff(self._settle)
+        subject, cut = f"user:{user.id}", cutoff(self._now(), self._settle)
         async with self._store.begin() as conn:
             await conn.execute(update(schema.users).where(schema.users.c.id == user.id).values(**values))
             if cut_tokens:
@@ -468,7 +470,7 @@ class UserDirectory:
             )
         if not matched:
             raise PassphraseError("wrong_passphrase", WRONG_PASSPHRASE)
-        if user.passphrase_expires_at is not None and time.time() >= user.passphrase_expires_at:
+        if user.passphrase_expires_at is not None and self._now() >= user.passphrase_expires_at:
             raise PassphraseError(
                 "passphrase_expired", "the initial passphrase has expired; ask your integration manager for a new one"
             )
@@ -486,7 +488,7 @@ class UserDirectory:
                 .where(schema.users.c.passphrase_hash == user.passphrase_hash)
                 .values(
                     password_hash=password_hash,
-                    password_changed_at=time.time(),
+                    password_changed_at=self._now(),
                     passphrase_hash=None,
                     passphrase_expires_at=None,
                 )

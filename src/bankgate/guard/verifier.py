@@ -14,13 +14,13 @@ life is checked again on every call: expiry, revocation and the certificate bind
 from __future__ import annotations
 
 import hmac
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import jwt
 
+from bankgate.clock import SYSTEM, Clock
 from bankgate.guard.denylist import RevocationUnavailable
 from bankgate.guard.keys import KeySource
 from bankgate.pki.thumbprints import x5t_s256
@@ -129,8 +129,10 @@ class TokenVerifier:
         revocations: Revocations | None = None,
         leeway: int = 30,
         cache_size: int = 10000,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._keys = keys
+        self._now = clock.now
         self._issuer = issuer
         self._audience = audience
         self._environment = environment
@@ -161,7 +163,7 @@ class TokenVerifier:
                 if len(self._cache) >= self._cache_size:
                     del self._cache[next(iter(self._cache))]
                 self._cache[token] = verified
-        if time.time() > verified.expires_at + self._leeway:
+        if self._now() > verified.expires_at + self._leeway:
             self._cache.pop(token, None)
             raise InvalidToken("the token has expired; get a new one")
         if verified.bound_to is not None:

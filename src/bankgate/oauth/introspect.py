@@ -5,7 +5,6 @@ introspect its own tokens (they all say `active: false`)."""
 from __future__ import annotations
 
 import json
-import time
 
 from bankgate.credentials.clients import ClientRecord
 from bankgate.oauth.endpoint import OAuthEndpoint
@@ -32,7 +31,7 @@ class IntrospectionEndpoint(OAuthEndpoint):
         if (
             claims is not None
             and claims.get("sub") == client.id
-            and claims["exp"] > time.time()
+            and claims["exp"] > runtime.services.clock.now()
             and not await runtime.services.revocations.is_revoked(claims["jti"])
             and not await runtime.services.revocations.subject_revoked(subject_keys(claims), claims.get("iat", 0))
         ):

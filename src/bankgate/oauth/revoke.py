@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from bankgate.credentials.clients import ClientRecord
 from bankgate.oauth.endpoint import OAuthEndpoint
 from bankgate.oauth.errors import JSON_NO_STORE, OAuthError
@@ -27,7 +25,7 @@ class RevocationEndpoint(OAuthEndpoint):
                 "unauthorized_client", "this token was issued to another client; only its owner may revoke it"
             )
         # RFC 7009 §2.2: an invalid, unknown or expired token is answered 200 as well: nothing to revoke.
-        if claims is not None and claims["exp"] > time.time():
+        if claims is not None and claims["exp"] > runtime.services.clock.now():
             added = await runtime.services.revocations.revoke(claims["jti"], client.id, float(claims["exp"]))
             runtime.audit(
                 "token.revoked",

@@ -14,7 +14,6 @@ import base64
 import binascii
 import hashlib
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,8 +121,9 @@ class UserAuthCaches:
 
     @classmethod
     def for_runtime(cls, runtime: Runtime) -> UserAuthCaches:
-        ttl = runtime.settings.client_cache_ttl
-        return cls(TtlCache(ttl), TtlCache(ttl), TtlCache(max(ttl, 60.0), limit=10_000))
+        ttl, clock = runtime.settings.client_cache_ttl, runtime.services.clock
+        return cls(TtlCache(ttl, clock=clock), TtlCache(ttl, clock=clock),
+                   TtlCache(max(ttl, 60.0), limit=10_000, clock=clock), TtlCache(RECHECK_INTERVAL, clock=clock))
 
     def forget_user(self, username: str) -> None:
         """The user changed (password, passphrase, status): the next request reads the record again."""
@@ -274,7 +274,7 @@ async def _authenticate(
             raise _unauthorized("the client certificate was not issued by bankgate", "unknown_certificate")
         if certificate.status != "valid":
             raise _unauthorized("the client certificate has been revoked", "certificate_revoked")
-        if not certificate.usable_at(time.time()):
+        if not certificate.usable_at(runtime.services.clock.now()):
             raise _unauthorized("the client certificate has expired or is not valid yet", "certificate_expired")
     throttle = runtime.services.throttle
     keys = keys_for(credentials.username, source_ip)

@@ -16,7 +16,6 @@ import hashlib
 import ipaddress
 import re
 import secrets
-import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,6 +28,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from bankgate.changes import ChangeFeed
+from bankgate.clock import SYSTEM, Clock
 from bankgate.credentials.users import UserRecord
 from bankgate.pki.authority import (
     CertificateAuthority,
@@ -264,10 +264,12 @@ class CertificateService:
         *,
         changes: ChangeFeed | None = None,
         revocations: RevocationList | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._store = store
         self._vault = vault
         self._environment = environment
+        self._now = clock.now
         self._changes = changes or ChangeFeed(store)
         self._revocations = revocations or RevocationList(store)
         self._authorities: dict[str, CertificateAuthority] = {}
@@ -301,7 +303,7 @@ class CertificateService:
                                 environment=env,
                                 certificate_pem=fresh.certificate_pem,
                                 private_key=self._vault.encrypt(der, context=_ca_context(env)),
-                                created_at=time.time(),
+                                created_at=self._now(),
                             )
                         )
                     authority, created = fresh, True
@@ -331,7 +333,7 @@ class CertificateService:
         environment's CA, for localhost, 127.0.0.1, ::1 and `hostnames`."""
         names = [_check_hostname(h) for h in ["localhost", "127.0.0.1", "::1", *hostnames] if h.strip()]
         authority, _ = await self.ensure_ca()
-        now = dt.datetime.now(dt.UTC)
+        now = dt.datetime.fromtimestamp(self._now(), dt.UTC)
         days = min(SERVER_CERT_DAYS, (authority.not_after - now).days)
         if days < 1:
             raise RuntimeError(f"the {self._environment} CA expires within a day; it cannot sign a server certificate")
@@ -358,7 +360,7 @@ class CertificateService:
                       else "create a new user instead")
             raise ValueError(f"user {user.username} is {user.status}; {advice}")
         authority, _ = await self.ensure_ca(user.environment)
-        now = time.time()
+        now = self._now()
         built = await asyncio.to_thread(_build_client, authority, user, csr_pem, days, key_type, now)
         certificate = built.certificate
         der = certificate.public_bytes(serialization.Encoding.DER)
@@ -463,7 +465,7 @@ class CertificateService:
                 update(table)
                 .where(table.c.serial == record.serial)
                 .where(table.c.status == "valid")
-                .values(status="revoked", revoked_at=time.time())
+                .values(status="revoked", revoked_at=self._now())
             )
             await self._revocations.write_subject(conn, subject)
             await self._changes.record(conn, change)

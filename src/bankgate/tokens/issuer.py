@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
 
+from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Environment
 from bankgate.tokens.jws import CompactSigner
 from bankgate.tokens.keys import KeyRing, NoActiveKey, SigningKey
@@ -49,8 +49,11 @@ class IssuedToken:
 
 
 class TokenIssuer:
-    def __init__(self, keys: KeyRing, *, issuer: str, audience: str, environment: Environment) -> None:
+    def __init__(
+        self, keys: KeyRing, *, issuer: str, audience: str, environment: Environment, clock: Clock = SYSTEM
+    ) -> None:
         self.keys = keys
+        self._now = clock.now
         self.issuer = issuer
         self.audience = audience
         self.environment = environment
@@ -75,7 +78,7 @@ class TokenIssuer:
         """Sign `claims` with the registered ones every token carries: iss, sub, aud, exp, iat, nbf, jti and
         the environment (so a sandbox token is never accepted in production)."""
         key, signer = self._current_signer()
-        now = int(time.time())
+        now = int(self._now())
         jti = base64.urlsafe_b64encode(self._random.take(18)).decode()
         payload: dict[str, Any] = {
             "iss": self.issuer,

@@ -18,13 +18,13 @@ import builtins
 import dataclasses
 import hashlib
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import jwt
 
+from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Algorithm
 
 __all__ = [
@@ -150,7 +150,8 @@ class KeyStore(Protocol):
 class KeyRing:
     """The keys one server process signs with and publishes; refreshed from the store in the background."""
 
-    def __init__(self, keys: list[SigningKey]) -> None:
+    def __init__(self, keys: list[SigningKey], *, clock: Clock = SYSTEM) -> None:
+        self._now = clock.now
         self._withdrawn: set[str] = set()
         self.replace(keys)
 
@@ -162,7 +163,7 @@ class KeyRing:
         active = [k for k in keys if k.retired_at is None]
         if not active:
             raise RuntimeError("no active signing key; run `bankgate init` or `bankgate keys rotate`")
-        now = time.time()
+        now = self._now()
         self.active: SigningKey = max(active, key=lambda k: k.created_at)
         self.by_kid: dict[str, SigningKey] = {k.kid: k for k in keys if k.published_at(now)}
         self.jwks: dict[str, Any] = {"keys": [k.jwk for k in self.by_kid.values()]}

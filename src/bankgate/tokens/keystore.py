@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,6 +19,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from sqlalchemy import select, update
 
 from bankgate.changes import ChangeFeed
+from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Algorithm
 from bankgate.store import Store, schema
 from bankgate.tokens.keys import ALGORITHMS, KEY_CHANGE, KeyRetireError, SigningKey, jwk_thumbprint, public_key_of
@@ -95,8 +95,9 @@ def encryption_context(kid: str) -> bytes:
 class DatabaseKeyStore:
     """Signing keys in the database, private halves encrypted with the vault (`BANKGATE_KEY_STORE=database`)."""
 
-    def __init__(self, store: Store, vault: Vault, *, changes: ChangeFeed | None = None) -> None:
+    def __init__(self, store: Store, vault: Vault, *, changes: ChangeFeed | None = None, clock: Clock = SYSTEM) -> None:
         self._store = store
+        self._now = clock.now
         self._vault = vault
         self._changes = changes
 
@@ -109,7 +110,7 @@ class DatabaseKeyStore:
         Keys already in `known` are reused rather than decrypted and parsed again: loading an RSA key validates
         it, which takes milliseconds, and a server refreshes its keys every few seconds.
         """
-        now = time.time()
+        now = self._now()
         table = schema.signing_keys
         async with self._store.connect() as conn:
             rows = (
@@ -157,7 +158,7 @@ class DatabaseKeyStore:
         der = private.private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        now = time.time()
+        now = self._now()
         table = schema.signing_keys
         async with self._store.begin() as conn:
             await conn.execute(
@@ -180,7 +181,7 @@ class DatabaseKeyStore:
     async def retire(self, kid: str) -> SigningKey:
         """Unpublish `kid` now, recording the change in the same transaction so every process drops it within one
         change-feed sync (this one at once)."""
-        now = time.time()
+        now = self._now()
         table = schema.signing_keys
         async with self._store.begin() as conn:
             row = (await conn.execute(select(table).where(table.c.kid == kid))).mappings().first()

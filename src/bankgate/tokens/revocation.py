@@ -27,6 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bankgate.clock import SYSTEM, Clock
 from bankgate.guard.denylist import DenyList, RevocationUnavailable, subject_keys
 from bankgate.store import Store, schema
 
@@ -52,9 +53,10 @@ class RevocationBatch:
 class RevocationList(DenyList):
     """The server's deny list: `DenyList` in memory, the `revoked_tokens` and `revoked_subjects` tables behind it."""
 
-    def __init__(self, store: Store, *, max_staleness: float = 30.0) -> None:
-        super().__init__(max_staleness=max_staleness, source="the database")
+    def __init__(self, store: Store, *, max_staleness: float = 30.0, clock: Clock = SYSTEM) -> None:
+        super().__init__(max_staleness=max_staleness, source="the database", clock=clock.monotonic)
         self._store = store
+        self._now = clock.now
         self._since = 0.0  # revoked_at of the newest entry seen, minus nothing: SKEW is applied at read time
 
     # -- tokens -------------------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ class RevocationList(DenyList):
         `SKEW` seconds further back so a row written by a process whose clock is behind is not missed."""
         tokens, subjects = schema.revoked_tokens, schema.revoked_subjects
         token_query = select(tokens.c.jti, tokens.c.expires_at, tokens.c.revoked_at).where(
-            tokens.c.expires_at > time.time()
+            tokens.c.expires_at > self._now()
         )
         subject_query = select(subjects.c.subject, subjects.c.not_before, subjects.c.revoked_at)
         if since is not None:
@@ -133,7 +135,7 @@ class RevocationList(DenyList):
         for subject, not_before in batch.subjects:
             self.remember(subject, not_before)
         self._since = max(self._since, batch.newest)
-        self.refreshed()
+        self.refreshed(self._now())
 
     async def purge(self, now: float | None = None) -> int:
         """Forget entries whose tokens have expired anyway."""

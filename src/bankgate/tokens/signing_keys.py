@@ -5,12 +5,12 @@ configured. Every entrance (command line, console) calls these; retiring writes 
 from __future__ import annotations
 
 import builtins
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from bankgate.audit import AuditEvent, AuditLog
+from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Algorithm
 from bankgate.tokens.keys import KeyRetireError, KeyStore, SigningKey
 
@@ -32,8 +32,11 @@ class KeyRetirement:
 
 
 class SigningKeys:
-    def __init__(self, store: KeyStore, audit: AuditLog, *, alg: Algorithm, publish_for: float) -> None:
+    def __init__(
+        self, store: KeyStore, audit: AuditLog, *, alg: Algorithm, publish_for: float, clock: Clock = SYSTEM
+    ) -> None:
         self.store = store
+        self._now = clock.now
         self._audit = audit
         self._alg: Algorithm = alg
         self._publish_for = publish_for
@@ -69,7 +72,7 @@ class SigningKeys:
         configured algorithm, the previous one published as after any rotation unless it is the one retired.
         Audited as `key.retired` (and `key.rotated`), refusals included.
         """
-        now = time.time()
+        now = self._now()
         try:
             if rotate and not any(k.kid == kid and k.published_at(now) for k in await self.store.list()):
                 await self.store.retire(kid)  # refuses, saying why, before anything was rotated
