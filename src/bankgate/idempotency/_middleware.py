@@ -22,7 +22,6 @@ Two ways to hold a key:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable
@@ -41,6 +40,7 @@ from bankgate.idempotency._types import (
     fingerprint,
 )
 from bankgate.outage import DATABASE, REDIS, OutageLog
+from bankgate.web.errors import PROBLEM, HttpError, send_error
 
 __all__ = ["AtomicKey", "IdempotencyMiddleware", "InvalidIdempotencyKey", "atomic_key", "parse_idempotency_key"]
 
@@ -209,16 +209,9 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     return replay_receive
 
 
-async def _problem(send: Send, status: int, title: str, detail: str, *extra: tuple[bytes, bytes]) -> None:
-    """An RFC 9457 problem details response."""
-    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
-    headers = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(body)).encode()),
-        *extra,
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+async def _problem(send: Send, status: int, title: str, detail: str, *, retry_after: int | None = None) -> None:
+    """An RFC 9457 problem details response, by the server's one renderer."""
+    await send_error(send, HttpError(status, title, detail, title=title, retry_after=retry_after), PROBLEM)
 
 
 async def _replay(send: Send, response: StoredResponse) -> None:
@@ -520,7 +513,7 @@ class IdempotencyMiddleware:
         await _problem(
             send, 503, "Idempotency store unavailable",
             f"the request was not processed; retry with the same Idempotency-Key in {_UNAVAILABLE_RETRY} s",
-            (b"retry-after", str(_UNAVAILABLE_RETRY).encode()),
+            retry_after=_UNAVAILABLE_RETRY,
         )
 
     async def _answer(self, send: Send, claim: Claim) -> None:
@@ -538,7 +531,7 @@ class IdempotencyMiddleware:
             await _problem(
                 send, 409, "Request in progress",
                 f"a request with this Idempotency-Key is still being processed; retry in {wait} s with the same key",
-                (b"retry-after", str(wait).encode()),
+                retry_after=wait,
             )
         else:
             raise RuntimeError(f"{self.store!r} answered an incomplete claim: {claim!r}")
