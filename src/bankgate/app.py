@@ -10,7 +10,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bankgate.boundary import ErrorBoundary, defer_to_boundary
 from bankgate.config import Settings
@@ -23,6 +22,7 @@ from bankgate.oauth.revoke import RevocationEndpoint
 from bankgate.oauth.token import TokenEndpoint
 from bankgate.outage import OutageLog
 from bankgate.runtime import Runtime
+from bankgate.web.asgi import ASGIApp, Receive, Scope, Send
 
 __all__ = ["MIDDLEWARE", "BankgateApp", "Middleware", "create_app"]
 

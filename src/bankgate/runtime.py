@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlalchemy import event
 
-from bankgate.audit import AuditEvent, Outcome
 from bankgate.config import Settings
+from bankgate.events import Events, Outcome
 from bankgate.outage import DATABASE, OutageLog, unavailable_service
 from bankgate.services import Services
 from bankgate.tokens.issuer import TokenIssuer
@@ -38,6 +38,8 @@ class Runtime:
         #: Outages of the database and Redis, logged once each with a count (requests, background jobs, audit).
         self.outages = OutageLog(log)
         services.audit.outages = self.outages
+        #: Where the server's events go: the audit writer first; `events.add(sink)` for metrics or tracing.
+        self.events = Events([services.audit])
         self.tokens = TokenIssuer(
             keys, issuer=issuer_url, audience=self.settings.audience, environment=self.settings.environment
         )
@@ -48,6 +50,7 @@ class Runtime:
         from bankgate.guard.local import server_guard
 
         self.guard = server_guard(self)  # every API route authenticates through this one guard
+        self.guard.tell(self.events)
         from bankgate.idempotency import open_store
 
         self.idempotency = open_store(self.settings.idempotency_store, services.store)
@@ -149,4 +152,5 @@ class Runtime:
         source_ip: str | None,
         detail: Mapping[str, Any] | None = None,
     ) -> None:
-        self.services.audit.record(AuditEvent(event, actor, outcome, source_ip, detail or {}))
+        """Tell the sinks that want `event` (the audit writer wants all but the per-request verdicts)."""
+        self.events.channel(event).emit(actor, outcome, source_ip, detail)

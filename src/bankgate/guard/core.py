@@ -14,6 +14,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 
 from bankgate.certheaders import ClientCertificateSource
+from bankgate.events import Channel, Events
 from bankgate.guard.keys import RemoteJWKS
 from bankgate.guard.verifier import InvalidToken, Principal, TokenVerifier, VerifierUnavailable
 from bankgate.net import TrustedProxies
@@ -32,6 +33,7 @@ AllowList = Callable[[Principal, str | None], Awaitable[bool]]
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _MAX_AUTHORIZATION = 16384
 _SEND_BEARER = "send Authorization: Bearer <access token>"
+_UNHEARD = Channel("guard", ())
 
 
 def _quoted(text: str) -> str:
@@ -136,6 +138,7 @@ class Guard:
         basic: BasicAuthenticator | None = None,
         allows: AllowList | None = None,
         realm: str = "bankgate",
+        events: Events | None = None,
     ) -> None:
         self.verifier = verifier
         self.proxies = proxies or TrustedProxies()
@@ -143,6 +146,9 @@ class Guard:
         self.realm = realm
         self._basic = basic
         self._allows = allows
+        self._allowed = self._denied = _UNHEARD
+        if events is not None:
+            self.tell(events)
 
     def __repr__(self) -> str:
         return f"Guard({self.verifier!r}, basic={self._basic is not None})"
@@ -177,6 +183,12 @@ class Guard:
         certs = ClientCertificateSource(proxies, client_cert_header, name=client_cert_header_name)
         return cls(verifier, proxies=proxies, client_certs=certs, realm=realm)
 
+    def tell(self, events: Events) -> None:
+        """Emit every verdict to `events`: `guard.allowed` (actor: the principal's key) and `guard.denied` (the
+        status and error code); free while no sink wants them."""
+        self._allowed = events.channel("guard.allowed")
+        self._denied = events.channel("guard.denied")
+
     @property
     def accepts_basic(self) -> bool:
         return self._basic is not None
@@ -184,33 +196,41 @@ class Guard:
     async def authenticate(self, scope: Scope) -> Principal:
         """The principal `scope`'s credentials speak for; raises GuardError (its challenge set for this guard
         with `err.for_realm(guard.realm, basic=guard.accepts_basic)` before it is sent)."""
-        value = _authorization(scope)
-        if value is not None and value.startswith("Bearer ") and self.verifier.remembers(value[7:]):
-            # The common case, a client reusing its token: already found well-formed, so skip the parsing.
-            parsed: tuple[str, str] | None = ("bearer", value[7:])
-        else:
-            parsed = parse_authorization(value)
-        if parsed is None:
-            how = " (or Basic base64(api_key:secret_key) for Basic clients)" if self._basic else ""
-            raise GuardError(401, None, _SEND_BEARER + how)
-        kind, credentials = parsed
-        if kind == "bearer":
-            try:
-                principal = await self.verifier.verify(credentials, lambda: self.client_certs.der(scope))
-            except InvalidToken as exc:
-                raise GuardError(401, "invalid_token", str(exc)) from None
-            except VerifierUnavailable as exc:
-                raise GuardError(503, "temporarily_unavailable", f"{exc}; retry shortly", retry_after=2) from None
-        else:
-            if self._basic is None:
-                raise GuardError(401, None, "Basic authentication is not accepted here; " + _SEND_BEARER)
-            api_key, secret = decode_basic(credentials)
-            principal = await self._basic(api_key, secret, self.proxies.client_ip(scope))
-        if self._allows is not None:
-            source_ip = self.proxies.client_ip(scope)
-            if not await self._allows(principal, source_ip):
-                raise GuardError(403, "access_denied", f"requests from {source_ip} are not allowed for this "
-                                 f"{principal.kind}; ask your integration manager to allow-list the address")
+        try:
+            value = _authorization(scope)
+            if value is not None and value.startswith("Bearer ") and self.verifier.remembers(value[7:]):
+                # The common case, a client reusing its token: already found well-formed, so skip the parsing.
+                parsed: tuple[str, str] | None = ("bearer", value[7:])
+            else:
+                parsed = parse_authorization(value)
+            if parsed is None:
+                how = " (or Basic base64(api_key:secret_key) for Basic clients)" if self._basic else ""
+                raise GuardError(401, None, _SEND_BEARER + how)
+            kind, credentials = parsed
+            if kind == "bearer":
+                try:
+                    principal = await self.verifier.verify(credentials, lambda: self.client_certs.der(scope))
+                except InvalidToken as exc:
+                    raise GuardError(401, "invalid_token", str(exc)) from None
+                except VerifierUnavailable as exc:
+                    raise GuardError(503, "temporarily_unavailable", f"{exc}; retry shortly", retry_after=2) from None
+            else:
+                if self._basic is None:
+                    raise GuardError(401, None, "Basic authentication is not accepted here; " + _SEND_BEARER)
+                api_key, secret = decode_basic(credentials)
+                principal = await self._basic(api_key, secret, self.proxies.client_ip(scope))
+            if self._allows is not None:
+                source_ip = self.proxies.client_ip(scope)
+                if not await self._allows(principal, source_ip):
+                    raise GuardError(403, "access_denied", f"requests from {source_ip} are not allowed for this "
+                                     f"{principal.kind}; ask your integration manager to allow-list the address")
+        except GuardError as err:
+            if self._denied.sinks:
+                self._denied.emit("anonymous", "failure", self.proxies.client_ip(scope),
+                                  {"status": err.status, "reason": err.code})
+            raise
+        if self._allowed.sinks:
+            self._allowed.emit(principal.key, "success", self.proxies.client_ip(scope), {"kind": principal.kind})
         return principal
 
 

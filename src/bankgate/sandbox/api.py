@@ -151,5 +151,6 @@ def sandbox_app(runtime: Any) -> Any:
         mismatch_status=settings.idempotency_mismatch_status,
         atomic=atomic if joined else None,
         outages=runtime.outages,
+        events=runtime.events,
     )
     return GuardMiddleware(idempotent, guard=runtime.guard)
