@@ -39,7 +39,7 @@ from bankgate.idempotency._types import (
     Write,
     fingerprint,
 )
-from bankgate.outage import DATABASE, REDIS, OutageLog
+from bankgate.outage import DATABASE, REDIS, OutageLog, StoreUnavailable
 from bankgate.web.asgi import ASGIApp, Message, Receive, Scope, Send
 from bankgate.web.errors import PROBLEM, HttpError, send_error
 
@@ -307,11 +307,11 @@ class _Watch:
     Every tick (a third of the lease, at most a second; only while requests are in flight) it renews the lease
     of each claim that has run for a third of a lease since its last renewal, so a long request keeps its key and
     a crashed process loses it after one lease; and it cancels the store calls that passed their deadline, which
-    then end in `TimeoutError`. Registering is a dict entry: short requests cost no timer at all.
+    then end in `StoreUnavailable` (a `TimeoutError`). Registering is a dict entry: short requests cost no timer at all.
     """
 
-    def __init__(self, store: IdempotencyStore, lease: float, timeout: float) -> None:
-        self._store, self._lease, self._timeout = store, lease, timeout
+    def __init__(self, store: IdempotencyStore, lease: float, timeout: float, service: str = DATABASE) -> None:
+        self._store, self._lease, self._timeout, self._service = store, lease, timeout, service
         self._period = min(lease / 3, 1.0, timeout)
         self._running: dict[str, _Running] = {}
         self._calls: dict[asyncio.Task[Any], float] = {}
@@ -362,7 +362,7 @@ class _Watch:
         running.renew_at = loop.time() + self._lease / 3
 
     async def call(self, operation: Awaitable[T], timeout: float | None = None) -> T:
-        """Await a store call; `TimeoutError` once it has taken longer than `timeout` (by default the store
+        """Await a store call; `StoreUnavailable` once it has taken longer than `timeout` (by default the store
         timeout; give or take a tick)."""
         task = asyncio.current_task()
         if task is None:
@@ -377,7 +377,8 @@ class _Watch:
         except asyncio.CancelledError:
             seen = task in self._cut
             if seen and task.uncancel() == 0:
-                raise TimeoutError(f"the idempotency store did not answer within {limit:g} s") from None
+                raise StoreUnavailable(self._service, f"the idempotency store did not answer within {limit:g} s") \
+                    from None
             raise
         finally:
             del self._calls[task]
