@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from bankgate.app import create_app
 from bankgate.config import load_settings
-from bankgate.outage import OutageLog, unavailable_service
+from bankgate.outage import OutageLog, StoreUnavailable, unavailable_service
 from bankgate.services import Services
 from conftest import basic
 
@@ -147,6 +147,15 @@ async def test_an_outage_is_503_with_retry_after_in_each_routes_format(
     assert "secret_hash" not in message and lines[0].exc_info is None
 
 
+async def test_a_store_that_reports_itself_unavailable_is_503_in_each_routes_format(
+    bankgate: Bankgate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _break(bankgate, monkeypatch, StoreUnavailable("database", "the database did not answer within 15 s"))
+    for family, method, path, kwargs in _calls(bankgate):
+        response = await bankgate.http.request(method, path, **kwargs)
+        _assert_format(response, family, 503)
+
+
 async def test_a_defect_is_500_in_each_routes_format_never_text(
     bankgate: Bankgate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -160,6 +169,7 @@ async def test_a_constraint_violation_is_a_defect_not_an_outage() -> None:
     assert unavailable_service(_database_down()) == "database"
     assert unavailable_service(IntegrityError("INSERT", {}, Exception("duplicate key"))) is None
     assert unavailable_service(TimeoutError()) == "database"
+    assert unavailable_service(StoreUnavailable("Redis", "no answer within 15 s")) == "Redis"
     assert unavailable_service(RecursionError()) is None
     import redis
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -10,7 +10,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bankgate.boundary import ErrorBoundary, defer_to_boundary
 from bankgate.clock import SYSTEM, Clock
@@ -25,8 +24,9 @@ from bankgate.oauth.token import TokenEndpoint
 from bankgate.oauth.whoami import WhoAmIEndpoint
 from bankgate.outage import OutageLog
 from bankgate.runtime import Runtime
+from bankgate.web.asgi import ASGIApp, Receive, Scope, Send
 
-__all__ = ["BankgateApp", "create_app"]
+__all__ = ["MIDDLEWARE", "BankgateApp", "Middleware", "create_app"]
 
 
 async def health(request: Request) -> JSONResponse:
@@ -52,20 +52,37 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 _SANDBOX_PREFIXES = ("/api/v1/accounts", "/api/v1/payments")
 _SANDBOX_ROOTS = frozenset({"accounts", "payments"})
 
+#: An outer middleware: given the app inside it, the app to call instead (a Starlette-style middleware class
+#: taking `app` first, or a `functools.partial` of one with its options).
+Middleware = Callable[[ASGIApp], ASGIApp]
+
+#: The server's own outer middleware, outermost first, inside the `ErrorBoundary` and around every route (the
+#: token endpoints and the sandbox, dispatched directly, as much as the Starlette routes): a server-wide
+#: concern (metrics, tracing) is one line here.
+MIDDLEWARE: list[Middleware] = []
+
 
 class BankgateApp:
-    """The Starlette app, with requests to the token endpoints sent to them directly, all behind one
-    `ErrorBoundary` (outages answered 503, defects 500, duplicate Authorization and secrets in URLs 400).
+    """One list of outer ASGI middleware that every request passes, the `ErrorBoundary` first (outages answered
+    503, defects 500, duplicate Authorization and secrets in URLs 400), then `MIDDLEWARE`, then those given to
+    `create_app`; inside them, requests to the token endpoints and the sandbox are sent to them directly, all
+    others to Starlette.
 
     The token endpoints are plain ASGI apps and also registered as Starlette routes (so other methods get a
-    405 and the routing stays in one list); the direct dispatch only skips the framework layers on the hot paths.
+    405 and the routing stays in one list); the direct dispatch only skips the framework layers on the hot paths,
+    never the outer middleware.
     """
 
-    def __init__(self, starlette: Starlette, direct: dict[tuple[str, str], ASGIApp]) -> None:
+    def __init__(
+        self, starlette: Starlette, direct: dict[tuple[str, str], ASGIApp], middleware: Sequence[Middleware] = ()
+    ) -> None:
         self.starlette = starlette
         self.state = starlette.state
         self._direct = direct
-        self._boundary = ErrorBoundary(self._dispatch, self._outages)
+        app: ASGIApp = self._dispatch
+        for wrap in reversed([*MIDDLEWARE, *middleware]):
+            app = wrap(app)
+        self._boundary = ErrorBoundary(app, self._outages)
         self._idle_outages = OutageLog()  # only until the runtime exists
 
     def _outages(self) -> OutageLog:
@@ -90,9 +107,12 @@ class BankgateApp:
         await self.starlette(scope, receive, send)
 
 
-def create_app(settings: Settings, *, issuer: str | None = None, clock: Clock = SYSTEM) -> ASGIApp:
+def create_app(
+    settings: Settings, *, issuer: str | None = None, clock: Clock = SYSTEM, middleware: Sequence[Middleware] = ()
+) -> ASGIApp:
     """The bankgate server. `issuer` defaults to `settings.issuer`, else to http://host:port from settings; `clock`
-    is what it reads the time from (tests pass a `ManualClock`)."""
+    is what it reads the time from (tests pass a `ManualClock`); `middleware` (outermost first) wraps every route,
+    inside the error boundary and after `MIDDLEWARE`."""
     issuer_url = (issuer or settings.issuer_for(settings.host, settings.port)).rstrip("/")
 
     @asynccontextmanager
@@ -130,4 +150,4 @@ def create_app(settings: Settings, *, issuer: str | None = None, clock: Clock = 
             Route("/healthz", health, methods=["GET"]),
         ]
     )
-    return BankgateApp(starlette, direct)
+    return BankgateApp(starlette, direct, middleware)

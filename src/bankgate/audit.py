@@ -11,43 +11,22 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from sqlalchemy import insert, select
 
+from bankgate.events import AuditEvent, EventSink, Outcome
 from bankgate.outage import OutageLog, unavailable_service
 from bankgate.store import Store, schema
 
-__all__ = ["AuditEvent", "AuditLog", "Outcome"]
+__all__ = ["AuditEvent", "AuditLog", "EventSink", "Outcome"]
 
 log = logging.getLogger("bankgate.audit")
 
-Outcome = Literal["success", "failure"]
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEvent:
-    event: str
-    actor: str
-    outcome: Outcome
-    source_ip: str | None = None
-    detail: Mapping[str, Any] = field(default_factory=dict)
-    at: float = field(default_factory=time.time)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "event": self.event,
-            "at": datetime.fromtimestamp(self.at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "actor": self.actor,
-            "source_ip": self.source_ip,
-            "outcome": self.outcome,
-            "detail": dict(self.detail),
-        }
+#: Events said at every request, for metrics and tracing; not kept in the audit trail (they would double its rows
+#: with verdicts that the OAuth and user events already record where they matter).
+VERDICT_PREFIXES = ("guard.", "idempotency.")
 
 
 def _row(event: AuditEvent) -> tuple[Any, ...]:
@@ -60,6 +39,8 @@ _COLUMNS = ("at", "event", "actor", "source_ip", "outcome", "detail")
 
 
 class AuditLog:
+    """The audit writer: the first `EventSink` of the server, wanting every event but the per-request verdicts."""
+
     def __init__(self, store: Store, *, flush_interval: float = 0.25, max_batch: int = 500) -> None:
         self._store = store
         self._flush_interval = flush_interval
@@ -70,6 +51,9 @@ class AuditLog:
         self._insert_sql: str | None = None
         #: Where a database outage is logged (set by the server's Runtime); without one, each failure is logged.
         self.outages: OutageLog | None = None
+
+    def wants(self, event: str) -> bool:
+        return not event.startswith(VERDICT_PREFIXES)
 
     def record(self, event: AuditEvent) -> None:
         """Queue an event (never blocks); written by the background flusher."""

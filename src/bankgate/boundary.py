@@ -15,9 +15,9 @@ guard's RFC 6750 JSON on `/api/v1/whoami`.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -26,9 +26,11 @@ from starlette.responses import Response
 
 from bankgate.guard.core import GuardError
 from bankgate.oauth.errors import OAuthError
-from bankgate.oauth.http import DuplicateHeader, Message, Receive, Scope, Send, respond, single_header
 from bankgate.oauth.userauth import UserAuthError
 from bankgate.outage import OutageLog, unavailable_service
+from bankgate.web.asgi import Message, Receive, Scope, Send
+from bankgate.web.errors import OAUTH, PROBLEM, HttpError, send_error
+from bankgate.web.headers import DuplicateHeader, single_header
 
 __all__ = ["QUERY_SECRETS", "ErrorBoundary"]
 
@@ -51,7 +53,6 @@ QUERY_SECRETS: dict[str, str] = {
 }
 _NAMES = frozenset(name.encode() for name in QUERY_SECRETS)
 _SANDBOX = ("/api/v1/accounts", "/api/v1/payments")
-_PROBLEM_HEADERS = [(b"content-type", b"application/problem+json"), (b"cache-control", b"no-store")]
 
 
 def query_secret(query: bytes) -> str | None:
@@ -70,7 +71,7 @@ def query_secret(query: bytes) -> str | None:
 class _Unanswered(Response):
     """What Starlette's last-resort handler sends: nothing, so the exception reaches the boundary unanswered."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         return None
 
 
@@ -148,23 +149,18 @@ async def _answer(scope: Scope, send: Send, status: int, message: str, *, malfor
     """`status` (400, 500 or 503) with `message`, in the error format of the route `scope` is for (a malformed
     header on the certificate style's routes: the provider's `AuthorizationParseFailure` list)."""
     retry_after = RETRY_AFTER if status == 503 else None
-    family = _family(scope.get("path", ""))
+    path = scope.get("path", "")
+    family = _family(path)
     if malformed_header and family == "sandbox":
         family = "guard"  # the sandbox's credentials are the guard's business: its answer, as for any other
+    code = {400: "invalid_request", 503: "temporarily_unavailable"}.get(status, "server_error")
     if family == "guard":
-        error = {400: "invalid_request", 503: "temporarily_unavailable"}.get(status, "server_error")
-        await GuardError(status, error, message, retry_after=retry_after).send(send)
+        await send_error(send, GuardError(status, code, message, retry_after=retry_after), OAUTH)
     elif family == "user":
-        title = {400: "Bad Request", 503: "Service Unavailable"}.get(status, "Internal Server Error")
-        await UserAuthError(status, title, message, reason="refused", retry_after=retry_after,
-                            parse_failure=malformed_header).send(send, scope["path"])
+        error = UserAuthError(status, HTTPStatus(status).phrase, message, reason="refused", retry_after=retry_after,
+                              parse_failure=malformed_header)
+        await send_error(send, error, PROBLEM, instance=path)
     elif family == "sandbox":
-        title = {400: "Bad Request", 503: "Service Unavailable"}.get(status, "Internal Server Error")
-        body = {"type": "about:blank", "title": title, "status": status, "detail": message}
-        headers = list(_PROBLEM_HEADERS)
-        if retry_after is not None:
-            headers.append((b"retry-after", str(retry_after).encode()))
-        await respond(send, status, json.dumps(body).encode(), headers)
+        await send_error(send, HttpError(status, code, message, retry_after=retry_after), PROBLEM)
     else:
-        error = {400: "invalid_request", 503: "temporarily_unavailable"}.get(status, "server_error")
-        await OAuthError(error, message, status, retry_after=retry_after).send(send)
+        await send_error(send, OAuthError(code, message, status, retry_after=retry_after), OAUTH)

@@ -13,10 +13,20 @@ from dataclasses import dataclass
 
 from sqlalchemy import exc as sa_exc
 
-__all__ = ["OutageLog", "describe", "unavailable_service"]
+__all__ = ["OutageLog", "StoreUnavailable", "describe", "unavailable_service"]
 
 DATABASE = "database"
 REDIS = "Redis"
+
+
+class StoreUnavailable(TimeoutError):
+    """A store that found its backing service unavailable itself (e.g. a call past its deadline) says so with
+    this; a driver's own exception is judged by `unavailable_service`. Either way the server's `ErrorBoundary`
+    answers 503 with `Retry-After`, in the route's format. A `TimeoutError`, for callers that catch those."""
+
+    def __init__(self, service: str, description: str) -> None:
+        super().__init__(description)
+        self.service = service
 
 #: Errors of the database driver that say "the database did not answer", not "this statement is wrong".
 _SQL_DEFECTS = (sa_exc.IntegrityError, sa_exc.DataError, sa_exc.ProgrammingError, sa_exc.NotSupportedError)
@@ -47,10 +57,12 @@ except ImportError:  # pragma: no cover
 def unavailable_service(exc: BaseException) -> str | None:
     """The backing service whose failure `exc` is ("database" or "Redis"), or None when it is a defect.
 
-    The one place that decides what a 503 is: a dropped or refused connection, a timeout, a database shutting
-    down; a constraint violation or a malformed statement stays a defect (500). An exception group counts when
-    every exception in it does.
+    The one place that decides what a 503 is: `StoreUnavailable`, a dropped or refused connection, a timeout, a
+    database shutting down; a constraint violation or a malformed statement stays a defect (500). An exception
+    group counts when every exception in it does.
     """
+    if isinstance(exc, StoreUnavailable):
+        return exc.service
     if isinstance(exc, BaseExceptionGroup):
         services = {unavailable_service(inner) for inner in exc.exceptions}
         return services.pop() if len(services) == 1 else None

@@ -11,11 +11,11 @@ from typing import Any
 
 from sqlalchemy import event
 
-from bankgate.audit import AuditEvent, Outcome
 from bankgate.certheaders import ClientCertificateSource
 from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Settings
 from bankgate.credentials.authenticate import ClientAuthentication
+from bankgate.events import Events, Outcome
 from bankgate.idempotency import open_store
 from bankgate.net import TrustedProxies
 from bankgate.outage import DATABASE, OutageLog, unavailable_service
@@ -41,6 +41,8 @@ class Runtime:
         #: Outages of the database and Redis, logged once each with a count (requests, background jobs, audit).
         self.outages = OutageLog(log)
         services.audit.outages = self.outages
+        #: Where the server's events go: the audit writer first; `events.add(sink)` for metrics or tracing.
+        self.events = Events([services.audit])
         self.tokens = TokenIssuer(
             keys, issuer=issuer_url, audience=self.settings.audience, environment=self.settings.environment,
             clock=services.clock,
@@ -52,6 +54,7 @@ class Runtime:
         #: How every entrance checks a client key pair (throttled); each renders and audits its refusals.
         self.client_auth = ClientAuthentication(services.clients, services.throttle, self.settings.environment)
         self.guard = server_guard(self)  # every API route authenticates through this one guard
+        self.guard.tell(self.events)
         self.idempotency = open_store(self.settings.idempotency_store, services.store)
         self.sandbox: Any = None
         if self.settings.environment == "sandbox":
@@ -177,4 +180,5 @@ class Runtime:
         source_ip: str | None,
         detail: Mapping[str, Any] | None = None,
     ) -> None:
-        self.services.audit.record(AuditEvent(event, actor, outcome, source_ip, detail or {}))
+        """Tell the sinks that want `event` (the audit writer wants all but the per-request verdicts)."""
+        self.events.channel(event).emit(actor, outcome, source_ip, detail)

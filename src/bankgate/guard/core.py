@@ -10,26 +10,24 @@ knows its RFC 6750 answer: 400 `invalid_request`, 401 `invalid_token` with `WWW-
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
 
 import httpx
 
 from bankgate.certheaders import ClientCertificateSource
+from bankgate.events import Channel, Events
 from bankgate.guard.keys import RemoteJWKS
 from bankgate.guard.revocations import FEED_SCOPE, RemoteRevocations
 from bankgate.guard.verifier import InvalidToken, Principal, TokenVerifier, VerifierUnavailable
 from bankgate.net import TrustedProxies
-from bankgate.oauth.http import DuplicateHeader, single_header
+from bankgate.web.asgi import Scope
+from bankgate.web.basic import MalformedBasic, decode_credentials
+from bankgate.web.errors import HttpError
+from bankgate.web.headers import DuplicateHeader, single_header
 
 __all__ = ["BasicAuthenticator", "Guard", "GuardError", "insufficient_scope", "parse_authorization"]
 
-Scope = MutableMapping[str, Any]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 #: (api_key, secret_key, source address) -> Principal, or raise GuardError.
 BasicAuthenticator = Callable[[str, str, str | None], Awaitable[Principal]]
 AllowList = Callable[[Principal, str | None], Awaitable[bool]]
@@ -38,14 +36,17 @@ AllowList = Callable[[Principal, str | None], Awaitable[bool]]
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _MAX_AUTHORIZATION = 16384
 _SEND_BEARER = "send Authorization: Bearer <access token>"
+_UNHEARD = Channel("guard", ())
 
 
 def _quoted(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-class GuardError(Exception):
-    """A refusal, with the status, the spec's error code and a description that says what to do."""
+class GuardError(HttpError):
+    """A refusal, with the status, the spec's error code and a description that says what to do; rendered by
+    `bankgate.web.errors` in RFC 6750 JSON. `error` is None for a request without (usable) credentials: its
+    challenge carries no error code (RFC 6750 §3.1), its body says `invalid_request`."""
 
     def __init__(
         self,
@@ -57,19 +58,21 @@ class GuardError(Exception):
         retry_after: int | None = None,
         scheme: str = "Bearer",
     ) -> None:
-        super().__init__(description)
-        self.status = status
+        super().__init__(status, error or "invalid_request", description, retry_after=retry_after)
         self.error = error
-        self.description = description
         self.scope = scope
-        self.retry_after = retry_after
         self.scheme = scheme
+        self.for_realm("bankgate")
 
     def __repr__(self) -> str:
         return f"GuardError({self.status}, {self.error!r}, {self.description!r})"
 
-    def challenge(self, realm: str, *, basic: bool = False) -> bytes:
-        """The WWW-Authenticate value (RFC 6750 §3): no error code when no credentials were sent at all."""
+    def for_realm(self, realm: str, *, basic: bool = False) -> GuardError:
+        """Set the WWW-Authenticate challenge (RFC 6750 §3) of `realm`, offering Basic too when `basic` and no
+        credentials were sent; sent with a 401, a 403 and a malformed request."""
+        if not (self.status in (401, 403) or self.error == "invalid_request"):
+            self.challenge = None
+            return self
         parts = [f'realm="{_quoted(realm)}"']
         if self.error in ("invalid_request", "invalid_token", "insufficient_scope"):
             parts.append(f'error="{self.error}"')
@@ -79,25 +82,8 @@ class GuardError(Exception):
         challenges = [f"{self.scheme} " + ", ".join(parts)]
         if basic and self.scheme == "Bearer" and self.error is None:
             challenges.append(f'Basic realm="{_quoted(realm)}", charset="UTF-8"')
-        return ", ".join(challenges).encode("latin-1", "replace")
-
-    def headers(self, realm: str, *, basic: bool = False) -> list[tuple[bytes, bytes]]:
-        headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
-        if self.status in (401, 403) or self.error == "invalid_request":
-            headers.append((b"www-authenticate", self.challenge(realm, basic=basic)))
-        if self.retry_after is not None:
-            headers.append((b"retry-after", str(self.retry_after).encode()))
-        return headers
-
-    def body(self) -> bytes:
-        return json.dumps({"error": self.error or "invalid_request", "error_description": self.description}).encode()
-
-    async def send(self, send: Send, realm: str = "bankgate", *, basic: bool = False) -> None:
-        body = self.body()
-        headers = self.headers(realm, basic=basic)
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        self.challenge = ", ".join(challenges).encode("latin-1", "replace")
+        return self
 
 
 def _authorization(scope: Scope) -> str | None:
@@ -134,17 +120,13 @@ def parse_authorization(value: str | None) -> tuple[str, str] | None:
 
 
 def decode_basic(credentials: str) -> tuple[str, str]:
-    """(api_key, secret_key) from base64(api_key:secret_key)."""
+    """(api_key, secret_key) from base64(api_key:secret_key), by the one rule of `bankgate.web.basic` (an empty
+    secret is well-formed: the authenticator refuses it with 401, as any wrong secret)."""
     try:
-        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        raise GuardError(400, "invalid_request", "the Basic credentials are not base64 of UTF-8 text: send "
-                         "base64(api_key:secret_key)", scheme="Basic") from None
-    api_key, colon, secret = decoded.partition(":")
-    if not colon or not api_key or not secret:
-        raise GuardError(400, "invalid_request", "the Basic credentials must be api_key:secret_key",
-                         scheme="Basic")
-    return api_key, secret
+        decoded = decode_credentials(credentials, what="api_key:secret_key")
+    except MalformedBasic as exc:
+        raise GuardError(400, "invalid_request", str(exc), scheme="Basic") from None
+    return decoded.user_id, decoded.secret
 
 
 class Guard:
@@ -159,6 +141,7 @@ class Guard:
         basic: BasicAuthenticator | None = None,
         allows: AllowList | None = None,
         realm: str = "bankgate",
+        events: Events | None = None,
     ) -> None:
         self.verifier = verifier
         self.proxies = proxies or TrustedProxies()
@@ -166,6 +149,9 @@ class Guard:
         self.realm = realm
         self._basic = basic
         self._allows = allows
+        self._allowed = self._denied = _UNHEARD
+        if events is not None:
+            self.tell(events)
 
     def __repr__(self) -> str:
         return f"Guard({self.verifier!r}, basic={self._basic is not None})"
@@ -218,38 +204,54 @@ class Guard:
         certs = ClientCertificateSource(proxies, client_cert_header, name=client_cert_header_name)
         return cls(verifier, proxies=proxies, client_certs=certs, realm=realm)
 
+    def tell(self, events: Events) -> None:
+        """Emit every verdict to `events`: `guard.allowed` (actor: the principal's key) and `guard.denied` (the
+        status and error code); free while no sink wants them."""
+        self._allowed = events.channel("guard.allowed")
+        self._denied = events.channel("guard.denied")
+
     @property
     def accepts_basic(self) -> bool:
         return self._basic is not None
 
     async def authenticate(self, scope: Scope) -> Principal:
-        value = _authorization(scope)
-        if value is not None and value.startswith("Bearer ") and self.verifier.remembers(value[7:]):
-            # The common case, a client reusing its token: already found well-formed, so skip the parsing.
-            parsed: tuple[str, str] | None = ("bearer", value[7:])
-        else:
-            parsed = parse_authorization(value)
-        if parsed is None:
-            how = " (or Basic base64(api_key:secret_key) for Basic clients)" if self._basic else ""
-            raise GuardError(401, None, _SEND_BEARER + how)
-        kind, credentials = parsed
-        if kind == "bearer":
-            try:
-                principal = await self.verifier.verify(credentials, lambda: self.client_certs.der(scope))
-            except InvalidToken as exc:
-                raise GuardError(401, "invalid_token", str(exc)) from None
-            except VerifierUnavailable as exc:
-                raise GuardError(503, "temporarily_unavailable", f"{exc}; retry shortly", retry_after=2) from None
-        else:
-            if self._basic is None:
-                raise GuardError(401, None, "Basic authentication is not accepted here; " + _SEND_BEARER)
-            api_key, secret = decode_basic(credentials)
-            principal = await self._basic(api_key, secret, self.proxies.client_ip(scope))
-        if self._allows is not None:
-            source_ip = self.proxies.client_ip(scope)
-            if not await self._allows(principal, source_ip):
-                raise GuardError(403, "access_denied", f"requests from {source_ip} are not allowed for this "
-                                 f"{principal.kind}; ask your integration manager to allow-list the address")
+        """The principal `scope`'s credentials speak for; raises GuardError (its challenge set for this guard
+        with `err.for_realm(guard.realm, basic=guard.accepts_basic)` before it is sent)."""
+        try:
+            value = _authorization(scope)
+            if value is not None and value.startswith("Bearer ") and self.verifier.remembers(value[7:]):
+                # The common case, a client reusing its token: already found well-formed, so skip the parsing.
+                parsed: tuple[str, str] | None = ("bearer", value[7:])
+            else:
+                parsed = parse_authorization(value)
+            if parsed is None:
+                how = " (or Basic base64(api_key:secret_key) for Basic clients)" if self._basic else ""
+                raise GuardError(401, None, _SEND_BEARER + how)
+            kind, credentials = parsed
+            if kind == "bearer":
+                try:
+                    principal = await self.verifier.verify(credentials, lambda: self.client_certs.der(scope))
+                except InvalidToken as exc:
+                    raise GuardError(401, "invalid_token", str(exc)) from None
+                except VerifierUnavailable as exc:
+                    raise GuardError(503, "temporarily_unavailable", f"{exc}; retry shortly", retry_after=2) from None
+            else:
+                if self._basic is None:
+                    raise GuardError(401, None, "Basic authentication is not accepted here; " + _SEND_BEARER)
+                api_key, secret = decode_basic(credentials)
+                principal = await self._basic(api_key, secret, self.proxies.client_ip(scope))
+            if self._allows is not None:
+                source_ip = self.proxies.client_ip(scope)
+                if not await self._allows(principal, source_ip):
+                    raise GuardError(403, "access_denied", f"requests from {source_ip} are not allowed for this "
+                                     f"{principal.kind}; ask your integration manager to allow-list the address")
+        except GuardError as err:
+            if self._denied.sinks:
+                self._denied.emit("anonymous", "failure", self.proxies.client_ip(scope),
+                                  {"status": err.status, "reason": err.code})
+            raise
+        if self._allowed.sinks:
+            self._allowed.emit(principal.key, "success", self.proxies.client_ip(scope), {"kind": principal.kind})
         return principal
 
 

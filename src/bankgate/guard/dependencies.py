@@ -23,6 +23,7 @@ except ImportError as exc:  # the guard itself needs no framework; these depende
 from bankgate.guard.core import GuardError, insufficient_scope
 from bankgate.guard.middleware import principal_of
 from bankgate.guard.verifier import Principal
+from bankgate.web.errors import OAUTH, render_error
 
 __all__ = ["GuardHTTPException", "require_principal", "require_scope"]
 
@@ -31,8 +32,8 @@ class GuardHTTPException(HTTPException):
     """An HTTPException carrying the RFC 6750 status, description and `WWW-Authenticate` challenge."""
 
     def __init__(self, error: GuardError, realm: str = "bankgate") -> None:
-        headers = {name.decode(): value.decode("latin-1") for name, value in error.headers(realm)
-                   if name != b"content-type"}
+        _, rendered, _ = render_error(error.for_realm(realm), OAUTH)
+        headers = {name.decode(): value.decode("latin-1") for name, value in rendered if name != b"content-type"}
         super().__init__(error.status, error.description, headers=headers)
         self.error = error.error
 

@@ -5,18 +5,15 @@ Starlette and FastAPI). Usable in front of any ASGI app.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from collections.abc import Callable, Iterable
 
 from bankgate.guard.core import Guard, GuardError
 from bankgate.guard.verifier import Principal
+from bankgate.web.asgi import ASGIApp, Receive, Scope, Send
+from bankgate.web.errors import OAUTH, send_error
 
 __all__ = ["GuardMiddleware", "principal_of"]
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def principal_of(scope: Scope) -> Principal | None:
@@ -67,7 +64,7 @@ class GuardMiddleware:
             principal = await guard.authenticate(scope)
         except GuardError as err:
             if not (self._optional and err.status == 401 and err.error is None and _no_credentials(scope)):
-                await err.send(send, guard.realm, basic=guard.accepts_basic)
+                await send_error(send, err.for_realm(guard.realm, basic=guard.accepts_basic), OAUTH)
                 return
         else:
             state = scope.get("state")

@@ -22,15 +22,14 @@ Two ways to hold a key:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bankgate.events import Events
 from bankgate.idempotency._types import (
     MAX_KEY_LENGTH,
     AtomicStore,
@@ -40,7 +39,9 @@ from bankgate.idempotency._types import (
     Write,
     fingerprint,
 )
-from bankgate.outage import DATABASE, REDIS, OutageLog
+from bankgate.outage import DATABASE, REDIS, OutageLog, StoreUnavailable
+from bankgate.web.asgi import ASGIApp, Message, Receive, Scope, Send
+from bankgate.web.errors import PROBLEM, HttpError, send_error
 
 __all__ = ["AtomicKey", "IdempotencyMiddleware", "InvalidIdempotencyKey", "atomic_key", "parse_idempotency_key"]
 
@@ -72,6 +73,9 @@ _RETRYABLE_4XX = frozenset({401, 403, 429})
 _UNCAPTURABLE = ("http.response.pathsend", "http.response.zerocopysend")
 _UNAVAILABLE_RETRY = 1
 _EXAMPLE = "1-255 printable characters, e.g. a UUID"
+#: What became of a keyed request, each told as the event `idempotency.<outcome>`.
+OUTCOMES = ("fresh", "replayed", "mismatch", "in_progress", "store_unavailable")
+_REFUSED = frozenset({"mismatch", "in_progress", "store_unavailable"})
 
 
 class InvalidIdempotencyKey(ValueError):
@@ -209,16 +213,9 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     return replay_receive
 
 
-async def _problem(send: Send, status: int, title: str, detail: str, *extra: tuple[bytes, bytes]) -> None:
-    """An RFC 9457 problem details response."""
-    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
-    headers = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(body)).encode()),
-        *extra,
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+async def _problem(send: Send, status: int, title: str, detail: str, *, retry_after: int | None = None) -> None:
+    """An RFC 9457 problem details response, by the server's one renderer."""
+    await send_error(send, HttpError(status, title, detail, title=title, retry_after=retry_after), PROBLEM)
 
 
 async def _replay(send: Send, response: StoredResponse) -> None:
@@ -310,11 +307,11 @@ class _Watch:
     Every tick (a third of the lease, at most a second; only while requests are in flight) it renews the lease
     of each claim that has run for a third of a lease since its last renewal, so a long request keeps its key and
     a crashed process loses it after one lease; and it cancels the store calls that passed their deadline, which
-    then end in `TimeoutError`. Registering is a dict entry: short requests cost no timer at all.
+    then end in `StoreUnavailable` (a `TimeoutError`). Registering is a dict entry: short requests cost no timer at all.
     """
 
-    def __init__(self, store: IdempotencyStore, lease: float, timeout: float) -> None:
-        self._store, self._lease, self._timeout = store, lease, timeout
+    def __init__(self, store: IdempotencyStore, lease: float, timeout: float, service: str = DATABASE) -> None:
+        self._store, self._lease, self._timeout, self._service = store, lease, timeout, service
         self._period = min(lease / 3, 1.0, timeout)
         self._running: dict[str, _Running] = {}
         self._calls: dict[asyncio.Task[Any], float] = {}
@@ -365,7 +362,7 @@ class _Watch:
         running.renew_at = loop.time() + self._lease / 3
 
     async def call(self, operation: Awaitable[T], timeout: float | None = None) -> T:
-        """Await a store call; `TimeoutError` once it has taken longer than `timeout` (by default the store
+        """Await a store call; `StoreUnavailable` once it has taken longer than `timeout` (by default the store
         timeout; give or take a tick)."""
         task = asyncio.current_task()
         if task is None:
@@ -380,7 +377,8 @@ class _Watch:
         except asyncio.CancelledError:
             seen = task in self._cut
             if seen and task.uncancel() == 0:
-                raise TimeoutError(f"the idempotency store did not answer within {limit:g} s") from None
+                raise StoreUnavailable(self._service, f"the idempotency store did not answer within {limit:g} s") \
+                    from None
             raise
         finally:
             del self._calls[task]
@@ -414,6 +412,8 @@ class IdempotencyMiddleware:
       must be an `AtomicStore`, e.g. `SqlIdempotencyStore` on the database the handler writes to).
     * `outages`: where an unreachable store is logged, once per outage with a count (`bankgate.outage`); by
       default a log of this layer's own.
+    * `events`: where the outcome of each keyed request is told (`idempotency.fresh`, `.replayed`, `.mismatch`,
+      `.in_progress`, `.store_unavailable`; actor: the key's principal); free while no sink wants them.
 
     Responses below 500 are stored and replayed (except 401, 403 and 429: the request did not run); a 5xx response
     or an exception releases the key, so the retry runs again. When the store cannot be reached the request is
@@ -435,6 +435,7 @@ class IdempotencyMiddleware:
         store_timeout: float = 15.0,
         atomic: Callable[[Scope], bool] | None = None,
         outages: OutageLog | None = None,
+        events: Events | None = None,
     ) -> None:
         if retention <= 0 or lease <= 0 or store_timeout <= 0:
             raise ValueError("retention, lease and store_timeout are positive numbers of seconds")
@@ -457,8 +458,16 @@ class IdempotencyMiddleware:
         self.atomic = atomic
         self._watch = _Watch(store, lease, store_timeout)
         self.outages = outages or OutageLog(logger)
+        told = events or Events()
+        self._channels = {outcome: told.channel(f"idempotency.{outcome}") for outcome in OUTCOMES}
         # The store's name in the outage log: a timeout does not say which service it waited for.
         self._service = REDIS if "redis" in type(store).__module__ else DATABASE
+
+    def _tell(self, outcome: str, scope: Scope) -> None:
+        channel = self._channels[outcome]
+        if channel.sinks:
+            channel.emit(self.principal_of(scope) or _anonymous(scope),
+                         "failure" if outcome in _REFUSED else "success", None, {"target": _target(scope)})
 
     def _is_required(self, scope: Scope) -> bool:
         return self.required(scope) if callable(self.required) else bool(self.required)
@@ -511,20 +520,24 @@ class IdempotencyMiddleware:
         self.outages.reachable(self._service)
 
         if claim.outcome == "claimed" and claim.owner is not None:
+            self._tell("fresh", scope)
             await self._run(scope, receive, send, body, principal, key, claim.owner)
         else:
-            await self._answer(send, claim)
+            await self._answer(scope, send, claim)
 
     async def _unavailable(self, scope: Scope, send: Send, exc: Exception) -> None:
         self.outages.refused(self._service, exc)
+        self._tell("store_unavailable", scope)
         await _problem(
             send, 503, "Idempotency store unavailable",
             f"the request was not processed; retry with the same Idempotency-Key in {_UNAVAILABLE_RETRY} s",
-            (b"retry-after", str(_UNAVAILABLE_RETRY).encode()),
+            retry_after=_UNAVAILABLE_RETRY,
         )
 
-    async def _answer(self, send: Send, claim: Claim) -> None:
+    async def _answer(self, scope: Scope, send: Send, claim: Claim) -> None:
         """The answer to a request whose key was not free: the first response, 422 (or 409) or 409."""
+        if claim.outcome in ("completed", "mismatch", "in_progress"):
+            self._tell("replayed" if claim.outcome == "completed" else claim.outcome, scope)
         if claim.outcome == "completed" and claim.response is not None:
             await _replay(send, claim.response)
         elif claim.outcome == "mismatch":
@@ -538,7 +551,7 @@ class IdempotencyMiddleware:
             await _problem(
                 send, 409, "Request in progress",
                 f"a request with this Idempotency-Key is still being processed; retry in {wait} s with the same key",
-                (b"retry-after", str(wait).encode()),
+                retry_after=wait,
             )
         else:
             raise RuntimeError(f"{self.store!r} answered an incomplete claim: {claim!r}")
@@ -582,8 +595,10 @@ class IdempotencyMiddleware:
                 raise
             await self._unavailable(scope, send, exc)  # the commit failed: nothing was written
             return
-        if atomic.outcome is not None and atomic.outcome.outcome != "claimed" and not answered:
-            await self._answer(send, atomic.outcome)
+        if atomic.outcome is not None and atomic.outcome.outcome == "claimed":
+            self._tell("fresh", scope)
+        elif atomic.outcome is not None and not answered:
+            await self._answer(scope, send, atomic.outcome)
 
     async def _settle_held(self, scope: Scope, send: Send, atomic: AtomicKey, held: list[Message]) -> None:
         start = next((m for m in held if m["type"] == "http.response.start"), None)
@@ -601,7 +616,7 @@ class IdempotencyMiddleware:
                 self.outages.failed(self._service, exc)
             else:
                 if claim.outcome != "claimed":
-                    await self._answer(send, claim)
+                    await self._answer(scope, send, claim)
                     return
         for message in held:
             await send(message)

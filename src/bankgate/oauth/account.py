@@ -20,6 +20,8 @@ from bankgate.oauth.request import read_params
 from bankgate.oauth.userauth import UserAuthError, authenticate_user
 from bankgate.runtime import Runtime
 from bankgate.throttle import keys_for
+from bankgate.web.errors import PROBLEM, send_error
+from bankgate.web.headers import JSON_NO_STORE, NO_STORE
 
 __all__ = ["CertificateDownloadEndpoint", "CertificateListEndpoint", "PasswordResetEndpoint"]
 
@@ -29,7 +31,6 @@ _NOT_RECOGNISED = (
     "the username or initial passphrase is wrong; if you reset it already, use your password, or ask your "
     "integration manager for a new passphrase"
 )
-_JSON = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
 
 class _AccountEndpoint:
@@ -47,7 +48,7 @@ class _AccountEndpoint:
         except UserAuthError as err:
             actor = username if USERNAME.fullmatch(username) else err.actor
             runtime.audit(self.event, actor, "failure", source_ip, {"reason": err.reason})
-            await err.send(send, scope.get("path", ""))
+            await send_error(send, err, PROBLEM, instance=scope.get("path", ""))
         # Anything else (the database down: 503; a defect: 500) is answered by the app's ErrorBoundary.
 
     async def handle(
@@ -102,7 +103,7 @@ class PasswordResetEndpoint(_AccountEndpoint):
             "password_changed_at": int(user.password_changed_at or 0),
             "certificates": f"/api/v1/users/{user.username}/certificates",
         }
-        await respond(send, 200, orjson.dumps(body), _JSON)
+        await respond(send, 200, orjson.dumps(body), JSON_NO_STORE)
 
 
 def _certificate_json(certificate: Any, username: str) -> dict[str, Any]:
@@ -130,7 +131,7 @@ class CertificateListEndpoint(_AccountEndpoint):
             raise UserAuthError(403, "Forbidden", "a user may list only their own certificates", reason="other_user")
         certificates = await runtime.services.pki.list_for_user(user.id)
         body = {"certificates": [_certificate_json(c, user.username) for c in certificates]}
-        await respond(send, 200, json.dumps(body).encode(), _JSON)
+        await respond(send, 200, json.dumps(body).encode(), JSON_NO_STORE)
 
 
 class CertificateDownloadEndpoint(_AccountEndpoint):
@@ -154,7 +155,7 @@ class CertificateDownloadEndpoint(_AccountEndpoint):
                       {"serial": certificate.serial, "thumbprint": certificate.thumbprint})
         if "application/json" in (header(scope, b"accept") or ""):
             body = {**_certificate_json(certificate, user.username), "certificate_pem": certificate.certificate_pem}
-            await respond(send, 200, json.dumps(body).encode(), _JSON)
+            await respond(send, 200, json.dumps(body).encode(), JSON_NO_STORE)
             return
         await respond(
             send,
@@ -164,6 +165,6 @@ class CertificateDownloadEndpoint(_AccountEndpoint):
                 (b"content-type", b"application/x-pem-file"),
                 (b"content-disposition", f'attachment; filename="{certificate.serial}.crt.pem"'.encode()),
                 (b"x-certificate-thumbprint", certificate.thumbprint.encode()),
-                (b"cache-control", b"no-store"),
+                *NO_STORE,
             ],
         )

@@ -13,10 +13,11 @@ import orjson
 from bankgate.oauth.http import Receive, Scope, Send, respond
 from bankgate.oauth.userauth import UserAuthError, authenticate_user
 from bankgate.runtime import Runtime
+from bankgate.web.errors import PROBLEM, send_error
+from bankgate.web.headers import JSON_NO_STORE
 
 __all__ = ["AuthorizeEndpoint"]
 
-_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
 #: The seed's tokens say `"ver": "1.0"`.
 TOKEN_VERSION = "1.0"  # noqa: S105 - a version, not a password
 
@@ -60,7 +61,7 @@ class AuthorizeEndpoint:
         except UserAuthError as err:
             runtime.audit("token.denied", err.actor if actor == "anonymous" else actor, "failure", source_ip,
                           {"style": "certificate", "reason": err.reason, "thumbprint": err.thumbprint or thumbprint})
-            await err.send(send, scope.get("path", ""))
+            await send_error(send, err, PROBLEM, instance=scope.get("path", ""))
             return
         runtime.audit(
             "token.issued",
@@ -71,4 +72,4 @@ class AuthorizeEndpoint:
              "kid": issued.kid},
         )
         body = orjson.dumps({"access_token": issued.access_token, "expires_in": str(issued.expires_in)})
-        await respond(send, 200, body, _HEADERS)
+        await respond(send, 200, body, JSON_NO_STORE)

@@ -14,6 +14,7 @@ from bankgate.oauth.errors import OAuthError
 from bankgate.oauth.http import Receive, Scope, Send, header
 from bankgate.oauth.request import Params, client_credentials, read_params
 from bankgate.runtime import Runtime
+from bankgate.web.errors import OAUTH, send_error
 
 __all__ = ["OAuthEndpoint"]
 
@@ -52,7 +53,7 @@ class OAuthEndpoint:
         except OAuthError as err:
             runtime.audit(self.denied_event, actor, "failure", source_ip,
                           {"reason": err.audit_reason, "error": err.error})
-            await err.send(send)
+            await send_error(send, err, OAUTH)
         # Anything else (the database down: 503; a defect: 500) is answered by the app's ErrorBoundary.
 
     @staticmethod

@@ -1,23 +1,16 @@
-"""RFC 6749 §5.2 error responses, spelled as the spec spells them."""
+"""RFC 6749 §5.2 error responses, spelled as the spec spells them; rendered by `bankgate.web.errors`."""
 
 from __future__ import annotations
 
-import json
-
-from bankgate.oauth.http import Send, respond
+from bankgate.web.errors import BASIC_CHALLENGE, HttpError
+from bankgate.web.headers import JSON_NO_STORE
 
 __all__ = ["JSON_NO_STORE", "OAuthError"]
 
-#: Token responses and errors must not be cached (RFC 6749 §5.1).
-JSON_NO_STORE = [
-    (b"content-type", b"application/json"),
-    (b"cache-control", b"no-store"),
-    (b"pragma", b"no-cache"),
-]
-_BASIC_CHALLENGE = (b"www-authenticate", b'Basic realm="bankgate", charset="UTF-8"')
 
+class OAuthError(HttpError):
+    """An OAuth refusal: `error` is the RFC 6749 code; a 401 carries the Basic challenge (RFC 6749 §5.2)."""
 
-class OAuthError(Exception):
     def __init__(
         self,
         error: str,
@@ -27,21 +20,16 @@ class OAuthError(Exception):
         audit_reason: str | None = None,
         retry_after: int | None = None,
     ) -> None:
-        super().__init__(f"{error}: {description}")
-        self.error = error
-        self.description = description
-        self.status = status
+        super().__init__(status, error, description, retry_after=retry_after,
+                         challenge=BASIC_CHALLENGE if status == 401 else None)
         self.audit_reason = audit_reason or error
-        self.retry_after = retry_after
 
-    async def send(self, send: Send) -> None:
-        headers = list(JSON_NO_STORE)
-        if self.status == 401:
-            headers.append(_BASIC_CHALLENGE)
-        if self.retry_after is not None:
-            headers.append((b"retry-after", str(self.retry_after).encode()))
-        body = json.dumps({"error": self.error, "error_description": self.description}).encode()
-        await respond(send, self.status, body, headers)
+    @property
+    def error(self) -> str:
+        return self.code
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.description}"
 
     @classmethod
     def invalid_request(cls, description: str, *, reason: str = "invalid_request") -> OAuthError:

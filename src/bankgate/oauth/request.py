@@ -6,17 +6,16 @@ are read; a parameter given twice with different values is refused (RFC 6749 §3
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 from bankgate.oauth.errors import OAuthError
 from bankgate.oauth.http import BodyTooLarge, Receive, Scope, header, read_body
 from bankgate.oauth.registry import ClientAuthRegistry
+from bankgate.web.basic import MalformedBasic, NotBasic, parse_basic
 
 __all__ = ["CLIENT_AUTH", "ClientCredentials", "ClientSecretBasic", "ClientSecretPost", "Params", "client_credentials",
            "read_params"]
@@ -125,27 +124,18 @@ async def read_params(scope: Scope, receive: Receive, max_bytes: int) -> Params:
 
 
 def _parse_basic(authorization: str) -> ClientCredentials:
-    scheme, _, encoded = authorization.strip().partition(" ")
-    if scheme.lower() != "basic":
+    """A client's key pair from its Basic header, by the one rule of `bankgate.web.basic`."""
+    try:
+        credentials = parse_basic(authorization, what="api_key:secret_key")
+    except NotBasic as exc:
         raise OAuthError.invalid_client(
-            f"the {scheme[:20] or 'empty'} authentication scheme is not accepted here: send "
+            f"the {exc.scheme or 'empty'} authentication scheme is not accepted here: send "
             "Authorization: Basic base64(api_key:secret_key)",
             reason="unsupported_auth_scheme",
-        )
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, ValueError) as exc:
-        raise OAuthError.invalid_request(
-            "the Basic credentials are not base64 of UTF-8 text: send base64(api_key:secret_key)",
-            reason="malformed_basic",
-        ) from exc
-    api_key, colon, secret = decoded.partition(":")
-    if not colon or not api_key:
-        raise OAuthError.invalid_request(
-            "the Basic credentials must be api_key:secret_key, separated by a colon", reason="malformed_basic"
-        )
-    # RFC 6749 §2.3.1: both parts are form-urlencoded before base64 (a no-op for bankgate's own keys).
-    return ClientCredentials(unquote(api_key), unquote(secret))
+        ) from None
+    except MalformedBasic as exc:
+        raise OAuthError.invalid_request(str(exc), reason="malformed_basic") from None
+    return ClientCredentials(credentials.user_id, credentials.secret)
 
 
 class ClientSecretBasic:

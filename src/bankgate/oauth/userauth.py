@@ -10,27 +10,23 @@ answers and their timing say nothing about which usernames exist.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from bankgate.cache import TtlCache
 from bankgate.credentials.users import USERNAME, UserRecord
-from bankgate.oauth.http import Scope, Send, header, respond
+from bankgate.oauth.http import Scope, header
 from bankgate.runtime import Runtime
 from bankgate.throttle import keys_for
+from bankgate.web.basic import MalformedBasic, NotBasic, parse_basic
+from bankgate.web.errors import BANKING, BASIC_CHALLENGE, HttpError
 
 __all__ = ["AuthenticatedUser", "UserAuthError", "UserCredentials", "authenticate_user", "parse_user_basic"]
 
-_PROBLEM = (b"content-type", b"application/problem+json")
-_NO_STORE = (b"cache-control", b"no-store")
-
-
-class UserAuthError(Exception):
-    """A refusal, answered as RFC 7807 problem details (or, for a malformed header, the provider's `errors` list)."""
+class UserAuthError(HttpError):
+    """A refusal, answered as RFC 9457 problem details (or, for a malformed header, the provider's `errors` list);
+    `reason` is for the audit trail only."""
 
     def __init__(
         self,
@@ -42,33 +38,24 @@ class UserAuthError(Exception):
         retry_after: float | None = None,
         parse_failure: bool = False,
     ) -> None:
-        super().__init__(detail)
+        super().__init__(
+            status,
+            "AuthorizationParseFailure" if parse_failure else reason,
+            detail,
+            title=title,
+            retry_after=retry_after,
+            challenge=BASIC_CHALLENGE if status == 401 else None,
+            format=BANKING if parse_failure else None,
+        )
         #: Who and which certificate, as far as known when the request was refused (for the audit trail).
         self.actor = "anonymous"
         self.thumbprint: str | None = None
-        self.status = status
-        self.title = title
-        self.detail = detail
         self.reason = reason
-        self.retry_after = retry_after
         self.parse_failure = parse_failure
 
-    async def send(self, send: Send, instance: str) -> None:
-        headers = [_NO_STORE]
-        if self.parse_failure:
-            body: dict[str, Any] = {
-                "errors": [{"errorCode": "AuthorizationParseFailure", "errorDescription": self.detail}]
-            }
-            headers.append((b"content-type", b"application/json"))
-        else:
-            body = {"type": "about:blank", "title": self.title, "status": self.status, "detail": self.detail,
-                    "instance": instance}
-            headers.append(_PROBLEM)
-        if self.status == 401:
-            headers.append((b"www-authenticate", b'Basic realm="bankgate", charset="UTF-8"'))
-        if self.retry_after is not None:
-            headers.append((b"retry-after", str(max(1, round(self.retry_after))).encode()))
-        await respond(send, self.status, json.dumps(body).encode(), headers)
+    @property
+    def detail(self) -> str:
+        return self.description
 
 
 def _unauthorized(detail: str, reason: str) -> UserAuthError:
@@ -90,21 +77,19 @@ class UserCredentials:
 
 
 def parse_user_basic(authorization: str | None) -> UserCredentials:
+    """The user's Basic credentials, by the one rule of `bankgate.web.basic` (an empty password is well-formed and
+    fails as a wrong one)."""
     if not authorization:
         raise _unauthorized(
             "no credentials: send Authorization: Basic base64(username:password)", "no_credentials"
         )
-    scheme, _, encoded = authorization.strip().partition(" ")
-    if scheme.lower() != "basic" or not encoded.strip():
-        raise _parse_failure("the Authorization header must be Basic base64(username:password)")
     try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        raise _parse_failure("the Basic credentials are not base64 of UTF-8 text") from None
-    username, colon, password = decoded.partition(":")
-    if not colon or not username:
-        raise _parse_failure("the Basic credentials must be username:password, separated by a colon")
-    return UserCredentials(username, password)
+        credentials = parse_basic(authorization, what="username:password")
+    except NotBasic:
+        raise _parse_failure("the Authorization header must be Basic base64(username:password)") from None
+    except MalformedBasic as exc:
+        raise _parse_failure(str(exc)) from None
+    return UserCredentials(credentials.user_id, credentials.secret)
 
 
 @dataclass(slots=True)

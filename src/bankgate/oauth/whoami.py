@@ -10,6 +10,8 @@ import json
 from bankgate.guard.core import GuardError
 from bankgate.oauth.http import Receive, Scope, Send, respond
 from bankgate.runtime import Runtime
+from bankgate.web.errors import OAUTH, send_error
+from bankgate.web.headers import JSON_NO_STORE
 
 __all__ = ["WhoAmIEndpoint"]
 
@@ -24,8 +26,7 @@ class WhoAmIEndpoint:
         try:
             principal = await guard.authenticate(scope)
         except GuardError as err:
-            await err.send(send, guard.realm, basic=guard.accepts_basic)
+            await send_error(send, err.for_realm(guard.realm, basic=guard.accepts_basic), OAUTH)
             return
         body = {**principal.as_json(), "source_ip": runtime.proxies.client_ip(scope)}
-        await respond(send, 200, json.dumps(body).encode(),
-                      [(b"content-type", b"application/json"), (b"cache-control", b"no-store")])
+        await respond(send, 200, json.dumps(body).encode(), JSON_NO_STORE)

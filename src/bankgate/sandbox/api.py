@@ -23,18 +23,25 @@ from starlette.types import Scope
 from bankgate.guard import GuardMiddleware, Principal, insufficient_scope, principal_of
 from bankgate.idempotency import AtomicStore, IdempotencyMiddleware, atomic_key
 from bankgate.sandbox.payments import DUPLICATE, FieldError, KeyReused, PaymentBook, PaymentRecord, validate_order
+from bankgate.web.errors import OAUTH, PROBLEM, ErrorFormat, HttpError, render_error
 
-__all__ = ["PAYMENTS_PATH", "account_for", "sandbox_app"]
+__all__ = ["PAYMENTS_PATH", "account_for", "error_response", "sandbox_app"]
 
 PAYMENTS_PATH = "/api/v1/payments"
 ACCOUNTS_PATH = "/api/v1/accounts"
-PROBLEM = "application/problem+json"
+
+
+def error_response(error: HttpError, route_format: ErrorFormat = PROBLEM) -> Response:
+    """`error` as a Starlette response, rendered by the server's one renderer."""
+    status, headers, body = render_error(error, route_format)
+    response = Response(body, status)
+    response.raw_headers = [*headers, (b"content-length", str(len(body)).encode())]
+    return response
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
     """An RFC 9457 problem response."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    return Response(json.dumps(body), status, media_type=PROBLEM)
+    return error_response(HttpError(status, title, detail, title=title, extra=extra or None))
 
 
 def _iban(application_id: str) -> str:
@@ -80,9 +87,7 @@ class SandboxApi:
         if isinstance(order, list):
             return self._invalid(order)
         if not principal.has_scope(order.application_id):
-            err = insufficient_scope(principal, order.application_id)
-            return Response(err.body(), err.status, headers={k.decode(): v.decode("latin-1")
-                                                             for k, v in err.headers("bankgate")})
+            return error_response(insufficient_scope(principal, order.application_id), OAUTH)
         key = request.scope.get("state", {}).get("idempotency_key")
         atomic = atomic_key(request.scope)
         if atomic is not None:
@@ -149,5 +154,6 @@ def sandbox_app(runtime: Any) -> Any:
         mismatch_status=settings.idempotency_mismatch_status,
         atomic=atomic if joined else None,
         outages=runtime.outages,
+        events=runtime.events,
     )
     return GuardMiddleware(idempotent, guard=runtime.guard)
