@@ -271,3 +271,10 @@ async def test_a_key_retired_elsewhere_is_refused_within_one_change_feed_sync(
         assert await server.introspect(client, token) == {"active": False}
         fresh = await server.token(client)
         assert _kid(fresh) == done.rotated_to.kid and (await server.whoami(fresh)).status_code == 200
+
+
+def test_no_active_key_between_a_retirement_and_the_reload_is_answered_as_an_outage() -> None:
+    from bankgate.outage import unavailable_service
+    from bankgate.tokens.keys import NoActiveKey
+
+    assert unavailable_service(NoActiveKey("the active signing key was retired")) == "signing keys"

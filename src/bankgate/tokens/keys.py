@@ -26,6 +26,7 @@ import jwt
 
 from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Algorithm
+from bankgate.outage import StoreUnavailable
 
 __all__ = [
     "ALGORITHMS",
@@ -122,8 +123,12 @@ class KeyRetireError(ValueError):
         self.reason = reason
 
 
-class NoActiveKey(RuntimeError):
-    """Nothing may sign right now: the active key was retired and the new one is not loaded yet."""
+class NoActiveKey(StoreUnavailable):
+    """Nothing may sign right now: the active key was retired and the new one is not loaded yet. A passing state
+    (the ring reloads within milliseconds), so the boundary answers it like an outage: 503 with `Retry-After`."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__("signing keys", description)
 
 
 class KeyStore(Protocol):
