@@ -17,10 +17,10 @@ SERVER_PACKAGES = ("sqlalchemy", "alembic", "argon2", "typer", "uvicorn", "pydan
                    "redis", "aiosqlite", "asyncpg", "orjson", "starlette", "fastapi")
 #: The bankgate modules a guard may load; anything else (store, config, runtime, services, the endpoints) is the
 #: server. `bankgate.oauth.http` and `bankgate.web` are dependency-free ASGI helpers, `bankgate.clock` the
-#: standard library's clocks.
+#: standard library's clocks, `bankgate.events` the event sinks the guard tells its verdicts.
 GUARD_MODULES = ("bankgate", "bankgate.guard", "bankgate.certheaders", "bankgate.net", "bankgate.pki",
                  "bankgate.pki.thumbprints", "bankgate.oauth", "bankgate.oauth.http", "bankgate.web",
-                 "bankgate.clock")
+                 "bankgate.clock", "bankgate.events")
 
 
 def _loaded_after(code: str) -> dict[str, list[str]]:

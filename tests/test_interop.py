@@ -47,6 +47,7 @@ def _strict_client(node: str, base_url: str, client: dict[str, Any]) -> subproce
     return subprocess.run([node, str(SCRIPT)], capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
+@pytest.mark.real_server  # node speaks to it over a socket
 def test_a_strict_rfc_6749_client_gets_a_token_with_status_200_and_fails_on_201(server_factory: Any) -> None:
     node = _node()
     strict = server_factory({"BANKGATE_TOKEN_STATUS": "200"})
