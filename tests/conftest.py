@@ -36,6 +36,12 @@ POSTGRES_URL = os.environ.get("BANKGATE_TEST_POSTGRES_URL", "postgresql://postgr
 REDIS_URL = os.environ.get("BANKGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# argon2id at OWASP's floor (what production accepts at least) instead of the 64 MiB default: the suite hashes
+# hundreds of passwords. Set here, so real `bankgate serve` processes and in-process CLI calls inherit it.
+os.environ.setdefault("BANKGATE_PASSWORD_HASH_MEMORY_KIB", "19456")
+os.environ.setdefault("BANKGATE_PASSWORD_HASH_TIME_COST", "2")
+os.environ.setdefault("BANKGATE_PASSWORD_HASH_PARALLELISM", "1")
+
 
 def _service_unavailable(what: str, why: str) -> None:
     message = f"{what} is not reachable ({why}); set BANKGATE_TEST_POSTGRES_URL/BANKGATE_TEST_REDIS_URL"

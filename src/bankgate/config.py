@@ -10,7 +10,7 @@ import difflib
 import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -26,7 +26,12 @@ __all__ = ["Algorithm", "Environment", "Settings", "UnknownSettingError", "liste
 Environment = Literal["sandbox", "production"]
 Algorithm = Literal["RS256", "ES256", "EdDSA"]
 
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
+
 DEFAULT_DATA_DIR = ".bankgate"
+#: OWASP's floor for argon2id (19 MiB, 2 passes): below it `production` refuses to start.
+PRODUCTION_HASH_MEMORY_KIB = 19456
 
 
 class Settings(BaseSettings):
@@ -69,6 +74,13 @@ class Settings(BaseSettings):
     audit_flush_interval: float = Field(default=0.25, gt=0, le=10)
     m2m_token_ttl: int = Field(default=300, ge=30, le=86400, description="Lifetime of certificate-bound tokens.")
     passphrase_ttl: float = Field(default=7 * 86400, gt=0, description="Seconds an initial passphrase stays valid.")
+    # -- argon2id for M2M users' passwords and passphrases (RFC 9106); argon2-cffi's defaults --
+    password_hash_time_cost: int = Field(default=3, ge=1, le=20, description="argon2id passes over memory.")
+    password_hash_memory_kib: int = Field(
+        default=65536, ge=64, le=4 * 1024 * 1024, description="argon2id memory per hash, in KiB (64 MiB by default). "
+        "In production at least 19456 KiB with 2 passes (OWASP's floor)."
+    )
+    password_hash_parallelism: int = Field(default=4, ge=1, le=16, description="argon2id lanes per hash.")
     client_cert_header: Literal["nginx", "envoy", "traefik", "alb", "caddy"] | None = Field(
         default=None, description="The header a trusted TLS-terminating proxy forwards the client certificate in."
     )
@@ -208,7 +220,23 @@ class Settings(BaseSettings):
     def _check_issuer(self) -> Settings:
         if self.issuer is not None and not self.issuer.startswith(("http://", "https://")):
             raise ValueError(f"issuer {self.issuer!r} must be an http:// or https:// URL")
+        if self.environment == "production" and (
+            self.password_hash_memory_kib < PRODUCTION_HASH_MEMORY_KIB or self.password_hash_time_cost < 2
+        ):
+            raise ValueError(
+                f"in production argon2id needs at least {PRODUCTION_HASH_MEMORY_KIB} KiB and 2 passes "
+                "(BANKGATE_PASSWORD_HASH_MEMORY_KIB, BANKGATE_PASSWORD_HASH_TIME_COST)"
+            )
+        if self.password_hash_memory_kib < 8 * self.password_hash_parallelism:
+            raise ValueError("argon2id needs at least 8 KiB of memory per lane (BANKGATE_PASSWORD_HASH_MEMORY_KIB)")
         return self
+
+    def password_hasher(self) -> PasswordHasher:
+        """The argon2id hasher these settings describe (hashes made with other parameters still verify)."""
+        from argon2 import PasswordHasher
+
+        return PasswordHasher(time_cost=self.password_hash_time_cost, memory_cost=self.password_hash_memory_kib,
+                              parallelism=self.password_hash_parallelism)
 
     @classmethod
     def settings_customise_sources(

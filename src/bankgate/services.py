@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from argon2 import PasswordHasher
-
 from bankgate.admin import Admin
 from bankgate.audit import AuditEvent, AuditLog
 from bankgate.changes import ChangeFeed
@@ -77,8 +75,8 @@ class Services:
         self.clients = ClientRegistry(store, vault, settings.environment, cache_ttl=settings.client_cache_ttl,
                                       changes=changes, revocations=revocations, settle=settle, clock=clock)
         self.users = UserDirectory(store, settings.environment, passphrase_ttl=settings.passphrase_ttl,
-                                   hasher=PasswordHasher(), changes=changes, revocations=revocations, settle=settle,
-                                   clock=clock)
+                                   hasher=settings.password_hasher(), changes=changes, revocations=revocations,
+                                   settle=settle, clock=clock)
         self.audit = AuditLog(store, flush_interval=settings.audit_flush_interval)
         self.keys = SigningKeys(open_key_store(settings, store, vault, changes=changes, clock=clock), self.audit,
                                 alg=settings.signing_alg, publish_for=self.key_publish_seconds, clock=clock)
