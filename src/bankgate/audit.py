@@ -11,16 +11,19 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select
+from sqlalchemy import Select, insert, select
 
 from bankgate.events import AuditEvent, EventSink, Outcome
 from bankgate.outage import OutageLog, unavailable_service
 from bankgate.store import Store, schema
+from bankgate.store.paging import MAX_LIMIT, Keyset, Page, fetch_page
 
-__all__ = ["AuditEvent", "AuditLog", "EventSink", "Outcome"]
+__all__ = ["AuditEvent", "AuditLog", "AuditQuery", "EventSink", "Outcome", "subject_of"]
 
 log = logging.getLogger("bankgate.audit")
 
@@ -29,13 +32,28 @@ log = logging.getLogger("bankgate.audit")
 VERDICT_PREFIXES = ("guard.", "idempotency.")
 
 
+#: The detail keys that name what an event is about, most specific first: a client's API key, a certificate's
+#: serial, a username, then the ids of events that carry no name (tokens) and the allow lists' `subject` label.
+SUBJECT_KEYS = ("api_key", "serial", "username", "client_id", "user_id", "subject")
+
+
+def subject_of(detail: Mapping[str, Any]) -> str | None:
+    """What an event is about, for the indexed `subject` column (`AuditQueries.page(subject=...)`)."""
+    for key in SUBJECT_KEYS:
+        value = detail.get(key)
+        if isinstance(value, str) and value:
+            return value[:200]
+    return None
+
+
 def _row(event: AuditEvent) -> tuple[Any, ...]:
     """A row in `_COLUMNS` order."""
     detail = orjson.dumps(dict(event.detail), option=orjson.OPT_SORT_KEYS).decode()
-    return (event.at, event.event, event.actor[:200], event.source_ip, event.outcome, detail)
+    return (event.at, event.event, event.actor[:200], event.source_ip, event.outcome, detail,
+            subject_of(event.detail))
 
 
-_COLUMNS = ("at", "event", "actor", "source_ip", "outcome", "detail")
+_COLUMNS = ("at", "event", "actor", "source_ip", "outcome", "detail", "subject")
 
 
 class AuditLog:
@@ -119,31 +137,92 @@ class AuditLog:
         actor: str | None = None,
         since: float | None = None,
         until: float | None = None,
+        query: AuditQuery | None = None,
     ) -> list[AuditEvent]:
-        """The newest `limit` events, oldest first; only those of `event` (a name, or a prefix ending in `.`:
-        `client.`), of `actor`, and at or after `since` / before `until` (UNIX seconds) when given."""
+        """The newest `limit` events, oldest first; those that match `query`, or of `event` (a name, or a prefix
+        ending in `.`: `client.`), of `actor`, and at or after `since` / before `until` (UNIX seconds)."""
+        if query is None:
+            query = AuditQuery(since=since, until=until, event=event, actor=actor)
         table = schema.audit_events
-        query = select(table).order_by(table.c.id.desc()).limit(limit)
-        if event and event.endswith("."):
-            query = query.where(table.c.event.startswith(event, autoescape=True))
-        elif event:
-            query = query.where(table.c.event == event)
-        if actor:
-            query = query.where(table.c.actor == actor)
-        if since is not None:
-            query = query.where(table.c.at >= since)
-        if until is not None:
-            query = query.where(table.c.at < until)
+        statement = query.where(select(table)).order_by(table.c.at.desc(), table.c.id.desc())
         async with self._store.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [
-            AuditEvent(
-                event=row["event"],
-                actor=row["actor"],
-                outcome=row["outcome"],
-                source_ip=row["source_ip"],
-                detail=json.loads(row["detail"]),
-                at=row["at"],
-            )
-            for row in reversed(rows)
-        ]
+            rows = (await conn.execute(statement.limit(limit))).mappings().all()
+        return [_event(row) for row in reversed(rows)]
+
+    async def page(
+        self, query: AuditQuery, *, limit: int, cursor: str | None, newest_first: bool = True
+    ) -> Page[AuditEvent]:
+        """One page of the events that match `query`, newest first unless told otherwise (keyset on `(at, id)`)."""
+        keyset = _KEYSETS[newest_first]
+        async with self._store.connect() as conn:
+            rows, following = await fetch_page(conn, query.where(select(schema.audit_events)), keyset, limit=limit,
+                                               cursor=cursor, filters=query.fingerprint())
+        return Page(tuple(_event(row) for row in rows), following)
+
+    async def scan(
+        self, query: AuditQuery, *, newest_first: bool = False, batch: int = MAX_LIMIT
+    ) -> AsyncIterator[AuditEvent]:
+        """Every event that matches `query`, read a page at a time (constant memory, no connection held between
+        pages, so a slow reader never blocks a writer)."""
+        cursor: str | None = None
+        while True:
+            page = await self.page(query, limit=batch, cursor=cursor, newest_first=newest_first)
+            for event in page.items:
+                yield event
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Which events: at or after `since` and before `until` (UNIX seconds); `event` a name (`client.revoked`) or a
+    prefix ending in `.` (`client.`); `actor` as recorded (`cli:alice`); `subjects` any of these values of the
+    `subject` column; `outcome` success or failure."""
+
+    since: float | None = None
+    until: float | None = None
+    event: str | None = None
+    actor: str | None = None
+    subjects: tuple[str, ...] | None = None
+    outcome: str | None = None
+
+    def where(self, statement: Select[Any]) -> Select[Any]:
+        table = schema.audit_events
+        if self.event and self.event.endswith("."):
+            statement = statement.where(table.c.event.startswith(self.event, autoescape=True))
+        elif self.event:
+            statement = statement.where(table.c.event == self.event)
+        if self.actor:
+            statement = statement.where(table.c.actor == self.actor)
+        if self.subjects is not None:
+            statement = statement.where(table.c.subject.in_(self.subjects))
+        if self.outcome:
+            statement = statement.where(table.c.outcome == self.outcome)
+        if self.since is not None:
+            statement = statement.where(table.c.at >= self.since)
+        if self.until is not None:
+            statement = statement.where(table.c.at < self.until)
+        return statement
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"since": self.since, "until": self.until, "event": self.event, "actor": self.actor,
+                "subjects": sorted(self.subjects) if self.subjects is not None else None, "outcome": self.outcome}
+
+
+_ORDER = (schema.audit_events.c.at, schema.audit_events.c.id)
+_KEYSETS = {
+    newest_first: Keyset("audit", _ORDER, ((float, int), (int,)), descending=newest_first)
+    for newest_first in (True, False)
+}
+
+
+def _event(row: Mapping[str, Any]) -> AuditEvent:
+    return AuditEvent(
+        event=row["event"],
+        actor=row["actor"],
+        outcome=row["outcome"],
+        source_ip=row["source_ip"],
+        detail=json.loads(row["detail"]),
+        at=row["at"],
+    )

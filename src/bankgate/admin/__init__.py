@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bankgate.admin._base import SYSTEM, Actor, AdminError, NotFoundError
+from bankgate.admin._base import SYSTEM, Actor, AdminError, ConflictError, NotFoundError
 from bankgate.admin.audit import AuditQueries
 from bankgate.admin.certs import CertificateAdmin
 from bankgate.admin.clients import ClientAdmin
@@ -16,11 +16,13 @@ from bankgate.admin.ips import AllowListAdmin, AllowListing, Subject
 from bankgate.admin.keys import KeyAdmin
 from bankgate.admin.setup import SetupAdmin
 from bankgate.admin.users import UserAdmin
+from bankgate.store.paging import Page
 
 if TYPE_CHECKING:
     from bankgate.services import Services
 
-__all__ = ["SYSTEM", "Actor", "Admin", "AdminError", "AllowListing", "NotFoundError", "Subject"]
+__all__ = ["SYSTEM", "Actor", "Admin", "AdminError", "AllowListing", "ConflictError", "NotFoundError", "Page",
+           "Subject"]
 
 
 class Admin:

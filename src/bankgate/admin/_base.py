@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bankgate.audit import AuditEvent, Outcome
+from bankgate.credentials.versions import VersionConflict
+from bankgate.store.paging import PagingError
 
 if TYPE_CHECKING:
     from bankgate.services import Services
 
-__all__ = ["Actor", "AdminError", "NotFoundError"]
+__all__ = ["Actor", "AdminError", "ConflictError", "NotFoundError"]
 
 
 class AdminError(ValueError):
@@ -21,6 +24,31 @@ class AdminError(ValueError):
 
 class NotFoundError(AdminError, LookupError):
     """The named client, user or certificate does not exist (in this environment)."""
+
+
+class ConflictError(AdminError):
+    """The record changed since the caller read it (its `version` moved on): nothing was written."""
+
+
+@contextlib.contextmanager
+def paging_errors() -> Iterator[None]:
+    """A limit out of bounds or a cursor that is not ours, as the `AdminError` an entrance renders."""
+    try:
+        yield
+    except PagingError as exc:
+        raise AdminError(str(exc)) from None
+
+
+@contextlib.contextmanager
+def versioned(what: str) -> Iterator[None]:
+    """A version mismatch of the domain, as the `ConflictError` an entrance renders (HTTP: 412 or 409)."""
+    try:
+        yield
+    except VersionConflict as exc:
+        raise ConflictError(
+            f"{what} changed since you read it (version {exc.expected} asked, {exc.current} now); read it again "
+            "and repeat the change if it still applies"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)

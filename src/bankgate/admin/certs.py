@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from bankgate.admin._base import Actor, NotFoundError, UseCases
+from bankgate.admin._base import Actor, NotFoundError, UseCases, paging_errors
 from bankgate.pki import CertificateNotFoundError, CertificateRecord, IssuedCertificate
 from bankgate.pki.certificates import KeyType
+from bankgate.store.paging import DEFAULT_LIMIT, Page
 
 __all__ = ["CertificateAdmin"]
 
@@ -43,6 +44,23 @@ class CertificateAdmin(UseCases):
     async def list(self, username: str) -> list[CertificateRecord]:
         user = await self._services.admin.users.get(username)
         return await self._services.pki.list_for_user(user.id)
+
+    async def page(
+        self,
+        *,
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+        username: str | None = None,
+        status: str | None = None,
+        expiring_within: float | None = None,
+    ) -> Page[CertificateRecord]:
+        """One page of certificates, oldest first; of `username`, of `status` (valid or revoked); with
+        `expiring_within` (seconds) only the valid ones whose validity ends within that time, soonest first (the
+        dashboard's 30 days: 2592000)."""
+        user_id = (await self._services.admin.users.get(username)).id if username is not None else None
+        with paging_errors():
+            return await self._services.pki.page(limit=limit, cursor=cursor, user_id=user_id, status=status,
+                                                 expiring_within=expiring_within)
 
     async def get(self, serial: str) -> CertificateRecord:
         try:

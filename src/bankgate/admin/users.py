@@ -5,9 +5,10 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 
-from bankgate.admin._base import Actor, NotFoundError, UseCases
+from bankgate.admin._base import Actor, NotFoundError, UseCases, paging_errors, versioned
 from bankgate.credentials.allowlist import AllowEntry
 from bankgate.credentials.users import NewUser, PassphraseError, UserRecord, UserStateError, WeakPasswordError
+from bankgate.store.paging import DEFAULT_LIMIT, Page
 
 __all__ = ["UserAdmin"]
 
@@ -24,6 +25,23 @@ class UserAdmin(UseCases):
 
     async def list(self, *, deleted: bool = False) -> list[UserRecord]:
         return await self._services.users.list(deleted=deleted)
+
+    async def page(
+        self,
+        *,
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+        status: str | None = None,
+        q: str | None = None,
+        environment: str | None = None,
+        deleted: bool = False,
+    ) -> Page[UserRecord]:
+        """One page of users, oldest first; pass `next_cursor` back (with the same filters) for the next. `q`
+        finds a username or name containing it, ignoring case; without `status`, deleted users are left out unless
+        `deleted`."""
+        with paging_errors():
+            return await self._services.users.page(limit=limit, cursor=cursor, status=status, q=q,
+                                                   environment=environment, deleted=deleted)
 
     async def get(self, username: str) -> UserRecord:
         user = await self._services.users.find(username)
@@ -56,10 +74,20 @@ class UserAdmin(UseCases):
         return new
 
     async def update(
-        self, actor: Actor, username: str, *, name: str | None = None, scopes: Sequence[str] | None = None
+        self,
+        actor: Actor,
+        username: str,
+        *,
+        name: str | None = None,
+        scopes: Sequence[str] | None = None,
+        expected_version: int | None = None,
     ) -> UserRecord:
+        """Rename and/or replace the applications; with `expected_version` (the `version` the caller read), only
+        if nobody changed the user since: else `ConflictError` and nothing is written."""
         await self.get(username)
-        before, after = await self._services.users.update(username, name=name, scopes=scopes)
+        with versioned(f"user {username}"):
+            before, after = await self._services.users.update(username, name=name, scopes=scopes,
+                                                              expected_version=expected_version)
         detail: dict[str, object] = {"username": username, "user_id": after.id}
         if name is not None:
             detail.update(name=after.name, previous_name=before.name)
@@ -68,28 +96,32 @@ class UserAdmin(UseCases):
         await self._audit(actor, "user.updated", detail)
         return after
 
-    async def disable(self, actor: Actor, username: str) -> UserRecord:
+    async def disable(self, actor: Actor, username: str, *, expected_version: int | None = None) -> UserRecord:
         await self.get(username)
-        user = await self._services.users.disable(username)
+        with versioned(f"user {username}"):
+            user = await self._services.users.disable(username, expected_version=expected_version)
         await self._audit(actor, "user.disabled", {"username": username, "user_id": user.id})
         return user
 
-    async def enable(self, actor: Actor, username: str) -> UserRecord:
+    async def enable(self, actor: Actor, username: str, *, expected_version: int | None = None) -> UserRecord:
         await self.get(username)
-        user = await self._services.users.enable(username)
+        with versioned(f"user {username}"):
+            user = await self._services.users.enable(username, expected_version=expected_version)
         await self._audit(actor, "user.enabled", {"username": username, "user_id": user.id})
         return user
 
-    async def revoke(self, actor: Actor, username: str) -> UserRecord:
+    async def revoke(self, actor: Actor, username: str, *, expected_version: int | None = None) -> UserRecord:
         await self.get(username)
-        user = await self._services.users.revoke(username)
+        with versioned(f"user {username}"):
+            user = await self._services.users.revoke(username, expected_version=expected_version)
         await self._audit(actor, "user.revoked", {"username": username, "user_id": user.id})
         return user
 
-    async def delete(self, actor: Actor, username: str) -> UserRecord:
+    async def delete(self, actor: Actor, username: str, *, expected_version: int | None = None) -> UserRecord:
         """Delete the user (a tombstone stays) and revoke its valid certificates, each with its own event."""
         user = await self.get(username)
-        deleted = await self._services.users.delete(username)
+        with versioned(f"user {username}"):
+            deleted = await self._services.users.delete(username, expected_version=expected_version)
         revoked = []
         for certificate in await self._services.pki.list_for_user(user.id):
             if certificate.status == "valid":

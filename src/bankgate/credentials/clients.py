@@ -7,9 +7,10 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bankgate.cache import TtlCache
 from bankgate.changes import ChangeFeed
@@ -18,7 +19,9 @@ from bankgate.config import Environment
 from bankgate.credentials._cutoff import cutoff, wait_past_cutoff
 from bankgate.credentials.keys import new_api_key, new_secret_key
 from bankgate.credentials.scopes import check_application_ids
+from bankgate.credentials.versions import VersionConflict, bump, check_version
 from bankgate.store import Store, schema
+from bankgate.store.paging import Keyset, Page, fetch_page
 from bankgate.tokens.revocation import RevocationList
 from bankgate.vault import Vault
 
@@ -37,6 +40,9 @@ AuthMode = Literal["oauth2", "basic"]
 #: active -> disabled -> active again; revoked and deleted are for good (deleted: a tombstone without secrets).
 ClientStatus = Literal["active", "disabled", "revoked", "deleted"]
 AUTH_MODES: tuple[AuthMode, ...] = ("oauth2", "basic")
+STATUSES: tuple[ClientStatus, ...] = ("active", "disabled", "revoked", "deleted")
+#: Clients are listed oldest first, a page at a time (`ClientRegistry.page`).
+_KEYSET = Keyset("clients", (schema.clients.c.created_at, schema.clients.c.id), ((float, int), (str,)))
 #: A refusal reached from a cached record is re-read from the database at most this often per API key.
 RECHECK_INTERVAL = 1.0
 _RECHECKED = frozenset({"unknown_api_key", "wrong_secret"})
@@ -80,6 +86,8 @@ class ClientRecord:
     created_at: float
     revoked_at: float | None = None
     secrets: tuple[SecretHash, ...] = field(default=(), repr=False)
+    #: Incremented by every change; an update may name the version it read (`expected_version`).
+    version: int = 1
 
     @property
     def active(self) -> bool:
@@ -97,6 +105,7 @@ class ClientRecord:
             "status": self.status,
             "created_at": int(self.created_at),
             "revoked_at": int(self.revoked_at) if self.revoked_at else None,
+            "version": self.version,
             "secrets": [
                 {"created_at": int(s.created_at), "expires_at": int(s.expires_at) if s.expires_at else None}
                 for s in self.secrets
@@ -202,35 +211,51 @@ class ClientRegistry:
 
     # -- lookup -------------------------------------------------------------------------------------------
 
-    async def _load(self, api_key: str) -> ClientRecord | None:
-        async with self._store.connect() as conn:
-            row = (
-                (await conn.execute(select(schema.clients).where(schema.clients.c.api_key == api_key)))
-                .mappings()
-                .one_or_none()
+    @staticmethod
+    def _record(row: Row[Any] | Any, secrets: tuple[SecretHash, ...]) -> ClientRecord:
+        r = row._mapping if isinstance(row, Row) else row
+        return ClientRecord(
+            id=r["id"],
+            api_key=r["api_key"],
+            name=r["name"],
+            auth_mode=r["auth_mode"],
+            scopes=tuple(json.loads(r["scopes"])),
+            environment=r["environment"],
+            status=r["status"],
+            created_at=r["created_at"],
+            revoked_at=r["revoked_at"],
+            secrets=secrets,
+            version=r["version"],
+        )
+
+    @staticmethod
+    async def _secrets(conn: AsyncConnection, *client_ids: str) -> dict[str, tuple[SecretHash, ...]]:
+        table = schema.client_secrets
+        found: dict[str, list[SecretHash]] = {client_id: [] for client_id in client_ids}
+        if client_ids:
+            rows = await conn.execute(
+                select(table).where(table.c.client_id.in_(client_ids)).order_by(table.c.client_id, table.c.id)
             )
+            for s in rows.mappings():
+                found[s["client_id"]].append(SecretHash(s["secret_hash"], s["created_at"], s["expires_at"]))
+        return {client_id: tuple(hashes) for client_id, hashes in found.items()}
+
+    async def _load(self, api_key: str, *, by_id: bool = False) -> ClientRecord | None:
+        column = schema.clients.c.id if by_id else schema.clients.c.api_key
+        async with self._store.connect() as conn:
+            row = (await conn.execute(select(schema.clients).where(column == api_key))).first()
             if row is None:
                 return None
-            secret_rows = (
-                await conn.execute(
-                    select(schema.client_secrets)
-                    .where(schema.client_secrets.c.client_id == row["id"])
-                    .order_by(schema.client_secrets.c.id)
-                )
-            ).mappings()
-            secrets = tuple(SecretHash(s["secret_hash"], s["created_at"], s["expires_at"]) for s in secret_rows)
-        return ClientRecord(
-            id=row["id"],
-            api_key=row["api_key"],
-            name=row["name"],
-            auth_mode=row["auth_mode"],
-            scopes=tuple(json.loads(row["scopes"])),
-            environment=row["environment"],
-            status=row["status"],
-            created_at=row["created_at"],
-            revoked_at=row["revoked_at"],
-            secrets=secrets,
-        )
+            secrets = await self._secrets(conn, row.id)
+        return self._record(row, secrets[row.id])
+
+    async def find(self, api_key: str) -> ClientRecord | None:
+        """The client of this API key, None when there is none."""
+        return await self._load(api_key) if len(api_key) <= 80 else None
+
+    async def find_by_id(self, client_id: str) -> ClientRecord | None:
+        """The client of this client id, None when there is none."""
+        return await self._load(client_id, by_id=True) if len(client_id) <= 36 else None
 
     async def get(self, api_key: str) -> ClientRecord:
         record = await self._load(api_key)
@@ -247,6 +272,49 @@ class ClientRegistry:
             keys = (await conn.execute(query)).scalars()
             api_keys = list(keys)
         return [record for key in api_keys if (record := await self._load(key)) is not None]
+
+    async def page(
+        self,
+        *,
+        limit: int,
+        cursor: str | None = None,
+        status: str | None = None,
+        q: str | None = None,
+        auth_mode: str | None = None,
+        scope: str | None = None,
+        deleted: bool = False,
+    ) -> Page[ClientRecord]:
+        """One page of clients, oldest first (keyset on `(created_at, id)`): of `status` (else every one but the
+        deleted, unless `deleted`), whose name contains `q` or whose API key starts with it (both ignoring case),
+        of `auth_mode`, allowed `scope` (an application ID). Raises `PagingError` for a bad limit or cursor."""
+        table = schema.clients
+        query = select(table)
+        if status is not None:
+            if status not in STATUSES:
+                raise ValueError(f"status {status!r} is not one of: {', '.join(STATUSES)}")
+            query = query.where(table.c.status == status)
+        elif not deleted:
+            query = query.where(table.c.status != "deleted")
+        if q is not None:
+            q = q.strip().lower()
+            if not q or len(q) > 200:
+                raise ValueError("a search needs 1 to 200 characters of a name or the start of an API key")
+            query = query.where(
+                func.lower(table.c.name).contains(q, autoescape=True)
+                | func.lower(table.c.api_key).startswith(q, autoescape=True)
+            )
+        if auth_mode is not None:
+            if auth_mode not in AUTH_MODES:
+                raise ValueError(f"auth mode {auth_mode!r} is not one of: {', '.join(AUTH_MODES)}")
+            query = query.where(table.c.auth_mode == auth_mode)
+        if scope is not None:
+            (application,) = check_application_ids([scope])
+            query = query.where(table.c.scopes.contains(json.dumps(application), autoescape=True))
+        filters = {"status": status, "q": q, "auth_mode": auth_mode, "scope": scope, "deleted": deleted}
+        async with self._store.connect() as conn:
+            rows, following = await fetch_page(conn, query, _KEYSET, limit=limit, cursor=cursor, filters=filters)
+            secrets = await self._secrets(conn, *(row["id"] for row in rows))
+        return Page(tuple(self._record(row, secrets[row["id"]]) for row in rows), following)
 
     async def cached(self, api_key: str) -> ClientRecord | None:
         """The client, possibly as it was up to the cache TTL ago; unknown keys are cached too."""
@@ -306,18 +374,25 @@ class ClientRegistry:
 
     # -- changes ------------------------------------------------------------------------------------------
 
-    async def revoke(self, api_key: str) -> ClientRecord:
+    async def _apply(
+        self, conn: AsyncConnection, record: ClientRecord, values: dict[str, object], expected: int | None
+    ) -> None:
+        """Change the client's row, incrementing its version; only at version `expected` when one is given."""
+        statement = update(schema.clients).where(schema.clients.c.id == record.id).values(**values)
+        result = await conn.execute(bump(statement, schema.clients, expected))
+        if result.rowcount != 1 and expected is not None:
+            current = await conn.scalar(select(schema.clients.c.version).where(schema.clients.c.id == record.id))
+            raise VersionConflict(expected, current)
+
+    async def revoke(self, api_key: str, *, expected_version: int | None = None) -> ClientRecord:
         """Revoke the client and, in the same transaction, every token it holds (`client:<id>` on the subject deny
         list). Idempotent: a revoked client keeps its first revocation time."""
+        check_version(expected_version)
         record = await self.get(api_key)
         subject = f"client:{record.id}"
         async with self._store.begin() as conn:
             if record.status in ("active", "disabled"):
-                await conn.execute(
-                    update(schema.clients)
-                    .where(schema.clients.c.id == record.id)
-                    .values(status="revoked", revoked_at=self._now())
-                )
+                await self._apply(conn, record, {"status": "revoked", "revoked_at": self._now()}, expected_version)
             await self._revocations.write_subject(conn, subject)
             await self._changes.record(conn, ("client", api_key))
         self._revocations.remember(subject)
@@ -345,6 +420,7 @@ class ClientRegistry:
                     client_id=record.id, secret_hash=self._vault.hash_secret(secret), created_at=now
                 )
             )
+            await self._apply(conn, record, {}, None)
             await self._changes.record(conn, ("client", api_key))
         self._changes.announce(("client", api_key))
         return IssuedSecret(await self.get(api_key), secret)
@@ -364,12 +440,19 @@ class ClientRegistry:
         return record
 
     async def update(
-        self, api_key: str, *, name: str | None = None, scopes: Sequence[str] | None = None
+        self,
+        api_key: str,
+        *,
+        name: str | None = None,
+        scopes: Sequence[str] | None = None,
+        expected_version: int | None = None,
     ) -> tuple[ClientRecord, ClientRecord]:
         """Rename the client and/or replace its applications; (before, after).
 
         Tokens carry the scopes they were issued with, so when an application is taken away every token issued
-        until now is refused (a subject cut-off, as for `disable`); adding one leaves them alone."""
+        until now is refused (a subject cut-off, as for `disable`); adding one leaves them alone. With
+        `expected_version`, only if the client is still at that version (else `VersionConflict`, nothing written)."""
+        check_version(expected_version)
         before = await self._changeable(api_key, "active", "disabled")
         values: dict[str, object] = {}
         if name is not None:
@@ -380,37 +463,37 @@ class ClientRegistry:
         if not values:
             raise ValueError("nothing to change: give --name and/or --scope")
         narrowed = not set(before.scopes) <= set(app_ids)
-        await self._write(before, values, cut_tokens=narrowed)
+        await self._write(before, values, cut_tokens=narrowed, expected=expected_version)
         return before, await self.get(api_key)
 
-    async def disable(self, api_key: str) -> ClientRecord:
+    async def disable(self, api_key: str, *, expected_version: int | None = None) -> ClientRecord:
         """Suspend the client: it gets no token, and every token issued until now is refused for good (enabling
         it again does not bring them back: a subject cut-off, see `_cutoff`, not a flag read per request)."""
+        check_version(expected_version)
         record = await self._changeable(api_key, "active", "disabled")
-        await self._write(record, {"status": "disabled"}, cut_tokens=True)
+        await self._write(record, {"status": "disabled"}, cut_tokens=True, expected=expected_version)
         return await self.get(api_key)
 
-    async def enable(self, api_key: str) -> ClientRecord:
+    async def enable(self, api_key: str, *, expected_version: int | None = None) -> ClientRecord:
         """Let a disabled client get new tokens again (those issued before it was disabled stay refused). Returns
         once the disable's cut-off has passed, so the tokens it gets from then on stay valid."""
+        check_version(expected_version)
         record = await self._changeable(api_key, "active", "disabled")
         await wait_past_cutoff(self._store, f"client:{record.id}", self._now)
-        await self._write(record, {"status": "active"}, cut_tokens=False)
+        await self._write(record, {"status": "active"}, cut_tokens=False, expected=expected_version)
         return await self.get(api_key)
 
-    async def delete(self, api_key: str) -> ClientRecord:
+    async def delete(self, api_key: str, *, expected_version: int | None = None) -> ClientRecord:
         """Delete the client: its secrets and IP allow-list entries go, its row stays as a tombstone (status
         `deleted`, so the audit trail still names a client and its API key is never reissued) and every token it
         holds is refused like a revocation. Idempotent."""
+        check_version(expected_version)
         record = await self.get(api_key)
         subject = f"client:{record.id}"
         allow = ("allow", f"client:{record.id}")
         async with self._store.begin() as conn:
-            await conn.execute(
-                update(schema.clients)
-                .where(schema.clients.c.id == record.id)
-                .values(status="deleted", revoked_at=record.revoked_at or self._now())
-            )
+            await self._apply(conn, record, {"status": "deleted", "revoked_at": record.revoked_at or self._now()},
+                              expected_version)
             await conn.execute(delete(schema.client_secrets).where(schema.client_secrets.c.client_id == record.id))
             entries = schema.ip_allow_entries
             await conn.execute(
@@ -422,10 +505,12 @@ class ClientRegistry:
         self._changes.announce(("client", api_key), allow)
         return await self.get(api_key)
 
-    async def _write(self, record: ClientRecord, values: dict[str, object], *, cut_tokens: bool) -> None:
+    async def _write(
+        self, record: ClientRecord, values: dict[str, object], *, cut_tokens: bool, expected: int | None = None
+    ) -> None:
         subject, cut = f"client:{record.id}", cutoff(self._now(), self._settle)
         async with self._store.begin() as conn:
-            await conn.execute(update(schema.clients).where(schema.clients.c.id == record.id).values(**values))
+            await self._apply(conn, record, values, expected)
             if cut_tokens:
                 await self._revocations.write_subject(conn, subject, not_before=cut)
             await self._changes.record(conn, ("client", record.api_key))

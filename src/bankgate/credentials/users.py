@@ -17,15 +17,18 @@ from typing import Any, Literal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import Row, delete, select, update
+from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bankgate.changes import ChangeFeed
 from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Environment
 from bankgate.credentials._cutoff import cutoff, wait_past_cutoff
 from bankgate.credentials.scopes import check_application_ids
+from bankgate.credentials.versions import VersionConflict, bump, check_version
 from bankgate.store import Store, schema
+from bankgate.store.paging import Keyset, Page, fetch_page
 from bankgate.tokens.revocation import RevocationList
 
 __all__ = [
@@ -42,6 +45,10 @@ __all__ = [
 
 #: active -> disabled -> active again; revoked and deleted are for good (deleted: a tombstone without secrets).
 UserStatus = Literal["active", "disabled", "revoked", "deleted"]
+STATUSES: tuple[UserStatus, ...] = ("active", "disabled", "revoked", "deleted")
+ENVIRONMENTS = ("sandbox", "production")
+#: Users are listed oldest first, a page at a time (`UserDirectory.page`).
+_KEYSET = Keyset("users", (schema.users.c.created_at, schema.users.c.id), ((float, int), (str,)))
 #: The seed's tokens say `"userType": "4"` for API (M2M) users.
 M2M_USER_TYPE = "4"
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{2,63}")
@@ -92,6 +99,8 @@ class UserRecord:
     password_hash: str | None = field(default=None, repr=False)
     passphrase_hash: str | None = field(default=None, repr=False)
     scopes: tuple[str, ...] = ()  # application IDs the user's tokens carry (the `scope` claim)
+    #: Incremented by every change; an update may name the version it read (`expected_version`).
+    version: int = 1
 
     @property
     def must_reset(self) -> bool:
@@ -111,6 +120,7 @@ class UserRecord:
             "passphrase_expires_at": int(self.passphrase_expires_at) if self.passphrase_expires_at else None,
             "password_changed_at": int(self.password_changed_at) if self.password_changed_at else None,
             "created_at": int(self.created_at),
+            "version": self.version,
         }
 
 
@@ -271,22 +281,30 @@ class UserDirectory:
         passphrase_hash = await asyncio.to_thread(self._hasher.hash, passphrase)
         expires = self._now() + self._passphrase_ttl
         async with self._store.begin() as conn:
-            await conn.execute(
-                update(schema.users)
-                .where(schema.users.c.id == user.id)
-                .values(passphrase_hash=passphrase_hash, passphrase_expires_at=expires, password_hash=None)
-            )
+            await self._apply(conn, user, {"passphrase_hash": passphrase_hash, "passphrase_expires_at": expires,
+                                           "password_hash": None}, None)
             await self._changes.record(conn, ("user", user.username))
         self._changes.announce(("user", user.username))
         return NewUser(await self.get(username), passphrase)
 
-    async def revoke(self, username: str) -> UserRecord:
+    async def _apply(
+        self, conn: AsyncConnection, user: UserRecord, values: dict[str, object], expected: int | None
+    ) -> None:
+        """Change the user's row, incrementing its version; only at version `expected` when one is given."""
+        statement = update(schema.users).where(schema.users.c.id == user.id).values(**values)
+        result = await conn.execute(bump(statement, schema.users, expected))
+        if result.rowcount != 1 and expected is not None:
+            current = await conn.scalar(select(schema.users.c.version).where(schema.users.c.id == user.id))
+            raise VersionConflict(expected, current)
+
+    async def revoke(self, username: str, *, expected_version: int | None = None) -> UserRecord:
         """Revoke the user: no token, certificate download or passphrase reset for it any more, and every token it
         holds is refused (`user:<id>` on the subject deny list, in the same transaction). Idempotent."""
+        check_version(expected_version)
         user = await self.get(username)
         subject = f"user:{user.id}"
         async with self._store.begin() as conn:
-            await conn.execute(update(schema.users).where(schema.users.c.id == user.id).values(status="revoked"))
+            await self._apply(conn, user, {"status": "revoked"}, expected_version)
             await self._revocations.write_subject(conn, subject)
             await self._changes.record(conn, ("user", user.username))
         self._revocations.remember(subject)
@@ -302,10 +320,17 @@ class UserDirectory:
         return user
 
     async def update(
-        self, username: str, *, name: str | None = None, scopes: Sequence[str] | None = None
+        self,
+        username: str,
+        *,
+        name: str | None = None,
+        scopes: Sequence[str] | None = None,
+        expected_version: int | None = None,
     ) -> tuple[UserRecord, UserRecord]:
         """Rename the user and/or replace its applications; (before, after). Taking an application away refuses
-        every token issued until now (they carry it), as `disable` does; adding one leaves them alone."""
+        every token issued until now (they carry it), as `disable` does; adding one leaves them alone. With
+        `expected_version`, only if the user is still at that version (else `VersionConflict`, nothing written)."""
+        check_version(expected_version)
         before = await self._changeable(username, "active", "disabled")
         values: dict[str, object] = {}
         if name is not None:
@@ -315,38 +340,39 @@ class UserDirectory:
             values["scopes"] = json.dumps(list(applications)) if applications else None
         if not values:
             raise ValueError("nothing to change: give --name and/or --scope")
-        await self._write(before, values, cut_tokens=not set(before.scopes) <= set(applications))
+        await self._write(before, values, cut_tokens=not set(before.scopes) <= set(applications),
+                          expected=expected_version)
         return before, await self.get(username)
 
-    async def disable(self, username: str) -> UserRecord:
+    async def disable(self, username: str, *, expected_version: int | None = None) -> UserRecord:
         """Suspend the user: no token, passphrase reset or certificate for it, and every token issued until now is
         refused for good (a subject cut-off, see `_cutoff`: enabling the user again does not bring them back)."""
+        check_version(expected_version)
         user = await self._changeable(username, "active", "disabled")
-        await self._write(user, {"status": "disabled"}, cut_tokens=True)
+        await self._write(user, {"status": "disabled"}, cut_tokens=True, expected=expected_version)
         return await self.get(username)
 
-    async def enable(self, username: str) -> UserRecord:
+    async def enable(self, username: str, *, expected_version: int | None = None) -> UserRecord:
         """Let a disabled user get new tokens again (those issued before it was disabled stay refused). Returns once
         the disable's cut-off has passed, so the tokens it gets from then on stay valid."""
+        check_version(expected_version)
         user = await self._changeable(username, "active", "disabled")
         await wait_past_cutoff(self._store, f"user:{user.id}", self._now)
-        await self._write(user, {"status": "active"}, cut_tokens=False)
+        await self._write(user, {"status": "active"}, cut_tokens=False, expected=expected_version)
         return await self.get(username)
 
-    async def delete(self, username: str) -> UserRecord:
+    async def delete(self, username: str, *, expected_version: int | None = None) -> UserRecord:
         """Delete the user: password, passphrase and IP allow-list entries go, the row stays as a tombstone (status
         `deleted`, so the audit trail still names a user and the username is not handed to someone else) and
         every token it holds is refused like a revocation. Its certificates are revoked by the caller
         (`CertificateService.revoke`), which owns them. Idempotent."""
+        check_version(expected_version)
         user = await self.get(username)
         subject = f"user:{user.id}"
         allow = ("allow", f"user:{user.id}")
         async with self._store.begin() as conn:
-            await conn.execute(
-                update(schema.users)
-                .where(schema.users.c.id == user.id)
-                .values(status="deleted", password_hash=None, passphrase_hash=None, passphrase_expires_at=None)
-            )
+            await self._apply(conn, user, {"status": "deleted", "password_hash": None, "passphrase_hash": None,
+                                           "passphrase_expires_at": None}, expected_version)
             entries = schema.ip_allow_entries
             await conn.execute(
                 delete(entries).where(entries.c.subject_kind == "user").where(entries.c.subject_id == user.id)
@@ -357,10 +383,12 @@ class UserDirectory:
         self._changes.announce(("user", user.username), allow)
         return await self.get(username)
 
-    async def _write(self, user: UserRecord, values: dict[str, object], *, cut_tokens: bool) -> None:
+    async def _write(
+        self, user: UserRecord, values: dict[str, object], *, cut_tokens: bool, expected: int | None = None
+    ) -> None:
         subject, cut = f"user:{user.id}", cutoff(self._now(), self._settle)
         async with self._store.begin() as conn:
-            await conn.execute(update(schema.users).where(schema.users.c.id == user.id).values(**values))
+            await self._apply(conn, user, values, expected)
             if cut_tokens:
                 await self._revocations.write_subject(conn, subject, not_before=cut)
             await self._changes.record(conn, ("user", user.username))
@@ -371,8 +399,8 @@ class UserDirectory:
     # -- lookup -------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _record(row: Row[Any]) -> UserRecord:
-        r = row._mapping
+    def _record(row: Row[Any] | Any) -> UserRecord:
+        r = row._mapping if isinstance(row, Row) else row
         return UserRecord(
             id=r["id"],
             username=r["username"],
@@ -386,6 +414,7 @@ class UserDirectory:
             password_hash=r["password_hash"],
             passphrase_hash=r["passphrase_hash"],
             scopes=tuple(json.loads(r["scopes"])) if r["scopes"] else (),
+            version=r["version"],
         )
 
     async def find(self, username: str) -> UserRecord | None:
@@ -414,6 +443,44 @@ class UserDirectory:
         async with self._store.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [self._record(row) for row in rows]
+
+    async def page(
+        self,
+        *,
+        limit: int,
+        cursor: str | None = None,
+        status: str | None = None,
+        q: str | None = None,
+        environment: str | None = None,
+        deleted: bool = False,
+    ) -> Page[UserRecord]:
+        """One page of users, oldest first (keyset on `(created_at, id)`): of `status` (else every one but the
+        deleted, unless `deleted`), whose username or name contains `q` (ignoring case), of `environment`. Raises
+        `PagingError` for a bad limit or cursor."""
+        table = schema.users
+        query = select(table)
+        if status is not None:
+            if status not in STATUSES:
+                raise ValueError(f"status {status!r} is not one of: {', '.join(STATUSES)}")
+            query = query.where(table.c.status == status)
+        elif not deleted:
+            query = query.where(table.c.status != "deleted")
+        if q is not None:
+            q = q.strip().lower()
+            if not q or len(q) > 200:
+                raise ValueError("a search needs 1 to 200 characters of a username or name")
+            query = query.where(
+                func.lower(table.c.username).contains(q, autoescape=True)
+                | func.lower(table.c.name).contains(q, autoescape=True)
+            )
+        if environment is not None:
+            if environment not in ENVIRONMENTS:
+                raise ValueError(f"environment {environment!r} is not one of: {', '.join(ENVIRONMENTS)}")
+            query = query.where(table.c.environment == environment)
+        filters = {"status": status, "q": q, "environment": environment, "deleted": deleted}
+        async with self._store.connect() as conn:
+            rows, following = await fetch_page(conn, query, _KEYSET, limit=limit, cursor=cursor, filters=filters)
+        return Page(tuple(self._record(row) for row in rows), following)
 
     # -- passwords ---------------------------------------------------------------------------------------
 
@@ -491,6 +558,7 @@ class UserDirectory:
                     password_changed_at=self._now(),
                     passphrase_hash=None,
                     passphrase_expires_at=None,
+                    version=schema.users.c.version + 1,
                 )
             )
             if result.rowcount != 1:

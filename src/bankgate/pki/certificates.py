@@ -39,6 +39,7 @@ from bankgate.pki.authority import (
 )
 from bankgate.pki.thumbprints import thumbprint_sha1, x5t_s256
 from bankgate.store import Store, schema
+from bankgate.store.paging import Keyset, Page, fetch_page
 from bankgate.tokens.revocation import RevocationList
 from bankgate.vault import Vault
 
@@ -441,6 +442,40 @@ class CertificateService:
             raise CertificateNotFoundError(f"no certificate with serial {key}")
         return self._record(row)
 
+    async def page(
+        self,
+        *,
+        limit: int,
+        cursor: str | None = None,
+        user_id: str | None = None,
+        status: str | None = None,
+        expiring_within: float | None = None,
+    ) -> Page[CertificateRecord]:
+        """One page of certificates: oldest first, or with `expiring_within` (seconds) the valid ones whose
+        validity ends within that time from now, soonest first (the dashboard's "expiring within 30 days"); of
+        `user_id` and `status` (valid or revoked). Raises `PagingError` for a bad limit or cursor."""
+        table = schema.certificates
+        query = select(table)
+        if user_id is not None:
+            query = query.where(table.c.user_id == user_id)
+        if status is not None:
+            if status not in ("valid", "revoked"):
+                raise ValueError(f"status {status!r} is not one of: valid, revoked")
+            query = query.where(table.c.status == status)
+        keyset = _BY_CREATION
+        if expiring_within is not None:
+            if not 0 < expiring_within <= 100 * 365 * 86400:
+                raise ValueError("expiring within needs a positive number of seconds (30 days: 2592000)")
+            now = self._now()
+            query = query.where(table.c.status == "valid").where(table.c.not_after > now)
+            query = query.where(table.c.not_after <= now + expiring_within)
+            keyset = _BY_EXPIRY
+        # The window moves with the clock, so a cursor carries the filters but not `now`.
+        filters = {"user_id": user_id, "status": status, "expiring_within": expiring_within}
+        async with self._store.connect() as conn:
+            rows, following = await fetch_page(conn, query, keyset, limit=limit, cursor=cursor, filters=filters)
+        return Page(tuple(self._record(row) for row in rows), following)
+
     async def list_for_user(self, user_id: str) -> list[CertificateRecord]:
         """The user's certificates, oldest first (revoked and expired ones included)."""
         table = schema.certificates
@@ -472,3 +507,9 @@ class CertificateService:
         self._revocations.remember(subject)
         self._changes.announce(change)
         return await self.get(record.serial)
+
+
+_BY_CREATION = Keyset("certificates", (schema.certificates.c.created_at, schema.certificates.c.serial),
+                      ((float, int), (str,)))
+_BY_EXPIRY = Keyset("certificates-expiring", (schema.certificates.c.not_after, schema.certificates.c.serial),
+                    ((float, int), (str,)))

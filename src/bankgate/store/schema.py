@@ -61,6 +61,9 @@ clients = Table(
     Column("status", String(16), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
+    # Incremented by every change of the record: an update may say which version it read (optimistic concurrency).
+    Column("version", Integer, nullable=False, server_default="1"),
+    Index("ix_clients_created_at_id", "created_at", "id"),
 )
 
 client_secrets = Table(
@@ -129,7 +132,11 @@ audit_events = Table(
     Column("source_ip", String(64)),
     Column("outcome", String(16), nullable=False),
     Column("detail", Text, nullable=False),  # JSON object; never a secret
-    Index("ix_audit_events_at", "at"),
+    # What the event is about, from its detail when written: an API key, certificate serial, username, client or
+    # user id (`bankgate.audit.subject_of`), so the trail of one subject is an index range, not a scan of JSON.
+    Column("subject", String(200)),
+    Index("ix_audit_events_at_id", "at", "id"),
+    Index("ix_audit_events_subject", "subject", "at", "id"),
 )
 
 # -- certificate-bound M2M users ------------------------------------------------------------------------------
@@ -149,6 +156,8 @@ users = Table(
     Column("password_changed_at", Float),
     Column("created_at", Float, nullable=False),
     Column("scopes", Text),  # JSON list of application IDs the user's tokens carry; NULL: none
+    Column("version", Integer, nullable=False, server_default="1"),  # see clients.version
+    Index("ix_users_created_at_id", "created_at", "id"),
 )
 
 certificate_authorities = Table(
@@ -176,6 +185,8 @@ certificates = Table(
     Column("revoked_at", Float),
     Column("created_at", Float, nullable=False),
     Index("ix_certificates_user_id", "user_id"),
+    Index("ix_certificates_created_at_serial", "created_at", "serial"),
+    Index("ix_certificates_not_after_serial", "not_after", "serial"),
 )
 
 ip_allow_entries = Table(
