@@ -7,14 +7,14 @@ import contextlib
 import csv
 import io
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Literal
 
 from bankgate.admin._base import UseCases, paging_errors
 from bankgate.audit import AuditEvent, AuditQuery
 from bankgate.store.paging import DEFAULT_LIMIT, Page
 
-__all__ = ["CSV_COLUMNS", "AuditQueries", "ExportFormat"]
+__all__ = ["CSV_COLUMNS", "AuditQueries", "ExportFormat", "render"]
 
 ExportFormat = Literal["jsonl", "csv"]
 OUTCOMES = ("success", "failure")
@@ -27,6 +27,39 @@ _EXPORT_BATCH = 500
 
 def _cell(value: str) -> str:
     return "'" + value if value.startswith(_FORMULA) else value
+
+
+class _Writer:
+    """Events as JSON Lines or CSV text, taken a chunk at a time."""
+
+    def __init__(self, format: ExportFormat) -> None:
+        self._format = format
+        self._buffer = io.StringIO()
+        self._csv = csv.writer(self._buffer, lineterminator="\r\n")
+        if format == "csv":
+            self._csv.writerow(CSV_COLUMNS)
+
+    def add(self, event: AuditEvent) -> None:
+        row = event.as_json()
+        if self._format == "jsonl":
+            self._buffer.write(json.dumps(row, separators=(",", ":"), sort_keys=True) + "\n")
+        else:
+            detail = json.dumps(row["detail"], separators=(",", ":"), sort_keys=True)
+            self._csv.writerow([_cell(str(row[c] or "")) for c in CSV_COLUMNS[:-1]] + [_cell(detail)])
+
+    def take(self) -> str:
+        text = self._buffer.getvalue()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        return text
+
+
+def render(events: Iterable[AuditEvent], format: ExportFormat) -> str:
+    """Events already read, in the export's format (what `bankgate audit tail --format csv` prints)."""
+    writer = _Writer(format)
+    for event in events:
+        writer.add(event)
+    return writer.take()
 
 
 class AuditQueries(UseCases):
@@ -85,25 +118,15 @@ class AuditQueries(UseCases):
         if format not in ("jsonl", "csv"):
             raise ValueError(f"format {format!r} is not one of: jsonl, csv")
         query = await self.query(since=since, until=until, event=event, actor=actor, subject=subject, outcome=outcome)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\r\n")
-        if format == "csv":
-            writer.writerow(CSV_COLUMNS)
+        writer = _Writer(format)
         count = 0
         async for found in self._services.audit.scan(query, newest_first=newest_first, batch=_EXPORT_BATCH):
-            row = found.as_json()
-            if format == "jsonl":
-                buffer.write(json.dumps(row, separators=(",", ":"), sort_keys=True) + "\n")
-            else:
-                detail = json.dumps(row["detail"], separators=(",", ":"), sort_keys=True)
-                writer.writerow([_cell(str(row[c] or "")) for c in CSV_COLUMNS[:-1]] + [_cell(detail)])
+            writer.add(found)
             count += 1
             if count % _EXPORT_BATCH == 0:
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-        if buffer.tell():
-            yield buffer.getvalue()
+                yield writer.take()
+        if rest := writer.take():
+            yield rest
 
     async def query(
         self,

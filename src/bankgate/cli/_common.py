@@ -7,6 +7,7 @@ import functools
 import inspect
 import json
 import re
+import shlex
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,11 +21,13 @@ from rich.console import Console
 
 from bankgate.admin import Actor
 from bankgate.config import Settings, load_settings
+from bankgate.store.paging import DEFAULT_LIMIT
 
 if TYPE_CHECKING:  # importing the services at run time would make `bankgate --help` pay for the whole server
     from bankgate.services import Services
 
-__all__ = ["CliError", "Invocation", "command", "console", "errors", "parse_duration", "propagation", "ts"]
+__all__ = ["CliError", "Cursor", "Invocation", "Limit", "command", "console", "errors", "more", "parse_duration",
+           "propagation", "repeat_options", "ts"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,6 +46,10 @@ DatabaseUrl = Annotated[
                  "data directory]", show_default=False),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+#: The page options every listing shares (`bankgate.store.paging`).
+Limit = Annotated[int, typer.Option("--limit", min=1, max=500, help="How many a page (1 to 500).")]
+Cursor = Annotated[str | None, typer.Option("--cursor", help="Where the previous page ended: the cursor it printed "
+                                            "(give the same filters).", show_default=False)]
 
 
 class CliError(Exception):
@@ -114,6 +121,27 @@ def command(group: typer.Typer, name: str | None = None, *, json_output: bool = 
         return fn
 
     return register
+
+
+def more(cli: Invocation, command_line: str, next_cursor: str | None) -> None:
+    """Say how to get the next page, if there is one: below the table, or on stderr when stdout is JSON."""
+    if next_cursor is None:
+        return
+    if cli.json:
+        errors.print(f"next cursor: {next_cursor}", highlight=False, markup=False, soft_wrap=True)
+    else:
+        console.print(f"more: {command_line} --cursor {next_cursor}", highlight=False, markup=False, soft_wrap=True)
+
+
+def repeat_options(**options: object) -> str:
+    """Options given to a listing, as they would be typed again for its next page (the default limit left out)."""
+    parts = []
+    for name, value in options.items():
+        if value is True:
+            parts.append(f" --{name}")
+        elif value not in (None, False) and not (name == "limit" and value == DEFAULT_LIMIT):
+            parts.append(f" --{name} {shlex.quote(str(value))}")
+    return "".join(parts)
 
 
 def parse_duration(text: str) -> float:

@@ -7,8 +7,20 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from bankgate.cli._common import Invocation, command, console, parse_duration, propagation, ts
+from bankgate.cli._common import (
+    Cursor,
+    Invocation,
+    Limit,
+    command,
+    console,
+    more,
+    parse_duration,
+    propagation,
+    repeat_options,
+    ts,
+)
 from bankgate.credentials.clients import ClientRecord
+from bankgate.store.paging import DEFAULT_LIMIT
 
 __all__ = ["app"]
 
@@ -50,20 +62,30 @@ def create(
 def list_(
     cli: Invocation,
     deleted: Annotated[bool, typer.Option("--deleted", help="Include deleted clients.")] = False,
+    status: Annotated[str | None, typer.Option("--status", help="Only clients of this status: active, disabled, "
+                                               "revoked or deleted.", show_default=False)] = None,
+    search: Annotated[str | None, typer.Option("--search", help="Only clients whose name contains this or whose "
+                                               "API key starts with it (ignoring case).", show_default=False)] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
 ) -> None:
-    """List clients (never their secrets)."""
-    records = cli.run(lambda s: s.admin.clients.list(deleted=deleted))
+    """List clients, oldest first, a page at a time (never their secrets)."""
+    page = cli.run(lambda s: s.admin.clients.page(limit=limit, cursor=cursor, status=status, q=search,
+                                                  deleted=deleted))
     if cli.json:
-        cli.emit_json([r.as_json() for r in records])
-        return
-    # Keys are printed whole (never cut with an ellipsis); the other columns give way on a narrow terminal.
-    table = Table()
-    table.add_column("API key", no_wrap=True)
-    for header in ("name", "scopes", "mode", "env", "status", "created"):
-        table.add_column(header)
-    for r in records:
-        table.add_row(r.api_key, r.name, " ".join(r.scopes), r.auth_mode, r.environment, r.status, ts(r.created_at))
-    console.print(table)
+        cli.emit_json([r.as_json() for r in page.items])
+    else:
+        # Keys are printed whole (never cut with an ellipsis); the other columns give way on a narrow terminal.
+        table = Table()
+        table.add_column("API key", no_wrap=True)
+        for header in ("name", "scopes", "mode", "env", "status", "created"):
+            table.add_column(header)
+        for r in page.items:
+            table.add_row(r.api_key, r.name, " ".join(r.scopes), r.auth_mode, r.environment, r.status,
+                          ts(r.created_at))
+        console.print(table)
+    more(cli, "bankgate clients list" + repeat_options(deleted=deleted, status=status, search=search, limit=limit),
+         page.next_cursor)
 
 
 @command(app, "show")

@@ -8,9 +8,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bankgate.cli._common import Invocation, command, console, propagation, ts
+from bankgate.cli._common import Cursor, Invocation, Limit, command, console, more, propagation, repeat_options, ts
 from bankgate.credentials.allowlist import describe_default
 from bankgate.credentials.users import UserRecord
+from bankgate.store.paging import DEFAULT_LIMIT
 
 if TYPE_CHECKING:
     from bankgate.services import Services
@@ -59,23 +60,32 @@ def create(
 def list_(
     cli: Invocation,
     deleted: Annotated[bool, typer.Option("--deleted", help="Include deleted users.")] = False,
+    status: Annotated[str | None, typer.Option("--status", help="Only users of this status: active, disabled, "
+                                               "revoked or deleted.", show_default=False)] = None,
+    search: Annotated[str | None, typer.Option("--search", help="Only users whose username or name contains this "
+                                               "(ignoring case).", show_default=False)] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
 ) -> None:
-    """List M2M users (never a password or passphrase)."""
-    records = cli.run(lambda s: s.admin.users.list(deleted=deleted))
+    """List M2M users, oldest first, a page at a time (never a password or passphrase)."""
+    page = cli.run(lambda s: s.admin.users.page(limit=limit, cursor=cursor, status=status, q=search,
+                                                deleted=deleted))
     if cli.json:
-        cli.emit_json([r.as_json() for r in records])
-        return
-    table = Table()
-    table.add_column("username", no_wrap=True)
-    for header in ("name", "env", "status", "password", "created"):
-        table.add_column(header)
-    for r in records:
-        if r.must_reset:
-            state = f"passphrase until {ts(r.passphrase_expires_at)}"
-        else:
-            state = f"set {ts(r.password_changed_at)}"
-        table.add_row(r.username, r.name, r.environment, r.status, state, ts(r.created_at))
-    console.print(table)
+        cli.emit_json([r.as_json() for r in page.items])
+    else:
+        table = Table()
+        table.add_column("username", no_wrap=True)
+        for header in ("name", "env", "status", "password", "created"):
+            table.add_column(header)
+        for r in page.items:
+            if r.must_reset:
+                state = f"passphrase until {ts(r.passphrase_expires_at)}"
+            else:
+                state = f"set {ts(r.password_changed_at)}"
+            table.add_row(r.username, r.name, r.environment, r.status, state, ts(r.created_at))
+        console.print(table)
+    more(cli, "bankgate users list" + repeat_options(deleted=deleted, status=status, search=search, limit=limit),
+         page.next_cursor)
 
 
 @command(app, "show")
