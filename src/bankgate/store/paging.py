@@ -15,6 +15,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import heapq
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -114,13 +116,27 @@ async def fetch_page(
     limit: int,
     cursor: str | None,
     filters: Mapping[str, Any],
+    branches: Sequence[ColumnElement[bool]] = (),
 ) -> tuple[list[Any], str | None]:
     """The rows (mappings) of one page of `query` in `keyset` order, and the cursor to the next page. `filters`
-    are what the caller filtered by: a cursor is only accepted back with the same ones."""
+    are what the caller filtered by: a cursor is only accepted back with the same ones.
+
+    `branches` are mutually exclusive conditions (`subject = 'a'`, `subject = 'b'`) of which a row meets one: each
+    is read as its own index range in order and the ranges are merged, where `subject IN ('a', 'b')` would read and
+    sort every match of both to return the first few."""
     check_limit(limit)
     if cursor is not None:
         query = query.where(keyset.after(keyset.decode(cursor, filters)))
-    rows = list((await conn.execute(keyset.ordered(query).limit(limit + 1))).mappings())
+    if len(branches) <= 1:
+        if branches:
+            query = query.where(branches[0])
+        rows = list((await conn.execute(keyset.ordered(query).limit(limit + 1))).mappings())
+    else:
+        names = [column.key for column in keyset.columns]
+        ranges = [list((await conn.execute(keyset.ordered(query.where(b)).limit(limit + 1))).mappings())
+                  for b in branches]
+        merged = heapq.merge(*ranges, key=lambda row: tuple(row[n] for n in names), reverse=keyset.descending)
+        rows = list(itertools.islice(merged, limit + 1))
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
