@@ -284,7 +284,7 @@ async def test_subject_is_written_with_each_event_from_its_detail(services: Serv
     async with services.store.connect() as conn:
         rows = (await conn.execute(sa.select(table.c.event, table.c.subject).where(table.c.event.like("x.%"))
                                    .order_by(table.c.id))).all()
-    assert [tuple(r) for r in rows] == [("x.a", "bk_1"), ("x.b", "0A"), ("x.c", "u1"), ("x.d", "bk_9"),
+    assert [tuple(r) for r in rows] == [("x.a", "c1"), ("x.b", "0A"), ("x.c", "u1"), ("x.d", "bk_9"),
                                         ("x.e", None)]
 
 
@@ -419,8 +419,7 @@ async def test_migration_fills_subject_and_version_for_existing_rows(database_ur
                 "VALUES ('c1', 'bk_test_old', 'old', 'oauth2', '[\"app_1\"]', 'sandbox', 'active', 1.0)"))
             await conn.execute(sa.text(
                 "INSERT INTO audit_events (at, event, actor, source_ip, outcome, detail) VALUES "
-                "(1.0, 'client.created', 'cli:a', NULL, 'success', "
-                "'{\"api_key\": \"bk_test_old\", \"client_id\": \"c1\"}'), "
+                "(1.0, 'client.created', 'cli:a', NULL, 'success', '{\"api_key\": \"bk_test_old\"}'), "
                 "(2.0, 'token.issued', 'bk_test_old', NULL, 'success', '{\"client_id\": \"c1\"}'), "
                 "(3.0, 'key.rotated', 'system', NULL, 'success', '{\"kid\": \"k\", \"username\": 5}')"))
         await store.migrate()

@@ -32,16 +32,18 @@ log = logging.getLogger("bankgate.audit")
 VERDICT_PREFIXES = ("guard.", "idempotency.")
 
 
-#: The detail keys that name what an event is about, most specific first: a client's API key, a certificate's
-#: serial, a username, then the ids of events that carry no name (tokens) and the allow lists' `subject` label.
-SUBJECT_KEYS = ("api_key", "serial", "username", "client_id", "user_id", "subject")
+#: The detail keys that name what an event is about: a client (its id, else its API key: a query for either name
+#: searches both), a certificate's serial before the user it belongs to (username, else user id), then the allow
+#: lists' `subject` label. The client id comes first because every token event carries it: on the token endpoint's
+#: path the subject is found by the first lookup.
+SUBJECT_KEYS = ("client_id", "api_key", "serial", "username", "user_id", "subject")
 
 
 def subject_of(detail: Mapping[str, Any]) -> str | None:
     """What an event is about, for the indexed `subject` column (`AuditQueries.page(subject=...)`)."""
     for key in SUBJECT_KEYS:
         value = detail.get(key)
-        if isinstance(value, str) and value:
+        if value and value.__class__ is str:
             return value[:200]
     return None
 

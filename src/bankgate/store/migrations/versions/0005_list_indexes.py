@@ -15,7 +15,7 @@ branch_labels = None
 depends_on = None
 
 #: The detail keys naming what an event is about, most specific first (as `bankgate.audit.subject_of`).
-_SUBJECT_KEYS = ("api_key", "serial", "username", "client_id", "user_id", "subject")
+_SUBJECT_KEYS = ("client_id", "api_key", "serial", "username", "user_id", "subject")
 
 
 def _backfill_subject() -> None:
