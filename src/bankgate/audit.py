@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, insert, select
+from sqlalchemy import ColumnElement, Select, insert, select
 
 from bankgate.events import AuditEvent, EventSink, Outcome
 from bankgate.outage import OutageLog, unavailable_service
 from bankgate.store import Store, schema
-from bankgate.store.paging import MAX_LIMIT, Keyset, Page, fetch_page
+from bankgate.store.paging import MAX_LIMIT, Keyset, Page, fetch_page, first_rows
 
 __all__ = ["AuditEvent", "AuditLog", "AuditQuery", "EventSink", "Outcome", "subject_of"]
 
@@ -145,24 +145,18 @@ class AuditLog:
         ending in `.`: `client.`), of `actor`, and at or after `since` / before `until` (UNIX seconds)."""
         if query is None:
             query = AuditQuery(since=since, until=until, event=event, actor=actor)
-        table = schema.audit_events
-        statement = query.where(select(table)).order_by(table.c.at.desc(), table.c.id.desc())
+        query, branches = query.split()
         async with self._store.connect() as conn:
-            rows = (await conn.execute(statement.limit(limit))).mappings().all()
+            rows = await first_rows(conn, query.where(select(schema.audit_events)), _KEYSETS[True], limit, branches)
         return [_event(row) for row in reversed(rows)]
 
     async def page(
         self, query: AuditQuery, *, limit: int, cursor: str | None, newest_first: bool = True
     ) -> Page[AuditEvent]:
         """One page of the events that match `query`, newest first unless told otherwise (keyset on `(at, id)`)."""
-        keyset = _KEYSETS[newest_first]
-        # One subject's events are an index range in time order; several subjects' ranges are merged.
-        subjects, column = query.subjects, schema.audit_events.c.subject
-        branches = [column == s for s in subjects] if subjects is not None and len(subjects) > 1 else []
-        if branches:
-            query = dataclasses.replace(query, subjects=None)
+        keyset, filters = _KEYSETS[newest_first], query.fingerprint()
+        query, branches = query.split()
         statement = query.where(select(schema.audit_events))
-        filters = dataclasses.replace(query, subjects=subjects).fingerprint()
         async with self._store.connect() as conn:
             rows, following = await fetch_page(conn, statement, keyset, limit=limit, cursor=cursor, filters=filters,
                                                branches=branches)
@@ -213,6 +207,14 @@ class AuditQuery:
         if self.until is not None:
             statement = statement.where(table.c.at < self.until)
         return statement
+
+    def split(self) -> tuple[AuditQuery, list[ColumnElement[bool]]]:
+        """One subject's events are an index range in time order; for several subjects, this query without them
+        and one branch per subject, read apart and merged (`bankgate.store.paging.first_rows`)."""
+        if self.subjects is None or len(self.subjects) < 2:
+            return self, []
+        column = schema.audit_events.c.subject
+        return dataclasses.replace(self, subjects=None), [column == s for s in self.subjects]
 
     def fingerprint(self) -> dict[str, Any]:
         return {"since": self.since, "until": self.until, "event": self.event, "actor": self.actor,

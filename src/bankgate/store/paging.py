@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import ColumnElement, Select, and_, or_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "Keyset", "Page", "PagingError", "check_limit", "fetch_page"]
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "Keyset", "Page", "PagingError", "check_limit", "fetch_page", "first_rows"]
 
 T = TypeVar("T")
 
@@ -127,19 +127,29 @@ async def fetch_page(
     check_limit(limit)
     if cursor is not None:
         query = query.where(keyset.after(keyset.decode(cursor, filters)))
-    if len(branches) <= 1:
-        if branches:
-            query = query.where(branches[0])
-        rows = list((await conn.execute(keyset.ordered(query).limit(limit + 1))).mappings())
-    else:
-        names = [column.key for column in keyset.columns]
-        ranges = [list((await conn.execute(keyset.ordered(query.where(b)).limit(limit + 1))).mappings())
-                  for b in branches]
-        merged = heapq.merge(*ranges, key=lambda row: tuple(row[n] for n in names), reverse=keyset.descending)
-        rows = list(itertools.islice(merged, limit + 1))
+    rows = await first_rows(conn, query, keyset, limit + 1, branches)
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
     last = rows[-1]
     key = tuple(last[column.key] for column in keyset.columns)
     return rows, keyset.encode(key, filters)
+
+
+async def first_rows(
+    conn: AsyncConnection,
+    query: Select[Any],
+    keyset: Keyset,
+    count: int,
+    branches: Sequence[ColumnElement[bool]] = (),
+) -> list[Any]:
+    """The first `count` rows of `query` in `keyset` order; with `branches`, each read apart and merged (see
+    `fetch_page`)."""
+    if len(branches) <= 1:
+        if branches:
+            query = query.where(branches[0])
+        return list((await conn.execute(keyset.ordered(query).limit(count))).mappings())
+    names = [column.key for column in keyset.columns]
+    ranges = [list((await conn.execute(keyset.ordered(query.where(b)).limit(count))).mappings()) for b in branches]
+    merged = heapq.merge(*ranges, key=lambda row: tuple(row[n] for n in names), reverse=keyset.descending)
+    return list(itertools.islice(merged, count))
