@@ -324,6 +324,22 @@ async def test_export_streams_a_long_trail_in_chunks_in_order(services: Services
     assert len(list(csv.reader(io.StringIO("".join(newest))))) == 1_235  # the header and every event
 
 
+async def test_an_export_ends_with_the_events_written_before_it_began(services: Services) -> None:
+    await services.audit.write(*(AuditEvent("demo.busy", "system", "success", None, {"n": n}, at=2e9 + n)
+                                 for n in range(600)))
+    written = 0
+    chunks = []
+    async for chunk in services.admin.audit.export(format="jsonl", event="demo.busy"):
+        chunks.append(chunk)
+        # A busy trail: more events arrive while the export runs, later than every event it started with.
+        await services.audit.write(*(AuditEvent("demo.busy", "system", "success", None, {"n": 1000 + written + n},
+                                                at=3e9 + written + n) for n in range(600)))
+        written += 600
+        if len(chunks) > 5:
+            break  # it would chase the writer for ever
+    assert [json.loads(line)["detail"]["n"] for line in "".join(chunks).splitlines()] == list(range(600))
+
+
 # -- versions ------------------------------------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Select, insert, select
+from sqlalchemy import ColumnElement, Select, func, insert, select
 
 from bankgate.events import AuditEvent, EventSink, Outcome
 from bankgate.outage import OutageLog, unavailable_service
@@ -165,8 +165,14 @@ class AuditLog:
     async def scan(
         self, query: AuditQuery, *, newest_first: bool = False, batch: int = MAX_LIMIT
     ) -> AsyncIterator[AuditEvent]:
-        """Every event that matches `query`, read a page at a time (constant memory, no connection held between
-        pages, so a slow reader never blocks a writer)."""
+        """Every event that matches `query` among those written before the scan began (so a scan of a busy trail
+        ends), read a page at a time: constant memory, and no connection held between pages, so a slow reader never
+        blocks a writer."""
+        async with self._store.connect() as conn:
+            last = await conn.scalar(select(func.max(schema.audit_events.c.id)))
+        if last is None:
+            return
+        query = dataclasses.replace(query, through_id=last)
         cursor: str | None = None
         while True:
             page = await self.page(query, limit=batch, cursor=cursor, newest_first=newest_first)
@@ -189,6 +195,8 @@ class AuditQuery:
     actor: str | None = None
     subjects: tuple[str, ...] | None = None
     outcome: str | None = None
+    #: Only events written up to this one (by id): what a scan started with.
+    through_id: int | None = None
 
     def where(self, statement: Select[Any]) -> Select[Any]:
         table = schema.audit_events
@@ -206,6 +214,8 @@ class AuditQuery:
             statement = statement.where(table.c.at >= self.since)
         if self.until is not None:
             statement = statement.where(table.c.at < self.until)
+        if self.through_id is not None:
+            statement = statement.where(table.c.id <= self.through_id)
         return statement
 
     def split(self) -> tuple[AuditQuery, list[ColumnElement[bool]]]:
@@ -218,7 +228,8 @@ class AuditQuery:
 
     def fingerprint(self) -> dict[str, Any]:
         return {"since": self.since, "until": self.until, "event": self.event, "actor": self.actor,
-                "subjects": sorted(self.subjects) if self.subjects is not None else None, "outcome": self.outcome}
+                "subjects": sorted(self.subjects) if self.subjects is not None else None, "outcome": self.outcome,
+                "through_id": self.through_id}
 
 
 _ORDER = (schema.audit_events.c.at, schema.audit_events.c.id)
