@@ -233,9 +233,9 @@ class ClientRegistry:
         table = schema.client_secrets
         found: dict[str, list[SecretHash]] = {client_id: [] for client_id in client_ids}
         if client_ids:
-            rows = await conn.execute(
-                select(table).where(table.c.client_id.in_(client_ids)).order_by(table.c.client_id, table.c.id)
-            )
+            # One client (a lookup, the token endpoint's cache filling) is a plain equality: no expanded IN.
+            which = table.c.client_id == client_ids[0] if len(client_ids) == 1 else table.c.client_id.in_(client_ids)
+            rows = await conn.execute(select(table).where(which).order_by(table.c.client_id, table.c.id))
             for s in rows.mappings():
                 found[s["client_id"]].append(SecretHash(s["secret_hash"], s["created_at"], s["expires_at"]))
         return {client_id: tuple(hashes) for client_id, hashes in found.items()}
