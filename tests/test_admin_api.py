@@ -329,3 +329,20 @@ def test_unknown_routes_and_methods_are_problems(server: Server, owner: Admin) -
 def test_audit_json_is_not_a_secret_store(server: Server, owner: Admin) -> None:
     created = owner.post("/clients", {"name": "c", "scopes": ["app_1"]}).json()
     assert created["secret_key"] not in json.dumps(server.audit(100))
+
+
+def test_admin_port_serves_the_admin_api_alone(server_factory: Any) -> None:
+    from conftest import free_port
+
+    admin_port = free_port()
+    server = server_factory(args=("--admin-port", str(admin_port)))
+    owner = new_admin(server, "ops-owner", "owner")
+    public = server.http.get(f"{API}/me", headers=owner.headers)
+    assert public.status_code == 404
+    assert server.http.get("/healthz").status_code == 200
+    with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=10) as admin_listener:
+        me = admin_listener.get(f"{API}/me", headers=owner.headers)
+        assert me.status_code == 200, me.text
+        assert me.json()["name"] == "ops-owner"
+        assert admin_listener.get("/healthz").status_code == 404
+        assert admin_listener.post("/oauth/token", data={"grant_type": "client_credentials"}).status_code == 404
