@@ -231,6 +231,7 @@ def test_admin_tokens_and_merchant_tokens_never_cross(server: Server, owner: Adm
                              headers={"Authorization": basic(owner.api_key, "ska_test_wrong")})
     assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
     # disabling the administrator stops its token at once
+    new_admin(server, "second-owner", "owner")
     server.cli("admins", "disable", "ops-owner")
     _problem(server.http.get(f"{API}/me", headers=bearer), 401)
 
@@ -346,3 +347,38 @@ def test_admin_port_serves_the_admin_api_alone(server_factory: Any) -> None:
         assert me.json()["name"] == "ops-owner"
         assert admin_listener.get("/healthz").status_code == 404
         assert admin_listener.post("/oauth/token", data={"grant_type": "client_credentials"}).status_code == 404
+
+
+def test_administrators_over_the_api(server: Server, owner: Admin) -> None:
+    manager = new_admin(server, "onboarding", "integration-manager")
+    refused = _problem(manager.post("/admins", {"name": "sneaky", "role": "owner"}), 403)
+    assert refused["permission"] == "admins:write"
+    _problem(manager.get("/admins"), 403)
+    created = owner.post("/admins", {"name": "watcher", "role": "auditor"})
+    assert created.status_code == 201, created.text
+    watcher = Admin(server, created.json())
+    assert watcher.get("/me").json()["role"] == "auditor"
+    _problem(owner.post("/admins", {"name": "watcher", "role": "auditor"}), 422)
+    invalid = _problem(owner.post("/admins", {"name": "x y", "role": "root"}), 422)
+    assert invalid["errors"][0]["field"] == "name"
+    assert [a["name"] for a in owner.get("/admins").json()["admins"]] == ["ops-owner", "onboarding", "watcher"]
+    tag = owner.get("/admins/watcher").headers["etag"]
+    promoted = owner.patch("/admins/watcher", {"role": "integration-manager"}, headers={"If-Match": tag})
+    assert promoted.status_code == 200 and promoted.json()["role"] == "integration-manager"
+    assert watcher.get("/me").json()["role"] == "integration-manager"  # decided again on every request
+    # the last active owner cannot be demoted, disabled or deleted
+    me_tag = owner.get("/admins/ops-owner").headers["etag"]
+    assert "last active owner" in _problem(
+        owner.patch("/admins/ops-owner", {"role": "auditor"}, headers={"If-Match": me_tag}), 409)["detail"]
+    _problem(owner.post("/admins/ops-owner/disable"), 409)
+    rotated = owner.post("/admins/watcher/rotate-secret").json()
+    _problem(watcher.get("/me"), 401)
+    assert Admin(server, rotated).get("/me").status_code == 200
+    assert owner.post("/admins/watcher/disable").json()["status"] == "disabled"
+    _problem(Admin(server, rotated).get("/me"), 401)
+    current = owner.get("/admins/watcher").headers["etag"]
+    assert owner.delete("/admins/watcher", headers={"If-Match": current}).json()["status"] == "deleted"
+    events = [e for e in server.audit(100) if e["event"].startswith("admin.") and e["actor"] == "api:ops-owner"]
+    assert [e["event"] for e in events] == ["admin.created", "admin.updated", "admin.secret_rotated",
+                                            "admin.disabled", "admin.deleted"]
+    assert created.json()["secret_key"] not in json.dumps(server.audit(100))

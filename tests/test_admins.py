@@ -228,6 +228,9 @@ def test_cli_creates_lists_and_enrols(server: Any) -> None:
     assert shown["console_password"] is True and shown["totp_enrolled"] is True
     refused = server.cli("admins", "create", "ops-owner", "--role", "owner", check=False)
     assert refused.returncode == 1 and "exists already" in refused.stderr
+    last = server.cli("admins", "disable", "ops-owner", check=False)
+    assert last.returncode == 1 and "last active owner" in last.stderr
+    server.cli_json("admins", "create", "second-owner", "--role", "owner")
     assert server.cli_json("admins", "disable", "ops-owner")["status"] == "disabled"
     rotated = server.cli_json("admins", "rotate-secret", "ops-owner")
     assert rotated["secret_key"] != created["secret_key"]

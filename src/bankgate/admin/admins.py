@@ -4,7 +4,7 @@ set the console password (enrolling TOTP), change the role."""
 from __future__ import annotations
 
 from bankgate.admin._base import Actor, NotFoundError, UseCases
-from bankgate.credentials.admins import AdminRecord, IssuedAdminSecret, TotpEnrolment
+from bankgate.credentials.admins import AdminRecord, AdminStateError, IssuedAdminSecret, TotpEnrolment
 
 __all__ = ["AdminAdmin"]
 
@@ -25,8 +25,18 @@ class AdminAdmin(UseCases):
             raise NotFoundError(f"no administrator named {name}; see `bankgate admins list`")
         return record
 
+    async def _keep_an_owner(self, name: str, change: str) -> None:
+        """Refuse a change that would leave no active owner: nobody could then manage administrators or keys."""
+        record = await self.get(name)
+        if record.role != "owner" or record.status != "active":
+            return
+        owners = [a for a in await self.list() if a.role == "owner" and a.status == "active"]
+        if len(owners) <= 1:
+            raise AdminStateError(f"{name} is the last active owner; make another administrator owner before you "
+                                  f"{change} it")
+
     async def disable(self, actor: Actor, name: str) -> AdminRecord:
-        await self.get(name)
+        await self._keep_an_owner(name, "disable")
         _, after = await self._services.admins.set_status(name, "disabled")
         await self._audit(actor, "admin.disabled", self._detail(after))
         return after
@@ -38,13 +48,14 @@ class AdminAdmin(UseCases):
         return after
 
     async def delete(self, actor: Actor, name: str) -> AdminRecord:
-        await self.get(name)
+        await self._keep_an_owner(name, "delete")
         _, after = await self._services.admins.set_status(name, "deleted")
         await self._audit(actor, "admin.deleted", self._detail(after))
         return after
 
     async def set_role(self, actor: Actor, name: str, role: str) -> AdminRecord:
-        await self.get(name)
+        if role != "owner":
+            await self._keep_an_owner(name, "demote")
         before, after = await self._services.admins.set_role(name, role)
         await self._audit(actor, "admin.updated", {**self._detail(after), "previous_role": before.role})
         return after

@@ -74,6 +74,11 @@ _BODIES: dict[tuple[str, str], dict[str, Any]] = {
                     "delivered in a PKCS#12 bundle with its password, once"},
         "days": {"type": "integer", "minimum": 1, "maximum": 825},
         "key_type": {"type": "string", "enum": ["ec", "rsa"]}}},
+    ("POST", "/admins"): {"required": ["name", "role"], "properties": {
+        "name": {"type": "string", "maxLength": 64},
+        "role": {"type": "string", "enum": ["owner", "integration-manager", "auditor"]}}},
+    ("PATCH", "/admins/{name}"): {"required": ["role"], "properties": {
+        "role": {"type": "string", "enum": ["owner", "integration-manager", "auditor"]}}},
     ("POST", "/ip-allowlist/{subject}"): {"required": ["cidr"], "properties": {
         "cidr": {"type": "string", "description": "an IPv4 or IPv6 address or CIDR"}}},
     ("POST", "/signing-keys/rotate"): {"properties": {"alg": {"type": "string",
@@ -93,7 +98,7 @@ def _problems(*statuses: int) -> dict[str, Any]:
 
 
 def _success(method: str, path: str) -> dict[str, Any]:
-    if method == "POST" and path in ("/clients", "/users", "/users/{username}/certificates",
+    if method == "POST" and path in ("/clients", "/users", "/admins", "/users/{username}/certificates",
                                      "/ip-allowlist/{subject}", "/signing-keys/rotate"):
         return {"201": _json(_ANY, "created (Location: its URL; a secret in it is shown this once)")}
     if (method, path) == ("GET", "/certificates/{serial}"):
@@ -113,12 +118,12 @@ def admin_paths() -> dict[str, Any]:
             for name in re.findall(r"\{(\w+)\}", openapi_path)
         ]
         statuses = [400, 401, 403, 404, 405, 429, 503]
-        if method == "GET" and path in ("/clients", "/users"):
+        if method == "GET" and path in ("/clients", "/users", "/admins"):
             parameters += _LIST_FILTERS
         if method == "GET" and path == "/audit":
             parameters += _AUDIT_FILTERS
-        if method == "GET" and path in ("/clients", "/users", "/users/{username}/certificates", "/signing-keys",
-                                        "/audit"):
+        if method == "GET" and path in ("/clients", "/users", "/admins", "/users/{username}/certificates",
+                                        "/signing-keys", "/audit"):
             parameters += _PAGE_PARAMS
             statuses.append(422)
         if method != "GET":

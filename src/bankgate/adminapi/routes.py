@@ -4,10 +4,12 @@ The use cases validate, change and audit; nothing here decides a rule of its own
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,13 +29,14 @@ from bankgate.adminapi.http import (
     read_body,
     require_match,
 )
-from bankgate.credentials.admins import AdminStateError
+from bankgate.credentials.admins import AdminRecord, AdminStateError
 from bankgate.credentials.clients import ClientRecord, ClientStateError
 from bankgate.credentials.users import UserRecord, UserStateError
 from bankgate.events import AuditEvent
 from bankgate.web.errors import HttpError
 
 if TYPE_CHECKING:
+    from bankgate.config import Algorithm
     from bankgate.runtime import Runtime
 
 __all__ = ["OPERATIONS", "PREFIX", "routes"]
@@ -296,6 +299,72 @@ async def delete_user(request: Request, call: Call) -> Response:
     return json_response((await call.runtime.services.admin.users.delete(call.actor, current.username)).as_json())
 
 
+# -- administrators ---------------------------------------------------------------------------------------------
+
+_ADMIN_STATUSES = ("active", "disabled", "deleted")
+
+
+async def list_admins(request: Request, call: Call) -> Response:
+    status = _status_filter(request, _ADMIN_STATUSES)
+    query = request.query_params.get("q")
+    records = await call.runtime.services.admin.admins.list(deleted=status == "deleted")
+    chosen = [r for r in records if (status is None or r.status == status) and _matches(query, r.name, r.api_key)]
+    return page_response(request, "admins", page_of(request, chosen, lambda r: r.name), lambda r: r.as_json())
+
+
+async def create_admin(request: Request, call: Call) -> Response:
+    body = await call.body(request, ("name", "role"))
+    name = body.string("name", required=True, max_length=64)
+    role = body.string("role", required=True, max_length=32)
+    body.check()
+    assert name is not None and role is not None
+    issued = await call.runtime.services.admin.admins.create(call.actor, name, role)
+    return _created(issued.as_json(), f"{PREFIX}/admins/{issued.admin.name}")
+
+
+async def _admin(request: Request, call: Call) -> AdminRecord:
+    return await call.runtime.services.admin.admins.get(request.path_params["name"])
+
+
+async def show_admin(request: Request, call: Call) -> Response:
+    return _resource((await _admin(request, call)).as_json())
+
+
+async def update_admin(request: Request, call: Call) -> Response:
+    current = await _admin(request, call)
+    require_match(request, etag(current.as_json()))
+    body = await call.body(request, ("role",))
+    role = body.string("role", required=True, max_length=32)
+    body.check()
+    assert role is not None
+    return _resource((await call.runtime.services.admin.admins.set_role(call.actor, current.name, role)).as_json())
+
+
+def _admin_action(action: str) -> Handler:
+    async def handler(request: Request, call: Call) -> Response:
+        current = await _admin(request, call)
+        if "if-match" in request.headers:
+            require_match(request, etag(current.as_json()))
+        admins = call.runtime.services.admin.admins
+        method: Callable[[Actor, str], Awaitable[AdminRecord]] = getattr(admins, action)
+        return _resource((await method(call.actor, current.name)).as_json())
+
+    handler.__name__ = f"{action}_admin"
+    return handler
+
+
+async def rotate_admin_secret(request: Request, call: Call) -> Response:
+    current = await _admin(request, call)
+    issued = await call.runtime.services.admin.admins.rotate_secret(call.actor, current.name)
+    return json_response(issued.as_json())
+
+
+async def delete_admin(request: Request, call: Call) -> Response:
+    current = await _admin(request, call)
+    require_match(request, etag(current.as_json()))
+    return json_response((await call.runtime.services.admin.admins.delete(call.actor, current.name)).as_json())
+
+
 # -- IP allow lists ----------------------------------------------------------------------------------------------
 
 def _listing_json(listing: Any) -> dict[str, Any]:
@@ -388,7 +457,7 @@ async def rotate_key(request: Request, call: Call) -> Response:
     if alg is not None and alg not in ("RS256", "ES256", "EdDSA"):
         body.errors.append(FieldError("alg", "must be one of: RS256, ES256, EdDSA"))
     body.check()
-    key = await call.runtime.services.admin.keys.rotate(call.actor, alg)  # type: ignore[arg-type]
+    key = await call.runtime.services.admin.keys.rotate(call.actor, cast("Algorithm | None", alg))
     return _created(key.as_json(), f"{PREFIX}/signing-keys")
 
 
@@ -406,9 +475,6 @@ _OUTCOMES = ("success", "failure")
 
 
 def _event_key(event: AuditEvent) -> str:
-    import hashlib
-    import json
-
     digest = hashlib.sha256(json.dumps(event.detail, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"{event.at!r}|{event.event}|{event.actor}|{digest}"
 
@@ -479,6 +545,14 @@ OPERATIONS: list[tuple[str, str, Handler, str | None]] = [
     ("POST", "/users/{username}/certificates", issue_certificate, "certs:write"),
     ("GET", "/certificates/{serial}", show_certificate, "certs:read"),
     ("POST", "/certificates/{serial}/revoke", revoke_certificate, "certs:write"),
+    ("GET", "/admins", list_admins, "admins:read"),
+    ("POST", "/admins", create_admin, "admins:write"),
+    ("GET", "/admins/{name}", show_admin, "admins:read"),
+    ("PATCH", "/admins/{name}", update_admin, "admins:write"),
+    ("DELETE", "/admins/{name}", delete_admin, "admins:write"),
+    ("POST", "/admins/{name}/rotate-secret", rotate_admin_secret, "admins:write"),
+    *(("POST", f"/admins/{{name}}/{action}", _admin_action(action), "admins:write")
+      for action in ("disable", "enable")),
     ("GET", "/ip-allowlist", list_allowlist, "ips:read"),
     ("GET", "/ip-allowlist/{subject}", show_allowlist, "ips:read"),
     ("POST", "/ip-allowlist/{subject}", allow_address, "ips:write"),
