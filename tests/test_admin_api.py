@@ -208,9 +208,10 @@ def test_admin_tokens_and_merchant_tokens_never_cross(server: Server, owner: Adm
     bearer = {"Authorization": f"Bearer {token['access_token']}"}
     me = server.http.get(f"{API}/me", headers=bearer)
     assert me.status_code == 200 and me.json()["authenticated_with"] == "bearer"
-    # a merchant API refuses the admin token
+    # a merchant API refuses the admin token, and the admin key pair
     whoami = server.http.get("/api/v1/whoami", headers=bearer)
     assert whoami.status_code == 401 and "audience" in whoami.json()["error_description"]
+    assert server.http.get("/api/v1/whoami", headers=owner.headers).status_code == 401
     # and the admin API refuses a merchant token
     client = server.create_client("app_1")
     merchant = server.token(client).json()["access_token"]
@@ -382,3 +383,15 @@ def test_administrators_over_the_api(server: Server, owner: Admin) -> None:
     assert [e["event"] for e in events] == ["admin.created", "admin.updated", "admin.secret_rotated",
                                             "admin.disabled", "admin.deleted"]
     assert created.json()["secret_key"] not in json.dumps(server.audit(100))
+
+
+def test_guessing_an_administrator_secret_is_throttled(server: Server, owner: Admin) -> None:
+    wrong = {"Authorization": basic(owner.api_key, "ska_test_guess")}
+    for _ in range(5):  # BANKGATE_THROTTLE_ACCOUNT_IP_FAILURES
+        _problem(server.http.get(f"{API}/me", headers=wrong), 401)
+    blocked = _problem(owner.get("/me"), 429)
+    assert int(owner.get("/me").headers["retry-after"]) >= 1
+    assert "retry in" in blocked["detail"]
+    denied = [e for e in server.audit(50) if e["event"] == "admin_api.denied"]
+    assert [e["detail"]["reason"] for e in denied][:5] == ["wrong_secret"] * 5
+    assert all(e["source_ip"] == "127.0.0.1" for e in denied)
