@@ -32,6 +32,7 @@ async def _prepare(settings: Settings) -> dict[str, str]:
         await services.init()
         issued = await services.clients.create("conformance", ["app_12345"])
         basic_issued = await services.clients.create("conformance basic", ["app_12345"], auth_mode="basic")
+        owner = await services.admins.create("conformance-owner", "owner")
     finally:
         await services.close()
     return {
@@ -39,6 +40,8 @@ async def _prepare(settings: Settings) -> dict[str, str]:
         "secret_key": issued.secret_key,
         "basic_api_key": basic_issued.client.api_key,
         "basic_secret_key": basic_issued.secret_key,
+        "admin_api_key": owner.admin.api_key,
+        "admin_secret_key": owner.secret_key,
     }
 
 
@@ -81,12 +84,16 @@ def conformance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             f"{credentials['api_key']}:{credentials['secret_key']}".encode()).decode(),
         "api_basic": "Basic " + base64.b64encode(
             f"{credentials['basic_api_key']}:{credentials['basic_secret_key']}".encode()).decode(),
+        "admin_basic": "Basic " + base64.b64encode(
+            f"{credentials['admin_api_key']}:{credentials['admin_secret_key']}".encode()).decode(),
     }
 
 
 def _valid_authorization(path: str, conformance: dict[str, Any]) -> str | None:
     if path.startswith("/oauth/"):
         return str(conformance["client_basic"])
+    if path.startswith("/admin/"):  # an owner: every admin operation runs past its permission check
+        return str(conformance["admin_basic"])
     if path in ("/api/v1/whoami", "/api/v1/accounts") or path.startswith("/api/v1/payments"):
         return str(conformance["bearer"])
     return None

@@ -50,6 +50,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 _SANDBOX_PREFIXES = ("/api/v1/accounts", "/api/v1/payments")
+_ADMIN_PREFIX = "/admin/"
+#: What a listener of `--admin-port` serves, and what the public listener then refuses (404).
+_ADMIN_SURFACE = ("/admin/", "/console")
 _SANDBOX_ROOTS = frozenset({"accounts", "payments"})
 
 #: An outer middleware: given the app inside it, the app to call instead (a Starlette-style middleware class
@@ -74,7 +77,12 @@ class BankgateApp:
     """
 
     def __init__(
-        self, starlette: Starlette, direct: dict[tuple[str, str], ASGIApp], middleware: Sequence[Middleware] = ()
+        self,
+        starlette: Starlette,
+        direct: dict[tuple[str, str], ASGIApp],
+        middleware: Sequence[Middleware] = (),
+        *,
+        admin_port: int | None = None,
     ) -> None:
         self.starlette = starlette
         self.state = starlette.state
@@ -84,6 +92,19 @@ class BankgateApp:
             app = wrap(app)
         self._boundary = ErrorBoundary(app, self._outages)
         self._idle_outages = OutageLog()  # only until the runtime exists
+        self._admin_port = admin_port
+
+    def _on_admin_port(self, scope: Scope) -> bool:
+        """Whether the request came in on the `--admin-port` listener (the local address's port)."""
+        server = scope.get("server")
+        return server is not None and server[1] == self._admin_port
+
+    async def _not_here(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """404 for what the listener does not serve: /admin and /console on the public one, the rest on the
+        admin one."""
+        request = Request(scope, receive)
+        response = await _http_error(request, HTTPException(404))
+        await response(scope, receive, send)
 
     def _outages(self) -> OutageLog:
         runtime = getattr(self.state, "runtime", None)
@@ -95,9 +116,15 @@ class BankgateApp:
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
+            if self._admin_port is not None and self._on_admin_port(scope) != path.startswith(_ADMIN_SURFACE):
+                await self._not_here(scope, receive, send)
+                return
             endpoint = self._direct.get((scope["method"], path))
             if endpoint is not None:
                 await endpoint(scope, receive, send)
+                return
+            if path.startswith(_ADMIN_PREFIX):
+                await self.state.runtime.admin_api(scope, receive, send)
                 return
             if path.startswith(_SANDBOX_PREFIXES) and path.partition("/api/v1/")[2].split("/")[0] in _SANDBOX_ROOTS:
                 sandbox = self.state.runtime.sandbox
@@ -150,4 +177,4 @@ def create_app(
             Route("/healthz", health, methods=["GET"]),
         ]
     )
-    return BankgateApp(starlette, direct, middleware)
+    return BankgateApp(starlette, direct, middleware, admin_port=settings.admin_port)

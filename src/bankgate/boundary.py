@@ -142,6 +142,8 @@ def _family(path: str) -> str:
         return "guard"
     if path.startswith(_SANDBOX):
         return "sandbox"
+    if path.startswith("/admin/"):
+        return "admin"
     return "oauth"  # discovery, health and unknown paths answer errors in RFC 6749 form (see app.py)
 
 
@@ -162,5 +164,7 @@ async def _answer(scope: Scope, send: Send, status: int, message: str, *, malfor
         await send_error(send, error, PROBLEM, instance=path)
     elif family == "sandbox":
         await send_error(send, HttpError(status, code, message, retry_after=retry_after), PROBLEM)
+    elif family == "admin":
+        await send_error(send, HttpError(status, code, message, retry_after=retry_after), PROBLEM, instance=path)
     else:
         await send_error(send, OAuthError(code, message, status, retry_after=retry_after), OAUTH)

@@ -72,6 +72,17 @@ class Settings(BaseSettings):
         default_factory=list, description="CIDRs (comma-separated in the environment) whose X-Forwarded-For counts."
     )
     audit_flush_interval: float = Field(default=0.25, gt=0, le=10)
+    admin_allowed_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="CIDRs (comma-separated in the environment) the admin API and console "
+        "answer; empty: every address in the sandbox, none in production (fail closed)."
+    )
+    admin_audience: str = Field(default="bankgate-admin", description="The `aud` of admin API access tokens: "
+                                "never the merchant APIs' audience, so neither kind of token is taken for the other.")
+    admin_token_ttl: int = Field(default=600, ge=30, le=3600, description="Lifetime of admin API access tokens.")
+    admin_port: int | None = Field(
+        default=None, ge=1, le=65535, description="A second listener serving only /admin and /console; when set, "
+        "the public listener answers 404 there."
+    )
     m2m_token_ttl: int = Field(default=300, ge=30, le=86400, description="Lifetime of certificate-bound tokens.")
     passphrase_ttl: float = Field(default=7 * 86400, gt=0, description="Seconds an initial passphrase stays valid.")
     # -- argon2id for M2M users' passwords and passphrases (RFC 9106); argon2-cffi's defaults --
@@ -185,7 +196,7 @@ class Settings(BaseSettings):
         "requests finish before it cancels them and exits."
     )
 
-    @field_validator("trusted_proxies", mode="before")
+    @field_validator("trusted_proxies", "admin_allowed_ips", mode="before")
     @classmethod
     def _split_proxies(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -216,6 +227,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"trusted proxy {cidr!r} is not an IP address or CIDR") from exc
         return value
 
+    @field_validator("admin_allowed_ips")
+    @classmethod
+    def _check_admin_ips(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"admin allowed address {cidr!r} is not an IP address or CIDR") from exc
+        return value
+
     @model_validator(mode="after")
     def _check_issuer(self) -> Settings:
         if self.issuer is not None and not self.issuer.startswith(("http://", "https://")):
@@ -227,6 +248,11 @@ class Settings(BaseSettings):
                 f"in production argon2id needs at least {PRODUCTION_HASH_MEMORY_KIB} KiB and 2 passes "
                 "(BANKGATE_PASSWORD_HASH_MEMORY_KIB, BANKGATE_PASSWORD_HASH_TIME_COST)"
             )
+        if self.admin_audience == self.audience:
+            raise ValueError("BANKGATE_ADMIN_AUDIENCE must differ from BANKGATE_AUDIENCE: an admin token must never "
+                             "be accepted by a merchant API, nor a merchant token by the admin API")
+        if self.admin_port is not None and self.admin_port == self.port:
+            raise ValueError("--admin-port must differ from --port")
         if self.password_hash_memory_kib < 8 * self.password_hash_parallelism:
             raise ValueError("argon2id needs at least 8 KiB of memory per lane (BANKGATE_PASSWORD_HASH_MEMORY_KIB)")
         return self

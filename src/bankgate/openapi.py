@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bankgate.adminapi.openapi import admin_paths
 from bankgate.oauth.grants import GRANTS
 from bankgate.oauth.request import CLIENT_AUTH
 
@@ -194,6 +195,11 @@ def openapi_document(server_url: str, *, token_status: int = 201) -> dict[str, A
                 "mutualTLS": {"type": "mutualTLS", "description": "a client certificate issued by bankgate"},
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                            "description": "an access token from either token endpoint (RFC 6750)"},
+                "adminBasic": {"type": "http", "scheme": "basic",
+                               "description": "base64(admin_api_key:admin_secret), an administrator's bka_/ska_ pair"},
+                "adminBearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                                "description": "an admin access token (POST /oauth/token with an administrator's key "
+                                "pair; audience BANKGATE_ADMIN_AUDIENCE)"},
             }
         },
         "paths": {
@@ -359,5 +365,6 @@ def openapi_document(server_url: str, *, token_status: int = 201) -> dict[str, A
                     "responses": {"200": _json(_PAYMENT, "the payment"), **_sandbox_errors("404", "503")},
                 }
             },
+            **admin_paths(),
         },
     }

@@ -61,6 +61,10 @@ class Runtime:
             from bankgate.sandbox import sandbox_app
 
             self.sandbox = sandbox_app(self)
+        from bankgate.adminapi import AdminApi
+
+        #: The admin API (`/admin/v1`) and the administrators' side of the token endpoint.
+        self.admin_api = AdminApi(self)
         self._tasks: list[asyncio.Task[None]] = []
         self._key_reloads: set[asyncio.Task[None]] = set()
         # A key retired at once, here or (seen on the change feed) in another process.

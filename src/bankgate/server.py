@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.config import LOGGING_CONFIG
+from uvicorn.supervisors import Multiprocess
 
 from bankgate.app import create_app
 from bankgate.config import Settings
@@ -166,10 +167,27 @@ def serve(
     if tls:
         options.update(tls_options(prepare_tls(settings, hostnames), http, limits_from(settings)))
     if workers <= 1:
-        uvicorn.run(create_app(settings, issuer=issuer), **options)
+        _run(create_app(settings, issuer=issuer), options, admin_port=settings.admin_port)
         return
     dumped = settings.model_dump(mode="json")
     if settings.master_key is not None:
         dumped["master_key"] = settings.master_key.get_secret_value()
     os.environ[_WORKER_SETTINGS] = json.dumps({"settings": dumped, "issuer": issuer})
-    uvicorn.run("bankgate.server:app_from_environment", factory=True, workers=workers, **options)
+    _run("bankgate.server:app_from_environment", {**options, "factory": True, "workers": workers},
+         admin_port=settings.admin_port)
+
+
+def _run(app: Any, options: dict[str, Any], *, admin_port: int | None) -> None:
+    """uvicorn on the public port, and with `admin_port` on a second listener too: one app behind both sockets,
+    which tells them apart by the local port of each request (`BankgateApp`)."""
+    if admin_port is None:
+        uvicorn.run(app, **options)
+        return
+    config = uvicorn.Config(app, **options)
+    admin = uvicorn.Config(app, host=options["host"], port=admin_port, log_config=options["log_config"])
+    sockets = [config.bind_socket(), admin.bind_socket()]
+    server = uvicorn.Server(config)
+    if config.workers > 1:
+        Multiprocess(config, sockets=sockets).run()
+    else:
+        server.run(sockets=sockets)

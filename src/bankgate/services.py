@@ -9,6 +9,7 @@ from bankgate.audit import AuditEvent, AuditLog
 from bankgate.changes import ChangeFeed
 from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Settings
+from bankgate.credentials.admins import AdminDirectory
 from bankgate.credentials.allowlist import IpAllowList
 from bankgate.credentials.clients import ClientRegistry
 from bankgate.credentials.users import UserDirectory
@@ -86,6 +87,8 @@ class Services:
             store, settings.environment, cache_ttl=settings.client_cache_ttl, changes=self.changes, clock=clock
         )
         self.throttle = AuthThrottle.from_settings(store, settings, clock=clock)
+        self.admins = AdminDirectory(store, vault, settings.environment, hasher=settings.password_hasher(),
+                                     throttle=self.throttle, clock=clock)
         self.limiter = IssuanceLimiter(store, limit=settings.issuance_rate_limit, clock=clock)
         #: The administrative use cases over the services above, for every entrance (command line, admin API).
         self.admin = Admin(self)

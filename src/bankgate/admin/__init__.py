@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bankgate.admin._base import SYSTEM, Actor, AdminError, ConflictError, NotFoundError
+from bankgate.admin.admins import AdminAdmin
 from bankgate.admin.audit import AuditQueries
 from bankgate.admin.certs import CertificateAdmin
 from bankgate.admin.clients import ClientAdmin
@@ -36,3 +37,4 @@ class Admin:
         self.ips = AllowListAdmin(services)
         self.keys = KeyAdmin(services)
         self.audit = AuditQueries(services)
+        self.admins = AdminAdmin(services)

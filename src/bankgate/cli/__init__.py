@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 import bankgate
 from bankgate.admin import AdminError
-from bankgate.cli import audit, certs, clients, ips, keys, server, users
+from bankgate.cli import admins, audit, certs, clients, ips, keys, server, users
 from bankgate.cli._common import CliError, errors
 from bankgate.config import UnknownSettingError
 from bankgate.credentials.clients import ClientNotFoundError
@@ -89,6 +89,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(users.app, name="users")
 app.add_typer(ips.app, name="ips")
 app.add_typer(certs.app, name="certs")
+app.add_typer(admins.app, name="admins")
 
 
 def main() -> None:

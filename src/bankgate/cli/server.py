@@ -109,6 +109,9 @@ def serve(
                                                            "may take to finish on SIGTERM before they are "
                                                            "cancelled [env: BANKGATE_SHUTDOWN_TIMEOUT, default 10]",
                                                            show_default=False)] = None,
+    admin_port: Annotated[int | None, typer.Option("--admin-port", help="Also listen on this port for /admin and "
+                                                   "/console only; the main port then answers 404 there [env: "
+                                                   "BANKGATE_ADMIN_PORT]", show_default=False)] = None,
 ) -> None:
     """Run the HTTP server (uvicorn). Initialises the data directory first if needed."""
     from bankgate.server import HTTP_IMPLEMENTATIONS
@@ -120,7 +123,8 @@ def serve(
                             trusted_proxies=trusted_proxy or None, client_cert_header=client_cert_header,
                             client_cert_header_name=client_cert_header_name, max_header_bytes=max_header_bytes,
                             max_headers=max_headers, header_timeout=header_timeout, body_timeout=body_timeout,
-                            keep_alive_timeout=keep_alive_timeout, shutdown_timeout=shutdown_timeout)
+                            keep_alive_timeout=keep_alive_timeout, shutdown_timeout=shutdown_timeout,
+                            admin_port=admin_port)
 
     async def prepare(services: Services) -> tuple[InitReport, IssuerChoice]:
         report = await services.init()

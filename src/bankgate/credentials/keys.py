@@ -1,11 +1,12 @@
-"""API key and secret formats, as in the seed: `bk_live_…` / `sk_live_…` (`test` in the sandbox)."""
+"""API key and secret formats, as in the seed: `bk_live_…` / `sk_live_…` (`test` in the sandbox); administrators'
+keys have their own family, `bka_live_…` / `ska_live_…`, so neither can be mistaken for the other."""
 
 from __future__ import annotations
 
 import secrets
 import string
 
-__all__ = ["new_api_key", "new_secret_key"]
+__all__ = ["new_admin_key", "new_admin_secret", "new_api_key", "new_secret_key"]
 
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -22,3 +23,13 @@ def new_api_key(prefix: str) -> str:
 def new_secret_key(prefix: str) -> str:
     """A secret: 43 base62 characters, ~256 bits from the OS CSPRNG."""
     return f"sk_{prefix}_{_random_text(43)}"
+
+
+def new_admin_key(prefix: str) -> str:
+    """An administrator's public identifier, as `new_api_key` but of the `bka_` family."""
+    return f"bka_{prefix}_{_random_text(24)}"
+
+
+def new_admin_secret(prefix: str) -> str:
+    """An administrator's secret, as `new_secret_key` but of the `ska_` family."""
+    return f"ska_{prefix}_{_random_text(43)}"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from bankgate.idempotency._memory import MemoryIdempotencyStore
 from bankgate.idempotency._middleware import AtomicKey, IdempotencyMiddleware, atomic_key
 from bankgate.idempotency._redis import RedisIdempotencyStore
+from bankgate.idempotency._sealed import SealedStore
 from bankgate.idempotency._sql import SqlIdempotencyStore
 from bankgate.idempotency._types import AtomicStore, Claim, IdempotencyStore, StoredResponse, Write, fingerprint
 
@@ -34,6 +35,7 @@ __all__ = [
     "IdempotencyStore",
     "MemoryIdempotencyStore",
     "RedisIdempotencyStore",
+    "SealedStore",
     "SqlIdempotencyStore",
     "StoredResponse",
     "Write",

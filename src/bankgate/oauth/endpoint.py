@@ -12,6 +12,7 @@ from bankgate.credentials.authenticate import ClientRejected
 from bankgate.credentials.clients import ClientRecord
 from bankgate.oauth.errors import OAuthError
 from bankgate.oauth.http import Receive, Scope, Send, header
+from bankgate.oauth.registry import KeyFamilyRegistry
 from bankgate.oauth.request import Params, client_credentials, read_params
 from bankgate.runtime import Runtime
 from bankgate.web.errors import OAUTH, send_error
@@ -25,6 +26,8 @@ class OAuthEndpoint:
     #: Whether a revoked client's correct key pair is accepted: so it can still introspect and revoke its own
     #: tokens (RFC 7662, RFC 7009), never get new ones.
     accepts_revoked = False
+    #: Key pairs of other families this endpoint serves besides merchant clients (the token endpoint: admins').
+    families: KeyFamilyRegistry | None = None
 
     def __init__(self, state: Any) -> None:
         self._state = state  # the app's state; `state.runtime` exists once the app has started
@@ -37,6 +40,9 @@ class OAuthEndpoint:
             params = await read_params(scope, receive, runtime.settings.max_body_bytes)
             credentials = client_credentials(header(scope, b"authorization"), params)
             actor = credentials.actor
+            if self.families is not None and (family := self.families.match(credentials.api_key)) is not None:
+                await family.handle(runtime, credentials, params, source_ip, send)
+                return
             client = await self.authenticate(runtime, credentials.api_key, credentials.secret, source_ip,
                                              allow_revoked=self.accepts_revoked)
             actor = client.api_key

@@ -15,14 +15,14 @@ import orjson
 from bankgate.credentials.scopes import ScopeError, grant_scopes
 from bankgate.oauth.errors import JSON_NO_STORE, OAuthError
 from bankgate.oauth.http import Send, respond
-from bankgate.oauth.registry import GrantRegistry
+from bankgate.oauth.registry import GrantRegistry, KeyFamilyRegistry
 
 if TYPE_CHECKING:
     from bankgate.credentials.clients import ClientRecord
     from bankgate.oauth.request import Params
     from bankgate.runtime import Runtime
 
-__all__ = ["GRANTS", "ClientCredentialsGrant"]
+__all__ = ["GRANTS", "KEY_FAMILIES", "ClientCredentialsGrant"]
 
 
 class ClientCredentialsGrant:
@@ -79,3 +79,6 @@ class ClientCredentialsGrant:
 #: The grant types the token endpoint accepts; discovery and the OpenAPI document list them.
 GRANTS = GrantRegistry()
 GRANTS.register(ClientCredentialsGrant())
+
+#: Key pairs of other kinds the token endpoint issues tokens to (administrators': `bankgate.adminapi.token`).
+KEY_FAMILIES = KeyFamilyRegistry()

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from bankgate.oauth.request import ClientCredentials, Params
     from bankgate.runtime import Runtime
 
-__all__ = ["ClientAuthMethod", "ClientAuthRegistry", "Grant", "GrantRegistry"]
+__all__ = ["ClientAuthMethod", "ClientAuthRegistry", "Grant", "GrantRegistry", "KeyFamily", "KeyFamilyRegistry"]
 
 
 class Grant(Protocol):
@@ -122,3 +122,39 @@ class ClientAuthRegistry:
             hint = self._methods[0].hint if self._methods else "credentials"
             raise OAuthError.invalid_client(f"no client authentication: send {hint}", reason="no_credentials")
         return chosen.read(authorization, params)
+
+
+class KeyFamily(Protocol):
+    """Key pairs of another kind than merchant clients' (`bk_`), to which the token endpoint also issues tokens:
+    administrators' `bka_` keys. The family authenticates, decides and answers on its own, with its own audience."""
+
+    #: What every API key of the family starts with (never a prefix of `bk_` keys).
+    @property
+    def prefix(self) -> str: ...
+
+    async def handle(
+        self, runtime: Runtime, credentials: ClientCredentials, params: Params, source_ip: str | None, send: Send
+    ) -> None: ...
+
+
+class KeyFamilyRegistry:
+    """The key families beside merchant clients. `match` is one `str.startswith` over a tuple of prefixes, so a
+    merchant client's token request pays nothing measurable for their existence."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, KeyFamily] = {}
+        self._prefixes: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"KeyFamilyRegistry({list(self._families)})"
+
+    def register(self, family: KeyFamily) -> None:
+        if family.prefix in self._families or "bk_".startswith(family.prefix):
+            raise ValueError(f"key family {family.prefix!r} is registered already or would take merchant keys")
+        self._families[family.prefix] = family
+        self._prefixes = tuple(self._families)
+
+    def match(self, api_key: str) -> KeyFamily | None:
+        if not api_key.startswith(self._prefixes):
+            return None
+        return next(family for prefix, family in self._families.items() if api_key.startswith(prefix))

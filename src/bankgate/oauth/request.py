@@ -20,7 +20,7 @@ from bankgate.web.basic import MalformedBasic, NotBasic, parse_basic
 __all__ = ["CLIENT_AUTH", "ClientCredentials", "ClientSecretBasic", "ClientSecretPost", "Params", "client_credentials",
            "read_params"]
 
-_API_KEY_SHAPE = re.compile(r"bk_(test|live)_[A-Za-z0-9]{8,64}")
+_API_KEY_SHAPE = re.compile(r"bka?_(test|live)_[A-Za-z0-9]{8,64}")  # a client's or an administrator's
 _FORM = "application/x-www-form-urlencoded"
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from bankgate.credentials.clients import ClientRecord
 from bankgate.oauth.endpoint import OAuthEndpoint
 from bankgate.oauth.errors import OAuthError
-from bankgate.oauth.grants import GRANTS
+from bankgate.oauth.grants import GRANTS, KEY_FAMILIES
 from bankgate.oauth.http import Send
 from bankgate.oauth.request import Params
 from bankgate.runtime import Runtime
@@ -17,6 +17,7 @@ __all__ = ["TokenEndpoint"]
 
 class TokenEndpoint(OAuthEndpoint):
     denied_event = "token.denied"
+    families = KEY_FAMILIES
 
     async def handle(
         self, runtime: Runtime, client: ClientRecord, params: Params, source_ip: str | None, send: Send

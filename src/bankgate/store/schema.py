@@ -18,6 +18,7 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "admins",
     "audit_events",
     "auth_throttle",
     "certificate_authorities",
@@ -258,4 +259,24 @@ payments = Table(
     Column("created_at", Float, nullable=False),
     UniqueConstraint("principal", "idempotency_key", name="uq_payments_idempotency_key"),
     Index("ix_payments_application_id", "application_id"),
+)
+
+# -- administrators (the admin API and console), apart from merchant clients and M2M users ----------------------
+
+admins = Table(
+    "admins",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(32), nullable=False),  # owner | integration-manager | auditor
+    Column("api_key", String(80), nullable=False, unique=True),  # bka_live_… / bka_test_…
+    Column("secret_hash", String(64)),  # HMAC-SHA-256 under the vault's pepper, as clients' secrets; NULL: deleted
+    Column("password_hash", Text),  # argon2id of the console password; NULL until set
+    Column("totp_secret", LargeBinary),  # RFC 6238 secret, AES-256-GCM under the master key; NULL until enrolled
+    Column("totp_last_step", BigInteger),  # the last accepted TOTP time step: a code is never accepted twice
+    Column("environment", String(16), nullable=False),
+    Column("status", String(16), nullable=False),  # active | disabled | deleted
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("version", Integer, nullable=False),  # +1 on every change: the admin API's ETag
 )

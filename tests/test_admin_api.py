@@ -1,0 +1,397 @@
+"""The admin API (`/admin/v1`, bankgate.adminapi): authentication (admin key pair or admin token), roles, the
+resources over the use cases, and its conventions (problems, Idempotency-Key, ETag/If-Match, cursor pages)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from conftest import Server, basic
+
+API = "/admin/v1"
+
+
+class Admin:
+    def __init__(self, server: Server, created: dict[str, Any]) -> None:
+        self.server = server
+        self.name: str = created["name"]
+        self.api_key: str = created["api_key"]
+        self.secret_key: str = created["secret_key"]
+        self.headers = {"Authorization": basic(self.api_key, self.secret_key)}
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.server.http.get(API + path, headers={**self.headers, **kwargs.pop("headers", {})}, **kwargs)
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return self.server.http.post(API + path, json=body, headers=headers, **kwargs)
+
+    def patch(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return self.server.http.patch(API + path, json=body, headers=headers, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return self.server.http.delete(API + path, headers=headers, **kwargs)
+
+
+def new_admin(server: Server, name: str, role: str) -> Admin:
+    return Admin(server, server.cli_json("admins", "create", name, "--role", role))
+
+
+@pytest.fixture
+def owner(server: Server) -> Admin:
+    return new_admin(server, "ops-owner", "owner")
+
+
+def _problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["cache-control"] == "no-store"
+    document: dict[str, Any] = response.json()
+    assert document["status"] == status
+    return document
+
+
+def test_me_says_who_calls_and_what_it_may_do(server: Server, owner: Admin) -> None:
+    answer = owner.get("/me")
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["cache-control"] == "no-store"
+    me = answer.json()
+    assert me["name"] == "ops-owner" and me["role"] == "owner" and me["authenticated_with"] == "basic"
+    assert "admins:write" in me["permissions"] and "secret_key" not in me
+
+
+def test_unknown_key_and_wrong_secret_get_the_same_401(server: Server, owner: Admin) -> None:
+    unknown = server.http.get(f"{API}/me", headers={"Authorization": basic("bka_test_" + "A" * 24, "ska_test_x")})
+    wrong = server.http.get(f"{API}/me", headers={"Authorization": basic(owner.api_key, "ska_test_wrong")})
+    none = server.http.get(f"{API}/me")
+    for answer in (unknown, wrong, none):
+        _problem(answer, 401)
+        assert answer.headers["www-authenticate"].startswith('Basic realm="bankgate-admin"')
+    assert unknown.json() == wrong.json() | {"instance": unknown.json()["instance"]}
+    assert unknown.json()["detail"] == wrong.json()["detail"]
+
+
+def test_a_merchant_key_pair_is_not_an_administrator(server: Server) -> None:
+    client = server.create_client("app_1")
+    answer = server.http.get(f"{API}/clients", headers={"Authorization": basic(client["api_key"],
+                                                                                client["secret_key"])})
+    _problem(answer, 401)
+
+
+def test_client_lifecycle_over_the_api(server: Server, owner: Admin) -> None:
+    created = owner.post("/clients", {"name": "Acme shop", "scopes": ["app_1", "app_2"]})
+    assert created.status_code == 201, created.text
+    client = created.json()
+    assert client["secret_key"].startswith("sk_test_")
+    assert created.headers["location"] == f"{API}/clients/{client['api_key']}"
+    key = client["api_key"]
+    # the new key pair works at the token endpoint
+    assert server.token(client).status_code == 201
+
+    shown = owner.get(f"/clients/{key}")
+    assert shown.status_code == 200 and "secret_key" not in shown.json()
+    tag = shown.headers["etag"]
+    _problem(owner.patch(f"/clients/{key}", {"name": "Acme"}), 428)
+    _problem(owner.patch(f"/clients/{key}", {"name": "Acme"}, headers={"If-Match": '"stale"'}), 412)
+    renamed = owner.patch(f"/clients/{key}", {"name": "Acme", "scopes": ["app_1"]}, headers={"If-Match": tag})
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["name"] == "Acme" and renamed.json()["scopes"] == ["app_1"]
+    assert renamed.headers["etag"] != tag
+    _problem(owner.patch(f"/clients/{key}", {"name": "Again"}, headers={"If-Match": tag}), 412)
+
+    assert owner.post(f"/clients/{key}/disable").json()["status"] == "disabled"
+    assert server.token(client).status_code == 401
+    assert owner.post(f"/clients/{key}/enable").json()["status"] == "active"
+    rotated = owner.post(f"/clients/{key}/rotate-secret", {"overlap_seconds": 0})
+    assert rotated.status_code == 200 and rotated.json()["secret_key"] != client["secret_key"]
+    assert server.token({**client, "secret_key": rotated.json()["secret_key"]}).status_code == 201
+    assert owner.post(f"/clients/{key}/revoke").json()["status"] == "revoked"
+    conflict = _problem(owner.post(f"/clients/{key}/enable"), 409)
+    assert "revoked" in conflict["detail"]
+    current = owner.get(f"/clients/{key}").headers["etag"]
+    _problem(owner.delete(f"/clients/{key}"), 428)
+    deleted = owner.delete(f"/clients/{key}", headers={"If-Match": current})
+    assert deleted.status_code == 200 and deleted.json()["status"] == "deleted"
+    _problem(owner.get("/clients/bk_test_nothing"), 404)
+
+    events = [e for e in server.audit(100) if e["event"].startswith("client.")]
+    assert [e["event"] for e in events] == ["client.created", "client.updated", "client.disabled", "client.enabled",
+                                            "client.secret_rotated", "client.revoked", "client.deleted"]
+    assert {e["actor"] for e in events} == {"api:ops-owner"}
+    assert {e["source_ip"] for e in events} == {"127.0.0.1"}
+
+
+def test_validation_errors_name_their_fields(server: Server, owner: Admin) -> None:
+    missing = _problem(owner.post("/clients", {"scopes": "app_1", "colour": "red"}), 422)
+    assert {e["field"] for e in missing["errors"]} == {"name", "scopes", "colour"}
+    bad_scope = _problem(owner.post("/clients", {"name": "x", "scopes": ["not an id!"]}), 422)
+    assert [e["field"] for e in bad_scope["errors"]] == ["scopes"]
+    bad_mode = _problem(owner.post("/clients", {"name": "x", "scopes": ["app_1"], "auth_mode": "magic"}), 422)
+    assert [e["field"] for e in bad_mode["errors"]] == ["auth_mode"]
+    not_json = owner.post("/clients", content=b"{", headers={"Content-Type": "application/json"})
+    _problem(not_json, 400)
+    _problem(owner.get("/clients?limit=0"), 422)
+    _problem(owner.get("/clients?cursor=bm9wZQ"), 422)
+    assert owner.get("/clients").json() == {"clients": [], "next_cursor": None}
+
+
+def test_an_idempotent_post_is_replayed_not_repeated(server: Server, owner: Admin) -> None:
+    body = {"name": "Once", "scopes": ["app_1"]}
+    first = owner.post("/clients", body, headers={"Idempotency-Key": "k-1"})
+    again = owner.post("/clients", body, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json() and again.headers.get("idempotent-replayed") == "true"
+    assert len(owner.get("/clients").json()["clients"]) == 1
+    other = owner.post("/clients", {"name": "Twice", "scopes": ["app_1"]}, headers={"Idempotency-Key": "k-1"})
+    assert other.status_code == 422
+    assert len(owner.get("/clients").json()["clients"]) == 1
+    # the kept answer holds a secret: it rests encrypted
+    import sqlite3
+
+    with sqlite3.connect(server.data_dir / "bankgate.db") as db:
+        kept = [row[0] for row in db.execute("SELECT body FROM idempotency_keys")]
+    assert kept and all(first.json()["secret_key"].encode() not in bytes(b) for b in kept)
+
+
+def test_pages_follow_the_cursor(server: Server, owner: Admin) -> None:
+    for n in range(5):
+        assert owner.post("/clients", {"name": f"client {n}", "scopes": ["app_1"]}).status_code == 201
+    seen: list[str] = []
+    answer = owner.get("/clients?limit=2")
+    pages = 0
+    while True:
+        pages += 1
+        document = answer.json()
+        seen += [c["name"] for c in document["clients"]]
+        if document["next_cursor"] is None:
+            assert "link" not in answer.headers
+            break
+        link = answer.headers["link"]
+        assert link.endswith('>; rel="next"') and f"cursor={document['next_cursor']}" in link
+        answer = owner.get(link[1:link.index(">")].removeprefix(API))
+    assert pages == 3 and seen == [f"client {n}" for n in range(5)]
+    assert [c["name"] for c in owner.get("/clients?q=CLIENT 3").json()["clients"]] == ["client 3"]
+    _problem(owner.get("/clients?status=sleeping"), 422)
+
+
+def test_roles_decide_what_an_administrator_may_do(server: Server, owner: Admin) -> None:
+    auditor = new_admin(server, "watcher", "auditor")
+    manager = new_admin(server, "onboarding", "integration-manager")
+    refused = _problem(auditor.post("/clients", {"name": "x", "scopes": ["app_1"]}), 403)
+    assert refused["permission"] == "clients:write"
+    assert auditor.get("/clients").status_code == 200
+    assert auditor.get("/audit").status_code == 200
+    assert manager.post("/clients", {"name": "x", "scopes": ["app_1"]}).status_code == 201
+    _problem(manager.post("/signing-keys/rotate"), 403)
+    assert manager.get("/signing-keys").status_code == 200
+    rotated = owner.post("/signing-keys/rotate")
+    assert rotated.status_code == 201, rotated.text
+    assert len(owner.get("/signing-keys").json()["keys"]) == 2
+    assert [e["actor"] for e in server.audit(50) if e["event"] == "key.rotated"][-1] == "api:ops-owner"
+
+
+def test_admin_tokens_and_merchant_tokens_never_cross(server: Server, owner: Admin) -> None:
+    issued = server.http.post("/oauth/token", data={"grant_type": "client_credentials", "scope": "admin:*"},
+                              headers=owner.headers)
+    assert issued.status_code == 201, issued.text
+    token = issued.json()
+    assert token["expires_in"] == 600 and "admin:admins:write" in token["scope"].split()
+    bearer = {"Authorization": f"Bearer {token['access_token']}"}
+    me = server.http.get(f"{API}/me", headers=bearer)
+    assert me.status_code == 200 and me.json()["authenticated_with"] == "bearer"
+    # a merchant API refuses the admin token, and the admin key pair
+    whoami = server.http.get("/api/v1/whoami", headers=bearer)
+    assert whoami.status_code == 401 and "audience" in whoami.json()["error_description"]
+    assert server.http.get("/api/v1/whoami", headers=owner.headers).status_code == 401
+    # and the admin API refuses a merchant token
+    client = server.create_client("app_1")
+    merchant = server.token(client).json()["access_token"]
+    refused = _problem(server.http.get(f"{API}/me", headers={"Authorization": f"Bearer {merchant}"}), 401)
+    assert "audience" in refused["detail"]
+    # a narrower token narrows the role
+    narrow = server.http.post("/oauth/token", data={"grant_type": "client_credentials",
+                                                    "scope": "admin:clients:read"}, headers=owner.headers).json()
+    narrow_bearer = {"Authorization": f"Bearer {narrow['access_token']}"}
+    assert server.http.get(f"{API}/clients", headers=narrow_bearer).status_code == 200
+    _problem(server.http.post(f"{API}/clients", json={"name": "x", "scopes": ["app_1"]}, headers=narrow_bearer),
+             403)
+    auditor = new_admin(server, "watcher", "auditor")
+    too_wide = server.http.post("/oauth/token", data={"grant_type": "client_credentials",
+                                                      "scope": "admin:clients:write"}, headers=auditor.headers)
+    assert too_wide.status_code == 400 and too_wide.json()["error"] == "invalid_scope"
+    wrong = server.http.post("/oauth/token", data={"grant_type": "client_credentials"},
+                             headers={"Authorization": basic(owner.api_key, "ska_test_wrong")})
+    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
+    # disabling the administrator stops its token at once
+    new_admin(server, "second-owner", "owner")
+    server.cli("admins", "disable", "ops-owner")
+    _problem(server.http.get(f"{API}/me", headers=bearer), 401)
+
+
+def test_users_over_the_api(server: Server, owner: Admin) -> None:
+    created = owner.post("/users", {"name": "API Testuser", "scopes": ["app_1"]})
+    assert created.status_code == 201, created.text
+    user = created.json()
+    assert user["username"] == "api-testuser" and len(user["initial_passphrase"]) == 29
+    path = f"/users/{user['username']}"
+    tag = owner.get(path).headers["etag"]
+    assert owner.patch(path, {"scopes": ["app_1", "app_2"]}, headers={"If-Match": tag}).json()["scopes"] == [
+        "app_1", "app_2"]
+    again = owner.post(f"{path}/new-passphrase")
+    assert again.status_code == 200 and again.json()["initial_passphrase"] != user["initial_passphrase"]
+    assert owner.post(f"{path}/disable").json()["status"] == "disabled"
+    assert owner.post(f"{path}/enable").json()["status"] == "active"
+    assert [u["username"] for u in owner.get("/users?q=testuser").json()["users"]] == ["api-testuser"]
+    _problem(owner.post("/users", {"name": "x", "username": "Not Valid"}), 422)
+
+    # IP allow list entries, v4 and v6, validated by the allow-list module
+    allowed = owner.post(f"/ip-allowlist/{user['username']}", {"cidr": "192.0.2.0/24"})
+    assert allowed.status_code == 201, allowed.text
+    assert owner.post(f"/ip-allowlist/{user['username']}", {"cidr": "2001:db8::/32"}).status_code == 201
+    bad = _problem(owner.post(f"/ip-allowlist/{user['username']}", {"cidr": "300.1.1.1/8"}), 422)
+    assert bad["errors"][0]["field"] == "cidr"
+    listing = owner.get(f"/ip-allowlist/{user['username']}").json()
+    assert sorted(e["cidr"] for e in listing["entries"]) == ["192.0.2.0/24", "2001:db8::/32"]
+    removed = owner.delete(f"/ip-allowlist/{user['username']}/2001:db8::/32")
+    assert removed.status_code == 200, removed.text
+    assert [e["cidr"] for e in removed.json()["entries"]] == ["192.0.2.0/24"]
+    _problem(owner.delete(f"/ip-allowlist/{user['username']}/2001:db8::/32"), 404)
+
+    # certificates: from a CSR (PEM back) and generated (PKCS#12 with its password, once)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "api-testuser")]))
+           .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode())
+    from_csr = owner.post(f"{path}/certificates", {"csr_pem": csr})
+    assert from_csr.status_code == 201, from_csr.text
+    assert from_csr.json()["certificate_pem"].startswith("-----BEGIN CERTIFICATE-----")
+    assert "pkcs12" not in from_csr.json()
+    generated = owner.post(f"{path}/certificates", {"key_type": "ec"}).json()
+    assert generated["pkcs12"] and generated["pkcs12_password"] and "private_key_pem" not in generated
+    _problem(owner.post(f"{path}/certificates", {"csr_pem": "not a csr"}), 422)
+    listed = owner.get(f"{path}/certificates").json()["certificates"]
+    assert len(listed) == 2
+    serial = listed[0]["serial"]
+    pem = owner.get(f"/certificates/{serial}", headers={"Accept": "application/x-pem-file"})
+    assert pem.status_code == 200 and pem.text.startswith("-----BEGIN CERTIFICATE-----")
+    assert owner.post(f"/certificates/{serial}/revoke").json()["status"] == "revoked"
+
+    current = owner.get(path).headers["etag"]
+    assert owner.delete(path, headers={"If-Match": current}).json()["status"] == "deleted"
+    events = {e["event"] for e in server.audit(100) if e["actor"] == "api:ops-owner"}
+    assert {"user.created", "user.updated", "user.passphrase_reissued", "user.disabled", "user.enabled",
+            "ip.allowed", "ip.removed", "cert.issued", "cert.revoked", "user.deleted"} <= events
+
+
+def test_the_audit_trail_filters_and_pages(server: Server, owner: Admin) -> None:
+    for n in range(3):
+        owner.post("/clients", {"name": f"c{n}", "scopes": ["app_1"]})
+    created = owner.get("/audit?event=client.created&actor=api:ops-owner&limit=2")
+    assert created.status_code == 200, created.text
+    first = created.json()
+    assert [e["detail"]["scopes"] for e in first["events"]] == [["app_1"], ["app_1"]]
+    assert first["next_cursor"] is not None
+    rest = owner.get(f"/audit?event=client.created&actor=api:ops-owner&limit=2&cursor={first['next_cursor']}")
+    assert len(rest.json()["events"]) == 1 and rest.json()["next_cursor"] is None
+    api_key = first["events"][0]["detail"]["api_key"]
+    assert len(owner.get(f"/audit?subject={api_key}").json()["events"]) == 1
+    assert owner.get("/audit?outcome=failure&event=client.created").json()["events"] == []
+    _problem(owner.get("/audit?outcome=maybe"), 422)
+    _problem(owner.get("/audit?since=yesterday"), 422)
+
+
+def test_admin_addresses_fail_closed_in_production(server_factory: Any) -> None:
+    server = server_factory({"BANKGATE_ENVIRONMENT": "production"})
+    owner = new_admin(server, "ops-owner", "owner")
+    refused = _problem(owner.get("/me"), 403)
+    assert "BANKGATE_ADMIN_ALLOWED_IPS" in refused["detail"]
+    token = server.http.post("/oauth/token", data={"grant_type": "client_credentials"}, headers=owner.headers)
+    assert token.status_code == 403
+    allowed = server_factory({"BANKGATE_ENVIRONMENT": "production", "BANKGATE_ADMIN_ALLOWED_IPS": "127.0.0.0/8"},
+                             data_dir=server.data_dir)
+    assert Admin(allowed, {"name": owner.name, "api_key": owner.api_key, "secret_key": owner.secret_key}).get(
+        "/me").status_code == 200
+
+
+def test_unknown_routes_and_methods_are_problems(server: Server, owner: Admin) -> None:
+    _problem(owner.get("/nothing"), 404)
+    wrong_method = _problem(owner.server.http.put(f"{API}/clients", headers=owner.headers), 405)
+    assert "GET, POST" in wrong_method["detail"]
+
+
+def test_audit_json_is_not_a_secret_store(server: Server, owner: Admin) -> None:
+    created = owner.post("/clients", {"name": "c", "scopes": ["app_1"]}).json()
+    assert created["secret_key"] not in json.dumps(server.audit(100))
+
+
+def test_admin_port_serves_the_admin_api_alone(server_factory: Any) -> None:
+    from conftest import free_port
+
+    admin_port = free_port()
+    server = server_factory(args=("--admin-port", str(admin_port)))
+    owner = new_admin(server, "ops-owner", "owner")
+    public = server.http.get(f"{API}/me", headers=owner.headers)
+    assert public.status_code == 404
+    assert server.http.get("/healthz").status_code == 200
+    with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=10) as admin_listener:
+        me = admin_listener.get(f"{API}/me", headers=owner.headers)
+        assert me.status_code == 200, me.text
+        assert me.json()["name"] == "ops-owner"
+        assert admin_listener.get("/healthz").status_code == 404
+        assert admin_listener.post("/oauth/token", data={"grant_type": "client_credentials"}).status_code == 404
+
+
+def test_administrators_over_the_api(server: Server, owner: Admin) -> None:
+    manager = new_admin(server, "onboarding", "integration-manager")
+    refused = _problem(manager.post("/admins", {"name": "sneaky", "role": "owner"}), 403)
+    assert refused["permission"] == "admins:write"
+    _problem(manager.get("/admins"), 403)
+    created = owner.post("/admins", {"name": "watcher", "role": "auditor"})
+    assert created.status_code == 201, created.text
+    watcher = Admin(server, created.json())
+    assert watcher.get("/me").json()["role"] == "auditor"
+    _problem(owner.post("/admins", {"name": "watcher", "role": "auditor"}), 422)
+    invalid = _problem(owner.post("/admins", {"name": "x y", "role": "root"}), 422)
+    assert invalid["errors"][0]["field"] == "name"
+    assert [a["name"] for a in owner.get("/admins").json()["admins"]] == ["ops-owner", "onboarding", "watcher"]
+    tag = owner.get("/admins/watcher").headers["etag"]
+    promoted = owner.patch("/admins/watcher", {"role": "integration-manager"}, headers={"If-Match": tag})
+    assert promoted.status_code == 200 and promoted.json()["role"] == "integration-manager"
+    assert watcher.get("/me").json()["role"] == "integration-manager"  # decided again on every request
+    # the last active owner cannot be demoted, disabled or deleted
+    me_tag = owner.get("/admins/ops-owner").headers["etag"]
+    assert "last active owner" in _problem(
+        owner.patch("/admins/ops-owner", {"role": "auditor"}, headers={"If-Match": me_tag}), 409)["detail"]
+    _problem(owner.post("/admins/ops-owner/disable"), 409)
+    rotated = owner.post("/admins/watcher/rotate-secret").json()
+    _problem(watcher.get("/me"), 401)
+    assert Admin(server, rotated).get("/me").status_code == 200
+    assert owner.post("/admins/watcher/disable").json()["status"] == "disabled"
+    _problem(Admin(server, rotated).get("/me"), 401)
+    current = owner.get("/admins/watcher").headers["etag"]
+    assert owner.delete("/admins/watcher", headers={"If-Match": current}).json()["status"] == "deleted"
+    events = [e for e in server.audit(100) if e["event"].startswith("admin.") and e["actor"] == "api:ops-owner"]
+    assert [e["event"] for e in events] == ["admin.created", "admin.updated", "admin.secret_rotated",
+                                            "admin.disabled", "admin.deleted"]
+    assert created.json()["secret_key"] not in json.dumps(server.audit(100))
+
+
+def test_guessing_an_administrator_secret_is_throttled(server: Server, owner: Admin) -> None:
+    wrong = {"Authorization": basic(owner.api_key, "ska_test_guess")}
+    for _ in range(5):  # BANKGATE_THROTTLE_ACCOUNT_IP_FAILURES
+        _problem(server.http.get(f"{API}/me", headers=wrong), 401)
+    blocked = _problem(owner.get("/me"), 429)
+    assert int(owner.get("/me").headers["retry-after"]) >= 1
+    assert "retry in" in blocked["detail"]
+    denied = [e for e in server.audit(50) if e["event"] == "admin_api.denied"]
+    assert [e["detail"]["reason"] for e in denied][:5] == ["wrong_secret"] * 5
+    assert all(e["source_ip"] == "127.0.0.1" for e in denied)
