@@ -72,6 +72,8 @@ class PassphraseError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+        #: Seconds the caller is blocked for after this failure, when it counted as one (self-service entrances).
+        self.retry_after: float | None = None
 
 
 class WeakPasswordError(ValueError):
