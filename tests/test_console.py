@@ -326,3 +326,23 @@ def test_a_user_downloads_only_their_own_certificates(server: Server, tmp_path: 
 @pytest.mark.parametrize("path", [HOME, f"{HOME}/certificates/01.pem"])
 def test_the_user_pages_need_a_session(server: Server, path: str) -> None:
     assert _is_sign_in_redirect(server.http.get(path), ended=False)
+
+
+def test_a_password_typed_into_the_username_field_stays_out_of_the_audit_trail(server: Server) -> None:
+    token = _csrf(server.http.get(FIRST))
+    typed = "Secret Typed Here!9"
+    refused = server.http.post(FIRST, data={"csrf_token": token, "username": typed, "passphrase": "x",
+                                            "new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD})
+    assert refused.status_code == 401
+    assert _sign_in(server, typed, "whatever").status_code == 401
+    trail = repr(server.audit())
+    assert typed not in trail and "user.password_reset" in trail and "console.sign_in" in trail
+
+
+def test_signing_in_again_ends_the_session_the_browser_brought(server: Server) -> None:
+    user = _user(server)
+    first = _signed_in(server, user)
+    second = _signed_in(server, user)
+    assert first != second
+    assert _is_sign_in_redirect(_browser(server, {"bankgate_console": first}).get(HOME), ended=True)
+    assert _browser(server, {"bankgate_console": second}).get(HOME).status_code == 200

@@ -7,14 +7,27 @@ from collections.abc import Sequence
 
 from bankgate.admin._base import Actor, AdminError, NotFoundError, UseCases
 from bankgate.credentials.allowlist import AllowEntry, describe_default
-from bankgate.credentials.users import NewUser, PassphraseError, UserRecord, UserStateError, WeakPasswordError
+from bankgate.credentials.users import (
+    USERNAME,
+    NewUser,
+    PassphraseError,
+    UserRecord,
+    UserStateError,
+    WeakPasswordError,
+)
 from bankgate.throttle import keys_for
 
-__all__ = ["NOT_THE_PASSPHRASE", "AddressNotAllowedError", "TooManyAttemptsError", "UserAdmin"]
+__all__ = ["NOT_THE_PASSPHRASE", "AddressNotAllowedError", "TooManyAttemptsError", "UserAdmin", "claimed_username"]
 
 #: Unknown user, wrong passphrase, passphrase used already: one answer (and one throttle failure), so none of them
 #: can be told apart.
 NOT_THE_PASSPHRASE = frozenset({"unknown_user", "wrong_passphrase", "passphrase_used"})
+
+
+def claimed_username(username: str) -> str:
+    """A name typed by anyone, as the audit trail may record it: only if it could be a username (never a password
+    typed into the wrong field)."""
+    return username if USERNAME.fullmatch(username) else "(not a username)"
 
 
 class TooManyAttemptsError(AdminError):
@@ -100,7 +113,8 @@ class UserAdmin(UseCases):
         reason = (exc.reason if isinstance(exc, PassphraseError) else "weak_password"
                   if isinstance(exc, WeakPasswordError) else "throttled" if isinstance(exc, TooManyAttemptsError)
                   else "ip_not_allowed")
-        await self._audit(actor, "user.password_reset", {"username": username, "reason": reason}, "failure")
+        await self._audit(actor, "user.password_reset", {"username": claimed_username(username), "reason": reason},
+                          "failure")
 
     async def new_passphrase(self, actor: Actor, username: str) -> NewUser:
         if (await self.get(username)).status == "deleted":

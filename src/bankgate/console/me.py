@@ -19,7 +19,7 @@ from bankgate.admin import Actor, AdminError
 from bankgate.console.web import Area, Page, page, register_area
 from bankgate.credentials import users as user_rules
 from bankgate.credentials.allowlist import describe_default
-from bankgate.credentials.users import PassphraseError, UserRecord, WeakPasswordError
+from bankgate.credentials.users import USERNAME, PassphraseError, UserRecord, WeakPasswordError
 from bankgate.oauth.account import reset_refusal
 from bankgate.oauth.userauth import UserAuthError, UserCredentials, authenticate_user
 
@@ -86,7 +86,8 @@ async def first_sign_in(current: Page) -> Response:
                               error="The two new passwords differ: type the same password twice.")
     try:
         user = await current.runtime.services.admin.users.reset_password(
-            Actor(username, "console", current.source_ip), username, passphrase, new_password, self_service=True
+            Actor(username if USERNAME.fullmatch(username) else "", "console", current.source_ip), username,
+            passphrase, new_password, self_service=True,
         )
     except (PassphraseError, WeakPasswordError, AdminError) as exc:
         return _refused(current, "me/first_sign_in.html", reset_refusal(exc), username=username, notice=None,

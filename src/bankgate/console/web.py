@@ -268,7 +268,11 @@ class Page:
         return response
 
     async def sign_in(self, principal_kind: str, principal_id: str) -> None:
-        """Open a new session (never reuse one the browser brought) and set its cookie on the answer."""
+        """Open a new session (never reuse one the browser brought: that one ends) and set its cookie on the
+        answer."""
+        brought = self.request.cookies.get(COOKIE)
+        if brought:
+            await self.console.sessions.close(brought)
         session_id, session = await self.console.sessions.open(principal_kind, principal_id, self.source_ip)
         self.session, self.session_id = session, session_id
         self.csrf_token = self.console.csrf_token(session_id)

@@ -76,7 +76,7 @@ class PasswordResetEndpoint(_AccountEndpoint):
             new_password = params.require("new_password", "<your new password>")
         except OAuthError as err:
             raise UserAuthError(400, "Bad Request", err.description, reason="invalid_request") from None
-        actor = Actor(username, "api", source_ip)
+        actor = Actor(username if USERNAME.fullmatch(username) else "", "api", source_ip)
         try:
             user = await runtime.services.admin.users.reset_password(
                 actor, username, passphrase, new_password, self_service=True
