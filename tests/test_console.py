@@ -346,3 +346,39 @@ def test_signing_in_again_ends_the_session_the_browser_brought(server: Server) -
     assert first != second
     assert _is_sign_in_redirect(_browser(server, {"bankgate_console": first}).get(HOME), ended=True)
     assert _browser(server, {"bankgate_console": second}).get(HOME).status_code == 200
+
+
+# -- the session store, on SQLite and PostgreSQL --------------------------------------------------------------
+
+
+async def test_sessions_are_found_by_their_id_only_and_end_idle_at_their_lifetime_or_on_close(
+    services: Any, clock: ManualClock
+) -> None:
+    from bankgate.console.sessions import ConsoleSessions, session_hash
+
+    sessions = ConsoleSessions(services.store, idle_timeout=100, lifetime=250, clock=clock)
+    session_id, opened = await sessions.open("user", "u-1", "203.0.113.7")
+    assert opened.id_hash == session_hash(session_id) and session_id not in repr(opened)
+    assert await sessions.find(opened.id_hash) is None  # the stored hash is not a session id
+    assert await sessions.find(session_id[:-1] + ("A" if session_id[-1] != "A" else "B")) is None
+    clock.advance(99)
+    found = await sessions.find(session_id)
+    assert found is not None and (found.principal_kind, found.principal_id, found.source_ip) == (
+        "user", "u-1", "203.0.113.7")
+    assert found.last_seen == clock.now()
+    clock.advance(99)
+    assert await sessions.find(session_id) is not None
+    clock.advance(53)  # 251 s after it opened, used 53 s ago
+    assert await sessions.find(session_id) is None
+
+    idle_id, _ = await sessions.open("user", "u-1", None)
+    clock.advance(100)
+    assert await sessions.find(idle_id) is None
+
+    kept, _ = await sessions.open("user", "u-1", None)
+    other, _ = await sessions.open("admin", "u-1", None)
+    await sessions.close(kept)
+    assert await sessions.find(kept) is None and await sessions.find(other) is not None
+    again, _ = await sessions.open("user", "u-2", None)
+    assert await sessions.close_all("admin", "u-1") == 1
+    assert await sessions.find(other) is None and await sessions.find(again) is not None
