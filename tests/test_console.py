@@ -78,6 +78,7 @@ def test_every_console_answer_carries_the_security_headers_and_pages_are_not_cac
     _signed_in(server, user)
     answers = {path: server.http.get(path) for path in (SIGN_IN, FIRST, HOME, "/console/nowhere", "/console/")}
     answers["csrf"] = server.http.post(SIGN_OUT, data={"csrf_token": "forged"})
+    answers["method"] = server.http.put(HOME)
     for name, answer in answers.items():
         assert answer.headers["content-security-policy"] == CSP, name
         assert answer.headers["x-frame-options"] == "DENY", name
@@ -86,6 +87,8 @@ def test_every_console_answer_carries_the_security_headers_and_pages_are_not_cac
         assert answer.headers["cache-control"] == "no-store", name
     assert answers["/console/nowhere"].status_code == 404 and "text/html" in answers["/console/nowhere"].headers[
         "content-type"]
+    assert answers["method"].status_code == 405 and "This page answers HEAD, GET only" in answers["method"].text
+    assert answers["method"].headers["allow"] == "HEAD, GET"
     assert "frame-ancestors 'none'" in CSP and "'unsafe-inline'" not in CSP
 
 

@@ -12,7 +12,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route, Router
 
 from bankgate.console import me
-from bankgate.console.web import PATH, Console, SecurityHeaders, not_found, static_file
+from bankgate.console.web import PATH, Console, HtmlErrors, SecurityHeaders, not_found, static_file
 
 __all__ = ["console_mount"]
 
@@ -24,7 +24,7 @@ async def _index(request: Request) -> Response:
 def console_mount(state: Any) -> Mount:
     """The console's routes under `/console`, behind its security headers; `state` is the app's (it holds the
     runtime once started, and the console's own state)."""
-    state.console = Console(state)
+    console = state.console = Console(state)
     router = Router([
         Route("/", _index, methods=["GET"]),
         Route("/static/{name}", static_file, methods=["GET"]),
@@ -35,4 +35,4 @@ def console_mount(state: Any) -> Mount:
         Route("/me/sign-out", me.sign_out, methods=["POST"]),
         Route("/{rest:path}", not_found),
     ])
-    return Mount(PATH, app=SecurityHeaders(router))
+    return Mount(PATH, app=SecurityHeaders(HtmlErrors(router, console)))

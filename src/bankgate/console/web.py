@@ -21,11 +21,13 @@ import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -40,6 +42,7 @@ __all__ = [
     "FORM_COOKIE",
     "Area",
     "FormError",
+    "HtmlErrors",
     "Page",
     "SecurityHeaders",
     "SessionEnded",
@@ -365,10 +368,34 @@ async def _read_form(request: Request, limit: int) -> dict[str, str]:
     return form
 
 
-async def not_found(request: Request) -> Response:
-    console = console_of(request)
+def _error_page(console: Console, path: str, status: int, title: str, message: str,
+                headers: dict[str, str] | None = None) -> Response:
     html = console.templates.get_template("error.html").render(
-        area=None, session=None, csrf_token="", path=request.url.path, title="Nothing here",
-        message="There is no console page at this address.",
+        area=None, session=None, csrf_token="", path=path, title=title, message=message,
     )
-    return HTMLResponse(html, 404)
+    return HTMLResponse(html, status, headers=headers)
+
+
+async def not_found(request: Request) -> Response:
+    return _error_page(console_of(request), request.url.path, 404, "Nothing here",
+                       "There is no console page at this address.")
+
+
+class HtmlErrors:
+    """Pure ASGI: what the router raises (405 for another method) answered as a console page, inside the
+    security headers, instead of the API's JSON."""
+
+    def __init__(self, app: ASGIApp, console: Console) -> None:
+        self.app = app
+        self.console = console
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except HTTPException as exc:
+            allowed = (exc.headers or {}).get("Allow")
+            message = (f"This page answers {allowed} only." if exc.status_code == 405 and allowed
+                       else str(exc.detail))
+            response = _error_page(self.console, scope.get("path", ""), exc.status_code,
+                                   HTTPStatus(exc.status_code).phrase, message, dict(exc.headers or {}))
+            await response(scope, receive, send)
