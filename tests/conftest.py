@@ -567,6 +567,37 @@ class Tls:
             return http.get(AUTHORIZE, headers=user_basic(user["username"], password))
 
 
+# -- a real browser -------------------------------------------------------------------------------------------
+
+CHROMIUM = os.environ.get("BANKGATE_TEST_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium (`apt-get install -y chromium`) driven by Playwright, one per test module. Skipped with a
+    reason when either is missing, except under CI=true, where that fails."""
+    why = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        why = "playwright is not installed (pip install -e '.[test]')"
+    if why is None and not os.access(CHROMIUM, os.X_OK):
+        why = f"no chromium at {CHROMIUM} (apt-get install -y chromium, or set BANKGATE_TEST_CHROMIUM)"
+    if why is not None:
+        if IN_CI:
+            pytest.fail(f"in CI the browser tests must run: {why}")
+        pytest.skip(why)
+    with sync_playwright() as playwright:
+        # As root (a container) chromium runs only without its sandbox.
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox"] if os.geteuid() == 0 else []
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
 @pytest.fixture(scope="module")
 def tls(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tls]:
     """A `bankgate serve --tls` for a whole test module, with its CA at hand."""

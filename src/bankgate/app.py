@@ -1,4 +1,4 @@
-"""create_app(settings) -> the ASGI application: the OAuth endpoints, discovery, health."""
+"""create_app(settings) -> the ASGI application: the OAuth endpoints, discovery, health, the web console."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from starlette.routing import Route
 from bankgate.boundary import ErrorBoundary, defer_to_boundary
 from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Settings
+from bankgate.console import console_mount
 from bankgate.oauth.account import CertificateDownloadEndpoint, CertificateListEndpoint, PasswordResetEndpoint
 from bankgate.oauth.authorize import AuthorizeEndpoint
 from bankgate.oauth.discovery import jwks_endpoint, metadata_endpoint, openapi_endpoint
@@ -175,6 +176,7 @@ def create_app(
             Route("/.well-known/oauth-authorization-server", metadata_endpoint, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
+            console_mount(state),
         ]
     )
     return BankgateApp(starlette, direct, middleware, admin_port=settings.admin_port)

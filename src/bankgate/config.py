@@ -166,6 +166,12 @@ class Settings(BaseSettings):
         default=0.0, ge=0, le=60, description="Sandbox only: seconds a payment takes after it is recorded and before "
         "the answer, to try timeouts and retries."
     )
+    console_idle_timeout: float = Field(
+        default=900.0, gt=0, le=86400, description="Seconds a web console session may stay unused before it ends."
+    )
+    console_session_lifetime: float = Field(
+        default=8 * 3600.0, gt=0, le=7 * 86400, description="Seconds a web console session lasts at most, used or not."
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     token_status: int = Field(

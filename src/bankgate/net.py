@@ -1,4 +1,5 @@
-"""Where a request comes from. Proxy headers are believed only from configured proxies, never from anyone else."""
+"""Where a request comes from, and over which scheme. Proxy headers are believed only from configured proxies,
+never from anyone else."""
 
 from __future__ import annotations
 
@@ -42,3 +43,15 @@ class TrustedProxies:
             if not self.trusts(hop):
                 return hop
         return hops[0] if hops else peer
+
+    def scheme(self, scope: Mapping[str, Any]) -> str:
+        """`https` or `http`: the connection's own scheme; behind a trusted proxy, what its `X-Forwarded-Proto` says
+        (the left-most value: the scheme the first proxy was reached over)."""
+        client = scope.get("client")
+        if self.trusts(client[0] if client else None):
+            for name, value in scope.get("headers", ()):
+                if name == b"x-forwarded-proto":
+                    forwarded: str = value.decode("latin-1").split(",")[0].strip().lower()
+                    if forwarded in ("http", "https"):
+                        return forwarded
+        return "https" if scope.get("scheme") in ("https", "wss") else "http"

@@ -150,6 +150,76 @@ def _plain_errors() -> dict[str, Any]:
     return _oauth_errors("400", "503")
 
 
+def _page(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+def _pages(**statuses: str) -> dict[str, Any]:
+    """A console page's answers: HTML pages by status (`s303` for a redirect), and the app's own 400 (a secret in
+    the URL) and 503 in RFC 6749 form."""
+    answers: dict[str, Any] = _plain_errors()
+    for status, description in statuses.items():
+        code = status.lstrip("s")
+        answers[code] = ({"description": description, "headers": {"Location": {"schema": {"type": "string"}}}}
+                         if code in ("303", "304") else _page(description))
+    return answers
+
+
+_CONSOLE_FORM = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def _console_paths() -> dict[str, Any]:
+    """The web console (`bankgate.console`): server-rendered pages for browsers, each in `text/html`."""
+    form = {"required": False, "content": {"application/x-www-form-urlencoded": {"schema": _CONSOLE_FORM}}}
+    refused = {"s400": "the form could not be read, or the new passwords differ or are too weak",
+               "s401": "the username and password (or passphrase) are not recognised",
+               "s403": "the form's CSRF token is missing or wrong, the address is not allowed, or the passphrase "
+               "expired",
+               "s429": "too many failed attempts; Retry-After says when to try again"}
+    return {
+        "/console/me/sign-in": {
+            "get": {"summary": "Console: the M2M user's sign-in page", "tags": ["console"],
+                    "responses": _pages(s200="the sign-in form")},
+            "post": {"summary": "Console: sign in with username and password", "tags": ["console"],
+                     "requestBody": form,
+                     "responses": _pages(s200="the first sign-in form (the initial passphrase was given)",
+                                         s303="signed in: to /console/me", **refused)},
+        },
+        "/console/me/first-sign-in": {
+            "get": {"summary": "Console: exchange the initial passphrase for a password", "tags": ["console"],
+                    "responses": _pages(s200="the first sign-in form, with the password rules")},
+            "post": {"summary": "Console: set the password with the initial passphrase, and sign in",
+                     "tags": ["console"], "requestBody": form,
+                     "responses": _pages(s303="password set and signed in: to /console/me", **refused)},
+        },
+        "/console/me": {
+            "get": {"summary": "Console: the user's certificates, allow list and a ready curl", "tags": ["console"],
+                    "responses": _pages(s200="the page", s303="no live session: to the sign-in page")},
+        },
+        "/console/me/certificates/{serial}.pem": {
+            "get": {"summary": "Console: download one of the signed-in user's certificates", "tags": ["console"],
+                    "parameters": [{"name": "serial", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {**_pages(s303="no live session: to the sign-in page", s404="no such certificate"),
+                                  "200": {"description": "the certificate",
+                                          "content": {"application/x-pem-file": {"schema": {"type": "string"}}}}}},
+        },
+        "/console/me/sign-out": {
+            "post": {"summary": "Console: end the session on the server", "tags": ["console"], "requestBody": form,
+                     "responses": _pages(s303="signed out (or no live session): to the sign-in page",
+                                         s400="the form could not be read", s403="the CSRF token is missing or wrong")},
+        },
+        "/console/static/{name}": {
+            "get": {"summary": "Console: its stylesheet and script (cached for a year; the URL names the content)",
+                    "tags": ["console"],
+                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {**_pages(s304="not modified", s404="no such file"),
+                                  "200": {"description": "the file", "content": {
+                                      "text/css": {"schema": {"type": "string"}},
+                                      "text/javascript": {"schema": {"type": "string"}}}}}},
+        },
+    }
+
+
 _PAYMENT_ORDER: dict[str, Any] = {
     "type": "object",
     "required": ["application_id", "amount", "currency", "reference"],
@@ -366,5 +436,6 @@ def openapi_document(server_url: str, *, token_status: int = 201) -> dict[str, A
                 }
             },
             **admin_paths(),
+            **_console_paths(),
         },
     }

@@ -5,12 +5,42 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 
-from bankgate.admin._base import Actor, NotFoundError, UseCases, paging_errors, versioned
-from bankgate.credentials.allowlist import AllowEntry
-from bankgate.credentials.users import NewUser, PassphraseError, UserRecord, UserStateError, WeakPasswordError
+from bankgate.admin._base import Actor, AdminError, NotFoundError, UseCases, paging_errors, versioned
+from bankgate.credentials.allowlist import AllowEntry, describe_default
+from bankgate.credentials.users import (
+    USERNAME,
+    NewUser,
+    PassphraseError,
+    UserRecord,
+    UserStateError,
+    WeakPasswordError,
+)
 from bankgate.store.paging import DEFAULT_LIMIT, Page
+from bankgate.throttle import keys_for
 
-__all__ = ["UserAdmin"]
+__all__ = ["NOT_THE_PASSPHRASE", "AddressNotAllowedError", "TooManyAttemptsError", "UserAdmin", "claimed_username"]
+
+#: Unknown user, wrong passphrase, passphrase used already: one answer (and one throttle failure), so none of them
+#: can be told apart.
+NOT_THE_PASSPHRASE = frozenset({"unknown_user", "wrong_passphrase", "passphrase_used"})
+
+
+def claimed_username(username: str) -> str:
+    """A name typed by anyone, as the audit trail may record it: only if it could be a username (never a password
+    typed into the wrong field)."""
+    return username if USERNAME.fullmatch(username) else "(not a username)"
+
+
+class TooManyAttemptsError(AdminError):
+    """Too many failed attempts from this address or for this name: refused before any argon2 work."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"too many failed attempts; retry in {max(1, round(retry_after))} s")
+        self.retry_after = retry_after
+
+
+class AddressNotAllowedError(AdminError):
+    """The user's IP allow list does not hold the caller's address (told only after the passphrase matched)."""
 
 
 class UserAdmin(UseCases):
@@ -52,19 +82,57 @@ class UserAdmin(UseCases):
     async def allow_list(self, user: UserRecord) -> builtins.list[AllowEntry]:
         return await self._services.allowlist.list("user", user.id)
 
-    async def reset_password(self, actor: Actor, username: str, passphrase: str, new_password: str) -> UserRecord:
-        """Exchange the initial passphrase for a password; a refusal is audited too (its reason, never a secret)."""
+    async def reset_password(
+        self, actor: Actor, username: str, passphrase: str, new_password: str, *, self_service: bool = False
+    ) -> UserRecord:
+        """Exchange the initial passphrase for a password; a refusal is audited too (its reason, never a secret).
+
+        `self_service` is the user's own entrances (`POST /api/v1/users/{username}/password`, the console's first
+        sign-in), where anyone on the network may ask: the brute-force throttle for (username, `actor.source_ip`)
+        applies before any argon2 work, an unknown user, a wrong and a used passphrase are one `PassphraseError`
+        counted as a failure (its `retry_after` set), and the user's IP allow list must hold `actor.source_ip`,
+        which is told only once the passphrase matched."""
+        if not self_service:
+            try:
+                user = await self._services.users.reset_password(username, passphrase, new_password)
+            except (PassphraseError, WeakPasswordError) as exc:
+                await self._refused(actor, username, exc)
+                raise
+            await self._audit(actor, "user.password_reset", {"username": username, "user_id": user.id})
+            return user
+        throttle, users = self._services.throttle, self._services.users
+        keys = keys_for(username, actor.source_ip)
+        retry_after = throttle.blocked(keys)
         try:
-            user = await self._services.users.reset_password(username, passphrase, new_password)
-        except PassphraseError as exc:
-            await self._audit(actor, "user.password_reset", {"username": username, "reason": exc.reason}, "failure")
+            if retry_after is not None:
+                raise TooManyAttemptsError(retry_after)
+            try:
+                # Exactly one argon2 verification whoever asks; nothing about the account before it matched.
+                user = await users.check_passphrase(username, passphrase)
+                if not await self._services.allowlist.allows("user", user.id, actor.source_ip):
+                    raise AddressNotAllowedError(
+                        f"requests from {actor.source_ip} are not allowed for this user "
+                        f"({describe_default(user.environment)}); ask your integration manager to allow-list the "
+                        "address"
+                    )
+                user = await users.set_password(user, passphrase, new_password)  # may race: passphrase_used
+            except PassphraseError as exc:
+                if exc.reason in NOT_THE_PASSPHRASE:
+                    exc.retry_after = await throttle.failure(keys)
+                raise
+        except (PassphraseError, WeakPasswordError, AdminError) as exc:
+            await self._refused(actor, username, exc)
             raise
-        except WeakPasswordError:
-            await self._audit(actor, "user.password_reset", {"username": username, "reason": "weak_password"},
-                              "failure")
-            raise
+        await throttle.success(keys)
         await self._audit(actor, "user.password_reset", {"username": username, "user_id": user.id})
         return user
+
+    async def _refused(self, actor: Actor, username: str, exc: Exception) -> None:
+        reason = (exc.reason if isinstance(exc, PassphraseError) else "weak_password"
+                  if isinstance(exc, WeakPasswordError) else "throttled" if isinstance(exc, TooManyAttemptsError)
+                  else "ip_not_allowed")
+        await self._audit(actor, "user.password_reset", {"username": claimed_username(username), "reason": reason},
+                          "failure")
 
     async def new_passphrase(self, actor: Actor, username: str) -> NewUser:
         if (await self.get(username)).status == "deleted":

@@ -32,6 +32,12 @@ from bankgate.store.paging import Keyset, Page, fetch_page
 from bankgate.tokens.revocation import RevocationList
 
 __all__ = [
+    "MAX_LENGTH",
+    "MIN_CLASSES",
+    "MIN_DISTINCT",
+    "MIN_LENGTH",
+    "PASSPHRASE_LENGTH",
+    "PASSWORD_RULES",
     "NewUser",
     "PassphraseError",
     "UserDirectory",
@@ -79,6 +85,8 @@ class PassphraseError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+        #: Seconds the caller is blocked for after this failure, when it counted as one (self-service entrances).
+        self.retry_after: float | None = None
 
 
 class WeakPasswordError(ValueError):
@@ -148,12 +156,27 @@ def new_passphrase() -> str:
     return "-".join("".join(secrets.choice(_PASSPHRASE_ALPHABET) for _ in range(5)) for _ in range(5))
 
 
+#: What `check_password_strength` asks of a new password, as numbers (the console's live hints read them) and as
+#: the sentences a user is told (`PASSWORD_RULES`, shown by the console beside the form and in the refusals).
+MIN_LENGTH, MIN_CLASSES, PASSPHRASE_LENGTH, MAX_LENGTH, MIN_DISTINCT = 12, 3, 20, 256, 6
+_STRONG_ENOUGH = (
+    f"at least {MIN_LENGTH} characters mixing three of lower case, upper case, digits and symbols, or a "
+    f"passphrase of at least {PASSPHRASE_LENGTH} characters"
+)
+PASSWORD_RULES: tuple[str, ...] = (
+    _STRONG_ENOUGH,
+    f"at least {MIN_DISTINCT} different characters, and at most {MAX_LENGTH} characters in all",
+    "not the initial passphrase, and not containing the username",
+    "no common password (such as password, qwerty or changeme)",
+)
+
+
 def check_password_strength(password: str, *, username: str, passphrase: str | None = None) -> None:
-    """Raise WeakPasswordError saying what to change. At least 12 characters with 3 of lower case, upper case,
-    digits and symbols, or at least 20 characters of anything (a passphrase); never the username, a common
-    password, or the initial passphrase."""
-    if len(password) > 256:
-        raise WeakPasswordError("the new password is longer than 256 characters")
+    """Raise WeakPasswordError saying what to change (`PASSWORD_RULES`). At least 12 characters with 3 of lower
+    case, upper case, digits and symbols, or at least 20 characters of anything (a passphrase); never the username,
+    a common password, or the initial passphrase."""
+    if len(password) > MAX_LENGTH:
+        raise WeakPasswordError(f"the new password is longer than {MAX_LENGTH} characters")
     if passphrase is not None and password == passphrase:
         raise WeakPasswordError("the new password must differ from the initial passphrase")
     lowered = password.lower()
@@ -161,18 +184,15 @@ def check_password_strength(password: str, *, username: str, passphrase: str | N
         raise WeakPasswordError("the new password must not contain the username")
     if any(word in lowered for word in _COMMON):
         raise WeakPasswordError("the new password contains a common password; choose something unguessable")
-    if len(set(password)) < 6:
+    if len(set(password)) < MIN_DISTINCT:
         raise WeakPasswordError("the new password repeats too few different characters")
     classes = sum(
         any(test(c) for c in password)
         for test in (str.islower, str.isupper, str.isdigit, lambda c: c in string.punctuation or c == " ")
     )
-    if len(password) >= 20 or (len(password) >= 12 and classes >= 3):
+    if len(password) >= PASSPHRASE_LENGTH or (len(password) >= MIN_LENGTH and classes >= MIN_CLASSES):
         return
-    raise WeakPasswordError(
-        "the new password is too weak: use at least 12 characters mixing three of lower case, upper case, digits "
-        "and symbols, or a passphrase of at least 20 characters"
-    )
+    raise WeakPasswordError(f"the new password is too weak: use {_STRONG_ENOUGH}")
 
 
 def _check_name(name: str) -> str:

@@ -13,21 +13,27 @@ from typing import Any
 
 import orjson
 
+from bankgate.admin import Actor, AdminError
+from bankgate.admin.users import NOT_THE_PASSPHRASE, AddressNotAllowedError, TooManyAttemptsError
 from bankgate.credentials.users import USERNAME, PassphraseError, WeakPasswordError
 from bankgate.oauth.errors import OAuthError
 from bankgate.oauth.http import Receive, Scope, Send, header, respond
 from bankgate.oauth.request import read_params
 from bankgate.oauth.userauth import UserAuthError, authenticate_user
 from bankgate.runtime import Runtime
-from bankgate.throttle import keys_for
 from bankgate.web.errors import PROBLEM, send_error
 from bankgate.web.headers import JSON_NO_STORE, NO_STORE
 
-__all__ = ["CertificateDownloadEndpoint", "CertificateListEndpoint", "PasswordResetEndpoint"]
+__all__ = [
+    "NOT_RECOGNISED",
+    "CertificateDownloadEndpoint",
+    "CertificateListEndpoint",
+    "PasswordResetEndpoint",
+    "reset_refusal",
+]
 
 #: Unknown user, wrong passphrase, passphrase used already: one answer, so none of them can be told apart.
-_NOT_THE_PASSPHRASE = frozenset({"unknown_user", "wrong_passphrase", "passphrase_used"})
-_NOT_RECOGNISED = (
+NOT_RECOGNISED = (
     "the username or initial passphrase is wrong; if you reset it already, use your password, or ask your "
     "integration manager for a new passphrase"
 )
@@ -46,8 +52,9 @@ class _AccountEndpoint:
         try:
             await self.handle(runtime, scope, receive, send, username, source_ip)
         except UserAuthError as err:
-            actor = username if USERNAME.fullmatch(username) else err.actor
-            runtime.audit(self.event, actor, "failure", source_ip, {"reason": err.reason})
+            if not err.audited:
+                actor = username if USERNAME.fullmatch(username) else err.actor
+                runtime.audit(self.event, actor, "failure", source_ip, {"reason": err.reason})
             await send_error(send, err, PROBLEM, instance=scope.get("path", ""))
         # Anything else (the database down: 503; a defect: 500) is answered by the app's ErrorBoundary.
 
@@ -69,41 +76,37 @@ class PasswordResetEndpoint(_AccountEndpoint):
             new_password = params.require("new_password", "<your new password>")
         except OAuthError as err:
             raise UserAuthError(400, "Bad Request", err.description, reason="invalid_request") from None
-        throttle = runtime.services.throttle
-        keys = keys_for(username, source_ip)
-        retry_after = throttle.blocked(keys)
-        if retry_after is not None:
-            raise UserAuthError(429, "Too Many Requests", f"too many failed attempts; retry in "
-                                f"{max(1, round(retry_after))} s", reason="throttled", retry_after=retry_after)
-        users = runtime.services.users
+        actor = Actor(username if USERNAME.fullmatch(username) else "", "api", source_ip)
         try:
-            # Exactly one argon2 verification whoever asks; nothing about the account before it matched.
-            user = await users.check_passphrase(username, passphrase)
-        except PassphraseError as exc:
-            if exc.reason not in _NOT_THE_PASSPHRASE:
-                raise UserAuthError(403, "Forbidden", str(exc), reason=exc.reason) from None
-            retry_after = await throttle.failure(keys)
-            raise UserAuthError(401, "Unauthorized", _NOT_RECOGNISED, reason=exc.reason,
-                                retry_after=retry_after) from None
-        if not await runtime.services.allowlist.allows("user", user.id, source_ip):
-            raise UserAuthError(403, "Forbidden", f"requests from {source_ip} are not allowed for this user; ask "
-                                "your integration manager to allow-list the address", reason="ip_not_allowed")
-        try:
-            user = await users.set_password(user, passphrase, new_password)
-        except PassphraseError as exc:  # another request used the passphrase meanwhile
-            retry_after = await throttle.failure(keys)
-            raise UserAuthError(401, "Unauthorized", _NOT_RECOGNISED, reason=exc.reason,
-                                retry_after=retry_after) from None
-        except WeakPasswordError as exc:
-            raise UserAuthError(400, "Bad Request", str(exc), reason="weak_password") from None
-        await throttle.success(keys)
-        runtime.audit(self.event, user.username, "success", source_ip, {"user_id": user.id})
+            user = await runtime.services.admin.users.reset_password(
+                actor, username, passphrase, new_password, self_service=True
+            )
+        except (PassphraseError, WeakPasswordError, AdminError) as exc:
+            refusal = reset_refusal(exc)
+            refusal.audited = True  # by the use case
+            raise refusal from None
         body = {
             "username": user.username,
             "password_changed_at": int(user.password_changed_at or 0),
             "certificates": f"/api/v1/users/{user.username}/certificates",
         }
         await respond(send, 200, orjson.dumps(body), JSON_NO_STORE)
+
+
+def reset_refusal(exc: Exception) -> UserAuthError:
+    """What a refused self-service password reset answers, on every entrance that offers one (status, message,
+    `Retry-After`): unknown user, wrong and used passphrase alike."""
+    if isinstance(exc, TooManyAttemptsError):
+        return UserAuthError(429, "Too Many Requests", str(exc), reason="throttled", retry_after=exc.retry_after)
+    if isinstance(exc, PassphraseError):
+        if exc.reason in NOT_THE_PASSPHRASE:
+            return UserAuthError(401, "Unauthorized", NOT_RECOGNISED, reason=exc.reason, retry_after=exc.retry_after)
+        return UserAuthError(403, "Forbidden", str(exc), reason=exc.reason)
+    if isinstance(exc, WeakPasswordError):
+        return UserAuthError(400, "Bad Request", str(exc), reason="weak_password")
+    if isinstance(exc, AddressNotAllowedError):
+        return UserAuthError(403, "Forbidden", str(exc), reason="ip_not_allowed")
+    raise exc
 
 
 def _certificate_json(certificate: Any, username: str) -> dict[str, Any]:

@@ -52,6 +52,8 @@ class UserAuthError(HttpError):
         self.thumbprint: str | None = None
         self.reason = reason
         self.parse_failure = parse_failure
+        #: The use case that refused wrote the audit event already: the entrance does not write another.
+        self.audited = False
 
     @property
     def detail(self) -> str:
@@ -192,9 +194,12 @@ async def authenticate_user(
     source_ip: str | None,
     *,
     require_certificate: bool,
+    credentials: UserCredentials | None = None,
 ) -> AuthenticatedUser:
-    """Run every check of the certificate style, cheapest first; raise UserAuthError with the answer."""
-    credentials = parse_user_basic(header(scope, b"authorization"))
+    """Run every check of the certificate style, cheapest first; raise UserAuthError with the answer. The
+    credentials come from `Authorization: Basic`, or are given (a sign-in form)."""
+    if credentials is None:
+        credentials = parse_user_basic(header(scope, b"authorization"))
     context: dict[str, Any] = {"certificate": None}
     try:
         return await _authenticate(runtime, scope, source_ip, credentials, require_certificate, context)

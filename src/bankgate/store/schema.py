@@ -26,6 +26,7 @@ __all__ = [
     "changes",
     "client_secrets",
     "clients",
+    "console_sessions",
     "idempotency_keys",
     "ip_allow_entries",
     "meta",
@@ -279,4 +280,21 @@ admins = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("version", Integer, nullable=False),  # +1 on every change: the admin API's ETag
+)
+
+# -- the web console ---------------------------------------------------------------------------------------------
+
+# One row per signed-in console session. The session id lives only in the browser's cookie: the row holds its
+# SHA-256, so a copy of the database signs no one in.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),  # SHA-256 hex of the session id
+    Column("principal_kind", String(16), nullable=False),  # user | admin
+    Column("principal_id", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("source_ip", String(64)),
+    Index("ix_console_sessions_principal", "principal_kind", "principal_id"),
+    Index("ix_console_sessions_last_seen", "last_seen"),
 )
