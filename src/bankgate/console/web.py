@@ -394,6 +394,8 @@ class HtmlErrors:
             await self.app(scope, receive, send)
         except HTTPException as exc:
             allowed = (exc.headers or {}).get("Allow")
+            if allowed:  # Starlette lists a route's methods in set order
+                allowed = ", ".join(sorted(method.strip() for method in allowed.split(",")))
             message = (f"This page answers {allowed} only." if exc.status_code == 405 and allowed
                        else str(exc.detail))
             response = _error_page(self.console, scope.get("path", ""), exc.status_code,
