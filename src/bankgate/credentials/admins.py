@@ -18,7 +18,7 @@ from urllib.parse import quote, urlencode
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import Row, RowMapping, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bankgate.clock import SYSTEM, Clock
@@ -449,8 +449,8 @@ class AdminDirectory:
         return self._record(row) if row is not None else None
 
     @staticmethod
-    def _record(row: Row[Any]) -> AdminRecord:
-        r = row._mapping
+    def _record(row: Row[Any] | RowMapping) -> AdminRecord:
+        r = row if isinstance(row, RowMapping) else row._mapping
         return AdminRecord(
             id=r["id"], name=r["name"], role=r["role"], api_key=r["api_key"], environment=r["environment"],
             status=r["status"], created_at=r["created_at"], updated_at=r["updated_at"], version=r["version"],
