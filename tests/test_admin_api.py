@@ -536,6 +536,8 @@ def test_two_patches_with_one_etag_one_wins(server: Server, owner: Admin) -> Non
     answers = server.http.portal.call(both)  # type: ignore[attr-defined]
     assert sorted(a.status_code for a in answers) == [200, 412], [a.text for a in answers]
     (winner,) = [a for a in answers if a.status_code == 200]
+    (loser,) = [a for a in answers if a.status_code == 412]
+    assert "version 1 asked, 2 now" in loser.json()["detail"]  # refused by the write itself, not by an earlier read
     assert owner.get(f"/clients/{key}").json()["name"] == winner.json()["name"]
     updates = [e for e in server.audit(100) if e["event"] == "client.updated" and e["detail"]["api_key"] == key]
     assert [e["detail"]["name"] for e in updates] == [winner.json()["name"]]

@@ -19,7 +19,7 @@ from bankgate.web.errors import PROBLEM, HttpError, render_error
 from bankgate.web.headers import NO_STORE
 
 __all__ = ["Body", "FieldError", "Invalid", "cursor_of", "etag", "expected_version", "json_response", "limit_of",
-           "page_response", "problem_response", "read_body", "require_match", "version_tag"]
+           "page_response", "problem_response", "read_body", "version_tag"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,14 +83,6 @@ def _if_match(request: Request) -> list[str]:
         raise HttpError(428, "precondition_required", "send If-Match with the ETag of a GET of this resource, so "
                         "that a change made meanwhile is not overwritten", title="Precondition Required")
     return [tag.strip() for tag in sent.split(",")]
-
-
-def require_match(request: Request, current: str) -> None:
-    """An update must name the representation it changes: `If-Match` missing is 428, another ETag 412."""
-    tags = _if_match(request)
-    if "*" in tags or current in tags:
-        return
-    raise _precondition_failed()
 
 
 def expected_version(request: Request, record_id: str, current: int, *, required: bool = True) -> int | None:
