@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import Server, basic
+from conftest import InProcessServer, Server, basic
 
 API = "/admin/v1"
 
@@ -395,3 +395,206 @@ def test_guessing_an_administrator_secret_is_throttled(server: Server, owner: Ad
     denied = [e for e in server.audit(50) if e["event"] == "admin_api.denied"]
     assert [e["detail"]["reason"] for e in denied][:5] == ["wrong_secret"] * 5
     assert all(e["source_ip"] == "127.0.0.1" for e in denied)
+
+
+def _walk(admin: Admin, path: str, name: str) -> tuple[list[dict[str, Any]], int]:
+    """Every item of a listing, following `Link: rel="next"` from page to page; and the number of pages."""
+    items: list[dict[str, Any]] = []
+    answer, pages = admin.get(path), 0
+    while True:
+        assert answer.status_code == 200, answer.text
+        pages += 1
+        document = answer.json()
+        items += document[name]
+        if document["next_cursor"] is None:
+            assert "link" not in answer.headers
+            return items, pages
+        link = answer.headers["link"]
+        assert link.endswith('>; rel="next"') and f"cursor={document['next_cursor']}" in link
+        answer = admin.get(link[1:link.index(">")].removeprefix(API))
+
+
+def test_a_filtered_walk_shows_every_client_once_even_while_clients_are_added(server: Server, owner: Admin) -> None:
+    made = [owner.post("/clients", {"name": f"shop {n}", "scopes": ["app_1"] if n % 2 else ["app_2"],
+                                    "auth_mode": "basic" if n % 3 == 0 else "oauth2"}).json() for n in range(9)]
+    basic_keys = [c["api_key"] for n, c in enumerate(made) if n % 3 == 0]
+    seen, pages = _walk(owner, "/clients?auth_mode=basic&limit=2", "clients")
+    assert [c["api_key"] for c in seen] == basic_keys and pages == 2
+    app_1 = [c["api_key"] for n, c in enumerate(made) if n % 2]
+    assert [c["api_key"] for c in _walk(owner, "/clients?scope=app_1&limit=3", "clients")[0]] == app_1
+
+    # a client added during a walk comes after the cursor: none is shown twice, every earlier one once
+    first = owner.get("/clients?limit=4").json()
+    late = owner.post("/clients", {"name": "late shop", "scopes": ["app_1"]}).json()
+    rest, _ = _walk(owner, f"/clients?limit=4&cursor={first['next_cursor']}", "clients")
+    walked = [c["api_key"] for c in first["clients"] + rest]
+    assert walked == [c["api_key"] for c in made] + [late["api_key"]]
+
+    # a deleted client leaves the default listing, and is found by its status
+    doomed = made[0]["api_key"]
+    tag = owner.get(f"/clients/{doomed}").headers["etag"]
+    assert owner.delete(f"/clients/{doomed}", headers={"If-Match": tag}).status_code == 200
+    assert doomed not in [c["api_key"] for c in _walk(owner, "/clients?limit=50", "clients")[0]]
+    assert [c["api_key"] for c in owner.get("/clients?status=deleted").json()["clients"]] == [doomed]
+
+    # a cursor is good only for the listing and the filters that made it
+    other_filters = _problem(owner.get(f"/clients?auth_mode=oauth2&limit=4&cursor={first['next_cursor']}"), 422)
+    assert other_filters["errors"][0]["field"] == "cursor" and "start again without cursor" in other_filters["detail"]
+    cut = _problem(owner.get(f"/clients?limit=4&cursor={first['next_cursor'][:-3]}"), 422)
+    assert cut["errors"][0]["field"] == "cursor"
+    users_cursor = _problem(owner.get(f"/users?limit=4&cursor={first['next_cursor']}"), 422)
+    assert "start again without cursor" in users_cursor["detail"]
+    assert _problem(owner.get("/clients?auth_mode=magic"), 422)["errors"][0]["field"] == "auth_mode"
+    assert _problem(owner.get("/clients?limit=501"), 422)["errors"][0]["field"] == "limit"
+    assert _problem(owner.get("/clients?limit=two"), 422)["errors"][0]["field"] == "limit"
+
+
+def test_users_and_administrators_page_with_their_filters(server: Server, owner: Admin) -> None:
+    names = [owner.post("/users", {"name": f"Batch User {n}"}).json()["username"] for n in range(5)]
+    seen, pages = _walk(owner, "/users?q=batch&limit=2", "users")
+    assert [u["username"] for u in seen] == names and pages == 3
+    for name in ("reader-1", "reader-2", "reader-3"):
+        new_admin(server, name, "auditor")
+    admins, pages = _walk(owner, "/admins?q=reader&limit=2", "admins")
+    assert [a["name"] for a in admins] == ["reader-1", "reader-2", "reader-3"] and pages == 2
+    assert _problem(owner.get("/admins?status=asleep"), 422)["errors"][0]["field"] == "status"
+
+
+def test_a_certificate_listing_pages_by_status(server: Server, owner: Admin) -> None:
+    username = owner.post("/users", {"name": "Cert Holder"}).json()["username"]
+    serials = [owner.post(f"/users/{username}/certificates", {"key_type": "ec"}).json()["serial"] for _ in range(3)]
+    assert owner.post(f"/certificates/{serials[1]}/revoke").status_code == 200
+    listed, pages = _walk(owner, f"/users/{username}/certificates?limit=2", "certificates")
+    assert [c["serial"] for c in listed] == serials and pages == 2
+    valid = owner.get(f"/users/{username}/certificates?status=valid").json()["certificates"]
+    assert [c["serial"] for c in valid] == [serials[0], serials[2]]
+    soon = owner.get(f"/users/{username}/certificates?expiring_within=2592000").json()["certificates"]
+    assert soon == []  # a year's validity: none ends within 30 days
+    assert len(owner.get(f"/users/{username}/certificates?expiring_within=31622400").json()["certificates"]) == 2
+    _problem(owner.get(f"/users/{username}/certificates?expiring_within=soon"), 422)
+    _problem(owner.get("/users/nobody-here/certificates"), 404)
+
+
+def test_a_stale_etag_changes_nothing(server: Server, owner: Admin) -> None:
+    key = owner.post("/clients", {"name": "Versioned", "scopes": ["app_1"]}).json()["api_key"]
+    shown = owner.get(f"/clients/{key}")
+    first_tag = shown.headers["etag"]
+    assert first_tag == f'"{shown.json()["client_id"]}.{shown.json()["version"]}"'
+    renamed = owner.patch(f"/clients/{key}", {"name": "Renamed"}, headers={"If-Match": first_tag})
+    assert renamed.status_code == 200 and renamed.json()["version"] == shown.json()["version"] + 1
+    before = owner.get(f"/clients/{key}")
+
+    stale = _problem(owner.patch(f"/clients/{key}", {"name": "Overwritten"}, headers={"If-Match": first_tag}), 412)
+    assert "changed since" in stale["detail"]
+    _problem(owner.post(f"/clients/{key}/disable", headers={"If-Match": first_tag}), 412)
+    _problem(owner.delete(f"/clients/{key}", headers={"If-Match": first_tag}), 412)
+    weak = _problem(owner.patch(f"/clients/{key}", {"name": "x"}, headers={"If-Match": f"W/{before.headers['etag']}"}),
+                    412)  # If-Match compares strongly (RFC 9110 §13.1.1)
+    assert weak["status"] == 412
+    other = owner.post("/clients", {"name": "Other", "scopes": ["app_1"]}).json()["api_key"]
+    other_tag = owner.get(f"/clients/{other}").headers["etag"]
+    _problem(owner.patch(f"/clients/{key}", {"name": "x"}, headers={"If-Match": other_tag}), 412)
+
+    after = owner.get(f"/clients/{key}")
+    assert after.json() == before.json() and after.headers["etag"] == before.headers["etag"]
+    assert [e["event"] for e in server.audit(100) if e["detail"].get("api_key") == key] == [
+        "client.created", "client.updated"]
+    # the current tag (or *) still works, for users and administrators alike
+    assert owner.post(f"/clients/{key}/disable", headers={"If-Match": after.headers["etag"]}).status_code == 200
+
+    username = owner.post("/users", {"name": "Versioned User"}).json()["username"]
+    user_tag = owner.get(f"/users/{username}").headers["etag"]
+    assert owner.patch(f"/users/{username}", {"name": "New"}, headers={"If-Match": user_tag}).status_code == 200
+    _problem(owner.patch(f"/users/{username}", {"name": "Old"}, headers={"If-Match": user_tag}), 412)
+    _problem(owner.delete(f"/users/{username}", headers={"If-Match": user_tag}), 412)
+    assert owner.get(f"/users/{username}").json()["name"] == "New"
+    new_admin(server, "versioned-admin", "auditor")
+    admin_tag = owner.get("/admins/versioned-admin").headers["etag"]
+    assert owner.patch("/admins/versioned-admin", {"role": "integration-manager"},
+                       headers={"If-Match": admin_tag}).status_code == 200
+    _problem(owner.patch("/admins/versioned-admin", {"role": "owner"}, headers={"If-Match": admin_tag}), 412)
+    _problem(owner.post("/admins/versioned-admin/disable", headers={"If-Match": admin_tag}), 412)
+    shown_admin = owner.get("/admins/versioned-admin").json()
+    assert shown_admin["role"] == "integration-manager" and shown_admin["status"] == "active"
+    assert owner.patch("/admins/versioned-admin", {"role": "owner"}, headers={"If-Match": "*"}).status_code == 200
+
+
+def test_two_patches_with_one_etag_one_wins(server: Server, owner: Admin) -> None:
+    import asyncio
+
+    assert isinstance(server, InProcessServer)
+    key = owner.post("/clients", {"name": "Contended", "scopes": ["app_1"]}).json()["api_key"]
+    tag = owner.get(f"/clients/{key}").headers["etag"]
+
+    async def both() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=server.app, client=("127.0.0.1", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url=server.base_url, headers=owner.headers) as http:
+            return list(await asyncio.gather(*(
+                http.patch(f"{API}/clients/{key}", json={"name": name}, headers={"If-Match": tag})
+                for name in ("First writer", "Second writer"))))
+
+    answers = server.http.portal.call(both)  # type: ignore[attr-defined]
+    assert sorted(a.status_code for a in answers) == [200, 412], [a.text for a in answers]
+    (winner,) = [a for a in answers if a.status_code == 200]
+    (loser,) = [a for a in answers if a.status_code == 412]
+    assert "version 1 asked, 2 now" in loser.json()["detail"]  # refused by the write itself, not by an earlier read
+    assert owner.get(f"/clients/{key}").json()["name"] == winner.json()["name"]
+    updates = [e for e in server.audit(100) if e["event"] == "client.updated" and e["detail"]["api_key"] == key]
+    assert [e["detail"]["name"] for e in updates] == [winner.json()["name"]]
+
+
+def test_the_audit_trail_filters_by_subject_and_outcome(server: Server, owner: Admin) -> None:
+    client = owner.post("/clients", {"name": "Audited", "scopes": ["app_1"]}).json()
+    owner.post(f"/clients/{client['api_key']}/rotate-secret", {"overlap_seconds": 0})
+    owner.post("/clients", {"name": "Bystander", "scopes": ["app_1"]})
+    by_id = owner.get(f"/audit?subject={client['client_id']}").json()["events"]
+    assert [e["event"] for e in by_id] == ["client.secret_rotated", "client.created"]  # newest first, every name
+    user = owner.post("/users", {"name": "Audit Subject"}).json()
+    wrong = server.http.post(f"/api/v1/users/{user['username']}/password",
+                             json={"passphrase": "not-the-passphrase", "new_password": "Another-Long-Pass-42"})
+    assert wrong.status_code in (400, 401, 403), wrong.text
+    failures = owner.get(f"/audit?subject={user['username']}&outcome=failure").json()["events"]
+    assert [(e["event"], e["outcome"]) for e in failures] == [("user.password_reset", "failure")]
+    successes = owner.get(f"/audit?subject={user['username']}&outcome=success").json()["events"]
+    assert [e["event"] for e in successes] == ["user.created"]
+    everything, _ = _walk(owner, "/audit?limit=2", "events")
+    assert len(everything) == len({json.dumps(e, sort_keys=True) for e in everything}) >= 5
+    assert _problem(owner.get("/audit?outcome=maybe"), 422)["errors"][0]["field"] == "outcome"
+    assert _problem(owner.get("/audit?since=20&until=10"), 422)["status"] == 422
+    assert _problem(owner.get("/audit?event=*"), 422)["errors"][0]["field"] == "event"
+
+
+def test_the_audit_export_streams_a_file_an_auditor_may_read(server: Server, owner: Admin) -> None:
+    import csv
+    import io
+
+    for n in range(3):
+        owner.post("/clients", {"name": f"exported {n}", "scopes": ["app_1"]})
+    watcher = new_admin(server, "export-reader", "auditor")
+    expected = list(reversed(owner.get("/audit?event=client.created&limit=500").json()["events"]))
+    assert len(expected) == 3
+
+    lines = watcher.get("/audit/export?event=client.created")
+    assert lines.status_code == 200, lines.text
+    assert lines.headers["content-type"] == "application/x-ndjson"
+    assert lines.headers["content-disposition"] == 'attachment; filename="bankgate-audit.jsonl"'
+    assert lines.headers["cache-control"] == "no-store"
+    exported = [json.loads(line) for line in lines.text.splitlines()]
+    assert [(e["event"], e["actor"], e["outcome"], e["detail"]) for e in exported] == [
+        (e["event"], e["actor"], e["outcome"], e["detail"]) for e in expected]
+    assert all(e["at"].startswith("20") and e["at"].endswith("Z") for e in exported)  # RFC 3339 UTC
+
+    table = watcher.get("/audit/export?format=csv&event=client.created&actor=api:ops-owner")
+    assert table.status_code == 200 and table.headers["content-type"] == "text/csv; charset=utf-8"
+    assert table.headers["content-disposition"] == 'attachment; filename="bankgate-audit.csv"'
+    rows = list(csv.DictReader(io.StringIO(table.text)))
+    assert [json.loads(r["detail"].removeprefix("'"))["api_key"] for r in rows] == [
+        e["detail"]["api_key"] for e in expected]
+    assert all(r["event"] == "client.created" and r["actor"] == "api:ops-owner" for r in rows)
+    assert [r["at"] for r in rows] == [e["at"] for e in exported]
+
+    nothing = watcher.get("/audit/export?format=csv&outcome=failure&event=client.created")
+    assert nothing.text.splitlines() == ["at,event,actor,source_ip,outcome,detail"]
+    assert _problem(watcher.get("/audit/export?format=xml"), 422)["errors"][0]["field"] == "format"
+    assert _problem(watcher.get("/audit/export?outcome=maybe"), 422)["errors"][0]["field"] == "outcome"
+    _problem(server.http.get(f"{API}/audit/export"), 401)

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from bankgate.admin import Actor, NotFoundError
+from bankgate.admin import Actor, AdminError, ConflictError, NotFoundError
 from bankgate.admin.policy import (
     PERMISSIONS,
     AdminPrincipal,
@@ -114,6 +114,47 @@ async def test_disable_enable_delete_and_rotation(services: Services) -> None:
         await admins.disable(ACTOR, "nobody")
     assert [a.name for a in await admins.list()] == []
     assert [a.name for a in await admins.list(deleted=True)] == ["ops"]
+
+
+async def test_a_change_at_a_stale_version_writes_nothing(services: Services) -> None:
+    admins = services.admin.admins
+    read = (await admins.create(ACTOR, "versioned", "auditor")).admin
+    changed = await admins.set_role(ACTOR, "versioned", "integration-manager", expected_version=read.version)
+    assert changed.version == read.version + 1
+    for stale in (lambda: admins.set_role(ACTOR, "versioned", "owner", expected_version=read.version),
+                  lambda: admins.disable(ACTOR, "versioned", expected_version=read.version),
+                  lambda: admins.delete(ACTOR, "versioned", expected_version=read.version)):
+        with pytest.raises(ConflictError, match=f"version {read.version} asked, {changed.version} now"):
+            await stale()
+    now = await admins.get("versioned")
+    assert (now.role, now.status, now.version) == ("integration-manager", "active", changed.version)
+    await services.audit.flush()
+    events = [e.event for e in await services.admin.audit.tail(50, subject=None, actor=ACTOR.label)]
+    assert events == ["admin.created", "admin.updated"]
+    assert (await admins.disable(ACTOR, "versioned", expected_version=now.version)).status == "disabled"
+
+
+async def test_administrators_page_oldest_first_with_filters(services: Services) -> None:
+    admins = services.admin.admins
+    names = [f"ops-{n}" for n in range(5)]
+    for name in names:
+        await admins.create(ACTOR, name, "auditor")
+    await admins.create(ACTOR, "other", "owner")
+    await admins.delete(ACTOR, "ops-2")
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await admins.page(limit=2, cursor=cursor, q="OPS")
+        seen += [a.name for a in page.items]
+        if (cursor := page.next_cursor) is None:
+            break
+    assert seen == ["ops-0", "ops-1", "ops-3", "ops-4"]
+    assert [a.name for a in (await admins.page(status="deleted")).items] == ["ops-2"]
+    first = await admins.page(limit=1)
+    with pytest.raises(AdminError, match="start again without cursor"):
+        await admins.page(limit=1, cursor=first.next_cursor, status="active")
+    with pytest.raises(ValueError, match="status 'asleep' is not one of"):
+        await admins.page(status="asleep")
 
 
 async def test_console_sign_in_needs_password_and_a_fresh_totp_code(services: Services, clock: ManualClock) -> None:

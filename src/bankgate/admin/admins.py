@@ -3,8 +3,9 @@ set the console password (enrolling TOTP), change the role."""
 
 from __future__ import annotations
 
-from bankgate.admin._base import Actor, NotFoundError, UseCases
+from bankgate.admin._base import Actor, NotFoundError, UseCases, paging_errors, versioned
 from bankgate.credentials.admins import AdminRecord, AdminStateError, IssuedAdminSecret, TotpEnrolment
+from bankgate.store.paging import DEFAULT_LIMIT, Page
 
 __all__ = ["AdminAdmin"]
 
@@ -18,6 +19,15 @@ class AdminAdmin(UseCases):
 
     async def list(self, *, deleted: bool = False) -> list[AdminRecord]:
         return await self._services.admins.list(deleted=deleted)
+
+    async def page(
+        self, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None, status: str | None = None,
+        q: str | None = None, deleted: bool = False,
+    ) -> Page[AdminRecord]:
+        """One page of administrators, oldest first; pass `next_cursor` back (with the same filters) for the next.
+        `q` finds a name containing it or an API key starting with it, ignoring case."""
+        with paging_errors():
+            return await self._services.admins.page(limit=limit, cursor=cursor, status=status, q=q, deleted=deleted)
 
     async def get(self, name: str) -> AdminRecord:
         record = await self._services.admins.find(name)
@@ -35,28 +45,36 @@ class AdminAdmin(UseCases):
             raise AdminStateError(f"{name} is the last active owner; make another administrator owner before you "
                                   f"{change} it")
 
-    async def disable(self, actor: Actor, name: str) -> AdminRecord:
+    async def disable(self, actor: Actor, name: str, *, expected_version: int | None = None) -> AdminRecord:
         await self._keep_an_owner(name, "disable")
-        _, after = await self._services.admins.set_status(name, "disabled")
+        with versioned(f"administrator {name}"):
+            _, after = await self._services.admins.set_status(name, "disabled", expected_version=expected_version)
         await self._audit(actor, "admin.disabled", self._detail(after))
         return after
 
-    async def enable(self, actor: Actor, name: str) -> AdminRecord:
+    async def enable(self, actor: Actor, name: str, *, expected_version: int | None = None) -> AdminRecord:
         await self.get(name)
-        _, after = await self._services.admins.set_status(name, "active")
+        with versioned(f"administrator {name}"):
+            _, after = await self._services.admins.set_status(name, "active", expected_version=expected_version)
         await self._audit(actor, "admin.enabled", self._detail(after))
         return after
 
-    async def delete(self, actor: Actor, name: str) -> AdminRecord:
+    async def delete(self, actor: Actor, name: str, *, expected_version: int | None = None) -> AdminRecord:
         await self._keep_an_owner(name, "delete")
-        _, after = await self._services.admins.set_status(name, "deleted")
+        with versioned(f"administrator {name}"):
+            _, after = await self._services.admins.set_status(name, "deleted", expected_version=expected_version)
         await self._audit(actor, "admin.deleted", self._detail(after))
         return after
 
-    async def set_role(self, actor: Actor, name: str, role: str) -> AdminRecord:
+    async def set_role(
+        self, actor: Actor, name: str, role: str, *, expected_version: int | None = None
+    ) -> AdminRecord:
+        """Change the role; with `expected_version` (the `version` the caller read), only if nobody changed the
+        administrator since: else `ConflictError` and nothing is written."""
         if role != "owner":
             await self._keep_an_owner(name, "demote")
-        before, after = await self._services.admins.set_role(name, role)
+        with versioned(f"administrator {name}"):
+            before, after = await self._services.admins.set_role(name, role, expected_version=expected_version)
         await self._audit(actor, "admin.updated", {**self._detail(after), "previous_role": before.role})
         return after
 

@@ -4,28 +4,22 @@ header (RFC 8288), `Cache-Control: no-store` on every answer."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from bankgate.store.paging import DEFAULT_LIMIT, MAX_LIMIT, Page
 from bankgate.web.errors import PROBLEM, HttpError, render_error
 from bankgate.web.headers import NO_STORE
 
-__all__ = ["Body", "FieldError", "Invalid", "Page", "etag", "json_response", "page_of", "problem_response",
-           "read_body", "require_match"]
-
-T = TypeVar("T")
-
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 200
+__all__ = ["Body", "FieldError", "Invalid", "cursor_of", "etag", "expected_version", "json_response", "limit_of",
+           "page_response", "problem_response", "read_body", "version_tag"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,17 +64,44 @@ def etag(representation: dict[str, Any]) -> str:
     return f'"{digest[:32]}"'
 
 
-def require_match(request: Request, current: str) -> None:
-    """An update must name the representation it changes: `If-Match` missing is 428, another ETag 412."""
+def version_tag(record_id: str, version: int) -> str:
+    """The strong ETag of a versioned record (client, user, administrator): its id and `version`, which every change
+    of the row increments, so the tag says which version a later `If-Match` read."""
+    return f'"{record_id}.{version}"'
+
+
+_PRECONDITION_FAILED = ("the resource changed since that ETag was read; GET it again and retry with its new ETag")
+
+
+def _precondition_failed() -> HttpError:
+    return HttpError(412, "precondition_failed", _PRECONDITION_FAILED, title="Precondition Failed")
+
+
+def _if_match(request: Request) -> list[str]:
     sent = request.headers.get("if-match")
     if sent is None:
         raise HttpError(428, "precondition_required", "send If-Match with the ETag of a GET of this resource, so "
                         "that a change made meanwhile is not overwritten", title="Precondition Required")
-    tags = [tag.strip() for tag in sent.split(",")]
-    if "*" in tags or current in tags:
-        return
-    raise HttpError(412, "precondition_failed", "the resource changed since that ETag was read; GET it again and "
-                    "retry with its new ETag", title="Precondition Failed")
+    return [tag.strip() for tag in sent.split(",")]
+
+
+def expected_version(request: Request, record_id: str, current: int, *, required: bool = True) -> int | None:
+    """The `version` an `If-Match` names, for the use case to write only at that version (the check is the UPDATE's
+    own, so two writers holding the same ETag cannot both win): None for `*` (or no header where it is optional),
+    428 when it is required and missing, 412 when no tag names a version of this record."""
+    if not required and "if-match" not in request.headers:
+        return None
+    tags = _if_match(request)
+    if "*" in tags:
+        return None
+    versions: list[int] = []
+    for tag in tags:
+        named, _, version = tag.removeprefix('"').removesuffix('"').rpartition(".")
+        if tag.startswith('"') and tag.endswith('"') and named == record_id and version.isdigit():
+            versions.append(int(version))
+    if not versions:
+        raise _precondition_failed()
+    return current if current in versions else versions[0]
 
 
 async def read_body(request: Request, max_bytes: int) -> dict[str, Any]:
@@ -160,50 +181,22 @@ class Body:
             raise Invalid(self.errors)
 
 
-@dataclass(frozen=True, slots=True)
-class Page:
-    items: list[Any]
-    next_cursor: str | None
-
-
-def _limit(request: Request) -> int:
+def limit_of(request: Request) -> int:
+    """`?limit=` as a number; its bounds are the listing's (`bankgate.store.paging`), checked by the use case."""
     text = request.query_params.get("limit")
     if text is None:
         return DEFAULT_LIMIT
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    if not text.isdigit() or len(text) > 6:
         raise Invalid([FieldError("limit", f"must be a whole number from 1 to {MAX_LIMIT}")])
     return int(text)
 
 
-def _decode_cursor(text: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-    except (binascii.Error, ValueError):
-        raise Invalid([FieldError("cursor", "is not a cursor of this list; use next_cursor of the previous "
-                                  "page")]) from None
+def cursor_of(request: Request) -> str | None:
+    """`?cursor=`: `next_cursor` of the previous page, opaque here; the use case checks it."""
+    return request.query_params.get("cursor") or None
 
 
-def page_of(request: Request, items: Sequence[T], key: Callable[[T], str]) -> Page:
-    """The page of `items` (in their order) that `?limit=&cursor=` asks for. The cursor is opaque to the caller:
-    the key of the last item it got, so that items added or removed meanwhile never shift a page. (The one place
-    that pages; a service that pages in the database takes its place here.)"""
-    limit = _limit(request)
-    cursor = request.query_params.get("cursor")
-    start = 0
-    if cursor:
-        after = _decode_cursor(cursor)
-        keys = [key(item) for item in items]
-        if after not in keys:
-            raise Invalid([FieldError("cursor", "is not a cursor of this list (or its item is gone); start again "
-                                      "without a cursor")])
-        start = keys.index(after) + 1
-    chosen = list(items[start : start + limit])
-    more = start + limit < len(items)
-    next_cursor = base64.urlsafe_b64encode(key(chosen[-1]).encode()).decode().rstrip("=") if more and chosen else None
-    return Page(chosen, next_cursor)
-
-
-def page_response(request: Request, name: str, page: Page, render: Callable[[Any], Any]) -> Response:
+def page_response(request: Request, name: str, page: Page[Any], render: Callable[[Any], Any]) -> Response:
     """`{name: [...], "next_cursor": …}` with `Link: <…>; rel="next"` when there is more."""
     headers: dict[str, str] = {}
     if page.next_cursor is not None:

@@ -4,36 +4,38 @@ The use cases validate, change and audit; nothing here decides a rule of its own
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from bankgate.admin import Actor, AdminError, NotFoundError
+from bankgate.admin import Actor, AdminError, ConflictError, NotFoundError
 from bankgate.admin.policy import AdminPrincipal, Forbidden, require
 from bankgate.adminapi.http import (
     Body,
     FieldError,
     Invalid,
+    cursor_of,
     etag,
+    expected_version,
     json_response,
-    page_of,
+    limit_of,
     page_response,
     problem_response,
     read_body,
-    require_match,
+    version_tag,
 )
 from bankgate.credentials.admins import AdminRecord, AdminStateError
 from bankgate.credentials.clients import ClientRecord, ClientStateError
 from bankgate.credentials.users import UserRecord, UserStateError
 from bankgate.events import AuditEvent
 from bankgate.web.errors import HttpError
+from bankgate.web.headers import NO_STORE
 
 if TYPE_CHECKING:
     from bankgate.config import Algorithm
@@ -102,6 +104,9 @@ def endpoint(permission: str | None, runtime: Runtime) -> Callable[[Handler], Ca
             except (NotFoundError, LookupError) as exc:
                 message = str(exc).split("; see `", 1)[0]
                 return problem_response(HttpError(404, "not_found", message), path)
+            except ConflictError as exc:
+                return problem_response(HttpError(412, "precondition_failed", f"{exc}, with its new ETag",
+                                                  title="Precondition Failed"), path)
             except (ClientStateError, UserStateError, AdminStateError) as exc:
                 return problem_response(HttpError(409, "conflict", str(exc), title="Conflict"), path)
             except (AdminError, ValueError) as exc:
@@ -114,41 +119,53 @@ def endpoint(permission: str | None, runtime: Runtime) -> Callable[[Handler], Ca
     return wrap
 
 
-def _matches(query: str | None, *values: str) -> bool:
-    return query is None or any(query.lower() in value.lower() for value in values)
+#: A query parameter -> other words a use case's message may use for it.
+_PARAMETER_WORDS = {"q": ("search",), "scope": ("application",), "auth_mode": ("auth mode",),
+                    "expiring_within": ("expiring",)}
 
 
-def _status_filter(request: Request, allowed: tuple[str, ...]) -> str | None:
-    status = request.query_params.get("status")
-    if status is not None and status not in allowed:
-        raise Invalid([FieldError("status", f"must be one of: {', '.join(allowed)}")])
-    return status
+@contextlib.contextmanager
+def _query(*parameters: str) -> Iterator[None]:
+    """A listing's refusal (a bad filter, limit or cursor) as a 422 naming the query parameter it is about; an
+    unknown user stays a 404."""
+    try:
+        yield
+    except NotFoundError:
+        raise
+    except (AdminError, ValueError) as exc:
+        message = str(exc).replace("--", "")
+        lowered = message.lower()
+        field = next((name for name in ("cursor", "limit", *parameters)
+                      if re.search(rf"\b{re.escape(name)}\b", lowered)
+                      or any(word in lowered for word in _PARAMETER_WORDS.get(name, ()))), "query")
+        raise Invalid([FieldError(field, message)]) from None
 
 
-def _client_json(record: ClientRecord) -> dict[str, Any]:
-    return record.as_json()
-
-
-def _user_json(record: UserRecord) -> dict[str, Any]:
-    return record.as_json()
+def _text(request: Request, name: str) -> str | None:
+    """A filter given in the query; an empty one is no filter."""
+    return request.query_params.get(name) or None
 
 
 def _created(document: dict[str, Any], location: str) -> Response:
     return json_response(document, 201, headers={"location": location})
 
 
-def _resource(document: dict[str, Any]) -> Response:
-    return json_response(document, tag=etag(document))
+def _versioned(record: ClientRecord | UserRecord | AdminRecord) -> Response:
+    """A client, user or administrator with its ETag: id and version (see `http.version_tag`)."""
+    return json_response(record.as_json(), tag=version_tag(record.id, record.version))
 
 
-def _seconds(request: Request, name: str) -> float | None:
+def _seconds(request: Request, name: str, example: str = "UNIX seconds, e.g. 1795314069") -> float | None:
     text = request.query_params.get(name)
     if text is None:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise Invalid([FieldError(name, "must be UNIX seconds, e.g. 1795314069")]) from None
+        raise Invalid([FieldError(name, f"must be {example}")]) from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise Invalid([FieldError(name, f"must be {example}")])
+    return value
 
 
 # -- handlers ----------------------------------------------------------------------------------------------------
@@ -157,15 +174,12 @@ async def me(request: Request, call: Call) -> Response:
     return json_response(call.principal.as_json())
 
 
-_CLIENT_STATUSES = ("active", "disabled", "revoked", "deleted")
-
-
 async def list_clients(request: Request, call: Call) -> Response:
-    status = _status_filter(request, _CLIENT_STATUSES)
-    query = request.query_params.get("q")
-    records = await call.runtime.services.admin.clients.list(deleted=status == "deleted")
-    chosen = [r for r in records if (status is None or r.status == status) and _matches(query, r.name, r.api_key)]
-    return page_response(request, "clients", page_of(request, chosen, lambda r: r.api_key), _client_json)
+    with _query("status", "q", "auth_mode", "scope"):
+        page = await call.runtime.services.admin.clients.page(
+            limit=limit_of(request), cursor=cursor_of(request), status=_text(request, "status"),
+            q=_text(request, "q"), auth_mode=_text(request, "auth_mode"), scope=_text(request, "scope"))
+    return page_response(request, "clients", page, lambda r: r.as_json())
 
 
 async def create_client(request: Request, call: Call) -> Response:
@@ -184,12 +198,12 @@ async def _client(request: Request, call: Call) -> ClientRecord:
 
 
 async def show_client(request: Request, call: Call) -> Response:
-    return _resource((await _client(request, call)).as_json())
+    return _versioned(await _client(request, call))
 
 
 async def update_client(request: Request, call: Call) -> Response:
     current = await _client(request, call)
-    require_match(request, etag(current.as_json()))
+    version = expected_version(request, current.id, current.version)
     body = await call.body(request, ("name", "scopes", "auth_mode"))
     name = body.string("name")
     scopes = body.strings("scopes")
@@ -199,18 +213,18 @@ async def update_client(request: Request, call: Call) -> Response:
     if not body.errors and name is None and scopes is None:
         body.errors.append(FieldError("body", "nothing to change: send name and/or scopes"))
     body.check()
-    record = await call.runtime.services.admin.clients.update(call.actor, current.api_key, name=name, scopes=scopes)
-    return _resource(record.as_json())
+    record = await call.runtime.services.admin.clients.update(call.actor, current.api_key, name=name, scopes=scopes,
+                                                              expected_version=version)
+    return _versioned(record)
 
 
 def _client_action(action: str) -> Handler:
     async def handler(request: Request, call: Call) -> Response:
         current = await _client(request, call)
-        if "if-match" in request.headers:
-            require_match(request, etag(current.as_json()))
+        version = expected_version(request, current.id, current.version, required=False)
         clients = call.runtime.services.admin.clients
-        method: Callable[[Actor, str], Awaitable[ClientRecord]] = getattr(clients, action)
-        return _resource((await method(call.actor, current.api_key)).as_json())
+        method: Callable[..., Awaitable[ClientRecord]] = getattr(clients, action)
+        return _versioned(await method(call.actor, current.api_key, expected_version=version))
 
     handler.__name__ = f"{action}_client"
     return handler
@@ -227,19 +241,17 @@ async def rotate_client_secret(request: Request, call: Call) -> Response:
 
 async def delete_client(request: Request, call: Call) -> Response:
     current = await _client(request, call)
-    require_match(request, etag(current.as_json()))
-    return json_response((await call.runtime.services.admin.clients.delete(call.actor, current.api_key)).as_json())
-
-
-_USER_STATUSES = ("active", "disabled", "revoked", "deleted")
+    version = expected_version(request, current.id, current.version)
+    record = await call.runtime.services.admin.clients.delete(call.actor, current.api_key, expected_version=version)
+    return json_response(record.as_json())
 
 
 async def list_users(request: Request, call: Call) -> Response:
-    status = _status_filter(request, _USER_STATUSES)
-    query = request.query_params.get("q")
-    records = await call.runtime.services.admin.users.list(deleted=status == "deleted")
-    chosen = [r for r in records if (status is None or r.status == status) and _matches(query, r.name, r.username)]
-    return page_response(request, "users", page_of(request, chosen, lambda r: r.username), _user_json)
+    with _query("status", "q", "environment"):
+        page = await call.runtime.services.admin.users.page(
+            limit=limit_of(request), cursor=cursor_of(request), status=_text(request, "status"),
+            q=_text(request, "q"), environment=_text(request, "environment"))
+    return page_response(request, "users", page, lambda r: r.as_json())
 
 
 async def create_user(request: Request, call: Call) -> Response:
@@ -258,30 +270,30 @@ async def _user(request: Request, call: Call) -> UserRecord:
 
 
 async def show_user(request: Request, call: Call) -> Response:
-    return _resource((await _user(request, call)).as_json())
+    return _versioned(await _user(request, call))
 
 
 async def update_user(request: Request, call: Call) -> Response:
     current = await _user(request, call)
-    require_match(request, etag(current.as_json()))
+    version = expected_version(request, current.id, current.version)
     body = await call.body(request, ("name", "scopes"))
     name = body.string("name")
     scopes = body.strings("scopes")
     if not body.errors and name is None and scopes is None:
         body.errors.append(FieldError("body", "nothing to change: send name and/or scopes"))
     body.check()
-    record = await call.runtime.services.admin.users.update(call.actor, current.username, name=name, scopes=scopes)
-    return _resource(record.as_json())
+    record = await call.runtime.services.admin.users.update(call.actor, current.username, name=name, scopes=scopes,
+                                                            expected_version=version)
+    return _versioned(record)
 
 
 def _user_action(action: str) -> Handler:
     async def handler(request: Request, call: Call) -> Response:
         current = await _user(request, call)
-        if "if-match" in request.headers:
-            require_match(request, etag(current.as_json()))
+        version = expected_version(request, current.id, current.version, required=False)
         users = call.runtime.services.admin.users
-        method: Callable[[Actor, str], Awaitable[UserRecord]] = getattr(users, action)
-        return _resource((await method(call.actor, current.username)).as_json())
+        method: Callable[..., Awaitable[UserRecord]] = getattr(users, action)
+        return _versioned(await method(call.actor, current.username, expected_version=version))
 
     handler.__name__ = f"{action}_user"
     return handler
@@ -295,21 +307,19 @@ async def new_passphrase(request: Request, call: Call) -> Response:
 
 async def delete_user(request: Request, call: Call) -> Response:
     current = await _user(request, call)
-    require_match(request, etag(current.as_json()))
-    return json_response((await call.runtime.services.admin.users.delete(call.actor, current.username)).as_json())
+    version = expected_version(request, current.id, current.version)
+    record = await call.runtime.services.admin.users.delete(call.actor, current.username, expected_version=version)
+    return json_response(record.as_json())
 
 
 # -- administrators ---------------------------------------------------------------------------------------------
 
-_ADMIN_STATUSES = ("active", "disabled", "deleted")
-
-
 async def list_admins(request: Request, call: Call) -> Response:
-    status = _status_filter(request, _ADMIN_STATUSES)
-    query = request.query_params.get("q")
-    records = await call.runtime.services.admin.admins.list(deleted=status == "deleted")
-    chosen = [r for r in records if (status is None or r.status == status) and _matches(query, r.name, r.api_key)]
-    return page_response(request, "admins", page_of(request, chosen, lambda r: r.name), lambda r: r.as_json())
+    with _query("status", "q"):
+        page = await call.runtime.services.admin.admins.page(
+            limit=limit_of(request), cursor=cursor_of(request), status=_text(request, "status"),
+            q=_text(request, "q"))
+    return page_response(request, "admins", page, lambda r: r.as_json())
 
 
 async def create_admin(request: Request, call: Call) -> Response:
@@ -327,27 +337,27 @@ async def _admin(request: Request, call: Call) -> AdminRecord:
 
 
 async def show_admin(request: Request, call: Call) -> Response:
-    return _resource((await _admin(request, call)).as_json())
+    return _versioned(await _admin(request, call))
 
 
 async def update_admin(request: Request, call: Call) -> Response:
     current = await _admin(request, call)
-    require_match(request, etag(current.as_json()))
+    version = expected_version(request, current.id, current.version)
     body = await call.body(request, ("role",))
     role = body.string("role", required=True, max_length=32)
     body.check()
     assert role is not None
-    return _resource((await call.runtime.services.admin.admins.set_role(call.actor, current.name, role)).as_json())
+    return _versioned(await call.runtime.services.admin.admins.set_role(call.actor, current.name, role,
+                                                                        expected_version=version))
 
 
 def _admin_action(action: str) -> Handler:
     async def handler(request: Request, call: Call) -> Response:
         current = await _admin(request, call)
-        if "if-match" in request.headers:
-            require_match(request, etag(current.as_json()))
+        version = expected_version(request, current.id, current.version, required=False)
         admins = call.runtime.services.admin.admins
-        method: Callable[[Actor, str], Awaitable[AdminRecord]] = getattr(admins, action)
-        return _resource((await method(call.actor, current.name)).as_json())
+        method: Callable[..., Awaitable[AdminRecord]] = getattr(admins, action)
+        return _versioned(await method(call.actor, current.name, expected_version=version))
 
     handler.__name__ = f"{action}_admin"
     return handler
@@ -361,8 +371,9 @@ async def rotate_admin_secret(request: Request, call: Call) -> Response:
 
 async def delete_admin(request: Request, call: Call) -> Response:
     current = await _admin(request, call)
-    require_match(request, etag(current.as_json()))
-    return json_response((await call.runtime.services.admin.admins.delete(call.actor, current.name)).as_json())
+    version = expected_version(request, current.id, current.version)
+    record = await call.runtime.services.admin.admins.delete(call.actor, current.name, expected_version=version)
+    return json_response(record.as_json())
 
 
 # -- IP allow lists ----------------------------------------------------------------------------------------------
@@ -405,9 +416,12 @@ async def remove_address(request: Request, call: Call) -> Response:
 # -- certificates ------------------------------------------------------------------------------------------------
 
 async def list_certificates(request: Request, call: Call) -> Response:
-    records = await call.runtime.services.admin.certs.list(request.path_params["username"])
-    return page_response(request, "certificates", page_of(request, records, lambda r: r.serial),
-                         lambda r: r.as_json())
+    expiring = _seconds(request, "expiring_within", "a number of seconds, e.g. 2592000 for 30 days")
+    with _query("status", "expiring_within"):
+        page = await call.runtime.services.admin.certs.page(
+            limit=limit_of(request), cursor=cursor_of(request), username=request.path_params["username"],
+            status=_text(request, "status"), expiring_within=expiring)
+    return page_response(request, "certificates", page, lambda r: r.as_json())
 
 
 async def issue_certificate(request: Request, call: Call) -> Response:
@@ -436,7 +450,8 @@ async def show_certificate(request: Request, call: Call) -> Response:
         response.headers["pragma"] = "no-cache"
         response.headers["etag"] = etag(record.as_json())
         return response
-    return _resource({**record.as_json(), "certificate_pem": record.certificate_pem})
+    document = {**record.as_json(), "certificate_pem": record.certificate_pem}
+    return json_response(document, tag=etag(document))
 
 
 async def revoke_certificate(request: Request, call: Call) -> Response:
@@ -447,8 +462,9 @@ async def revoke_certificate(request: Request, call: Call) -> Response:
 # -- signing keys ------------------------------------------------------------------------------------------------
 
 async def list_keys(request: Request, call: Call) -> Response:
+    """The keys published in the JWKS (a handful: the active one and those retiring), newest first, in one page."""
     keys = await call.runtime.services.admin.keys.list()
-    return page_response(request, "keys", page_of(request, keys, lambda k: k.kid), lambda k: k.as_json())
+    return json_response({"keys": [key.as_json() for key in keys], "next_cursor": None})
 
 
 async def rotate_key(request: Request, call: Call) -> Response:
@@ -471,12 +487,13 @@ async def retire_key(request: Request, call: Call) -> Response:
 
 # -- audit trail -------------------------------------------------------------------------------------------------
 
-_OUTCOMES = ("success", "failure")
+_AUDIT_FILTERS = ("since", "until", "event", "actor", "subject", "outcome")
 
 
-def _event_key(event: AuditEvent) -> str:
-    digest = hashlib.sha256(json.dumps(event.detail, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return f"{event.at!r}|{event.event}|{event.actor}|{digest}"
+def _audit_filters(request: Request) -> dict[str, Any]:
+    """The audit trail's filters as the use case takes them; it checks them (`AuditQueries.query`)."""
+    return {"since": _seconds(request, "since"), "until": _seconds(request, "until"),
+            **{name: _text(request, name) for name in ("event", "actor", "subject", "outcome")}}
 
 
 def _event_json(event: AuditEvent) -> dict[str, Any]:
@@ -485,20 +502,39 @@ def _event_json(event: AuditEvent) -> dict[str, Any]:
 
 
 async def audit_events(request: Request, call: Call) -> Response:
-    params = request.query_params
-    since, until = _seconds(request, "since"), _seconds(request, "until")
-    outcome = params.get("outcome")
-    if outcome is not None and outcome not in _OUTCOMES:
-        raise Invalid([FieldError("outcome", "must be success or failure")])
-    subject = params.get("subject")
+    """The audit trail, newest first, a page at a time."""
+    filters = _audit_filters(request)
     await call.runtime.services.audit.flush()
-    events = await call.runtime.services.admin.audit.tail(10_000, event=params.get("event") or None,
-                                                          actor=params.get("actor") or None, since=since,
-                                                          until=until)
-    chosen = [e for e in reversed(events)  # newest first
-              if (outcome is None or e.outcome == outcome)
-              and (subject is None or subject in (str(v) for v in e.detail.values()))]
-    return page_response(request, "events", page_of(request, chosen, _event_key), _event_json)
+    with _query(*_AUDIT_FILTERS):
+        page = await call.runtime.services.admin.audit.page(limit=limit_of(request), cursor=cursor_of(request),
+                                                            **filters)
+    return page_response(request, "events", page, _event_json)
+
+
+#: Export format -> (media type, file extension).
+_EXPORTS = {"jsonl": ("application/x-ndjson", "jsonl"), "csv": ("text/csv; charset=utf-8", "csv")}
+
+
+async def export_audit(request: Request, call: Call) -> Response:
+    """Every matching event, oldest first, as a JSON Lines or CSV file, streamed a batch at a time."""
+    chosen = request.query_params.get("format", "jsonl")
+    if chosen not in _EXPORTS:
+        raise Invalid([FieldError("format", "must be jsonl or csv")])
+    filters = _audit_filters(request)
+    await call.runtime.services.audit.flush()
+    chunks = call.runtime.services.admin.audit.export(format="csv" if chosen == "csv" else "jsonl", **filters)
+    with _query(*_AUDIT_FILTERS):
+        first = await anext(chunks, "")  # the filters are checked here, before any byte is sent
+
+    async def body() -> AsyncIterator[bytes]:
+        yield first.encode()
+        async for chunk in chunks:
+            yield chunk.encode()
+
+    media_type, extension = _EXPORTS[chosen]
+    headers = {name.decode(): value.decode() for name, value in NO_STORE}
+    headers["content-disposition"] = f'attachment; filename="bankgate-audit.{extension}"'
+    return StreamingResponse(body(), media_type=media_type, headers=headers)
 
 
 _EVERY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -561,6 +597,7 @@ OPERATIONS: list[tuple[str, str, Handler, str | None]] = [
     ("POST", "/signing-keys/rotate", rotate_key, "keys:write"),
     ("POST", "/signing-keys/{kid}/retire", retire_key, "keys:write"),
     ("GET", "/audit", audit_events, "audit:read"),
+    ("GET", "/audit/export", export_audit, "audit:read"),
 ]
 
 

@@ -18,14 +18,16 @@ from urllib.parse import quote, urlencode
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, RowMapping, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Environment
 from bankgate.credentials.keys import new_admin_key, new_admin_secret
 from bankgate.credentials.users import USERNAME, check_password_strength
+from bankgate.credentials.versions import VersionConflict, bump, check_version
 from bankgate.store import Store, schema
+from bankgate.store.paging import Keyset, Page, fetch_page
 from bankgate.throttle import AuthThrottle, keys_for
 from bankgate.vault import Vault
 
@@ -48,6 +50,8 @@ Role = Literal["owner", "integration-manager", "auditor"]
 ROLES: tuple[Role, ...] = ("owner", "integration-manager", "auditor")
 #: active <-> disabled; deleted is for good (a tombstone keeps the name and key out of reuse and the audit readable).
 AdminStatus = Literal["active", "disabled", "deleted"]
+STATUSES: tuple[AdminStatus, ...] = ("active", "disabled", "deleted")
+_KEYSET = Keyset("admins", (schema.admins.c.created_at, schema.admins.c.id), ((float, int), (str,)))
 #: Every administrator's API key starts with this; a merchant's never does (`bk_`).
 ADMIN_KEY_PREFIX = "bka_"
 #: One answer for an unknown administrator, a wrong secret or password, a wrong or reused code, a disabled account.
@@ -226,6 +230,32 @@ class AdminDirectory:
             rows = (await conn.execute(query)).all()
         return [self._record(row) for row in rows]
 
+    async def page(
+        self, *, limit: int, cursor: str | None = None, status: str | None = None, q: str | None = None,
+        deleted: bool = False,
+    ) -> Page[AdminRecord]:
+        """One page of administrators, oldest first (keyset on `(created_at, id)`): of `status` (else every one but
+        the deleted, unless `deleted`), whose name contains `q` or whose API key starts with it (ignoring case).
+        Raises `PagingError` for a bad limit or cursor."""
+        table = schema.admins
+        query = select(table)
+        if status is not None:
+            if status not in STATUSES:
+                raise ValueError(f"status {status!r} is not one of: {', '.join(STATUSES)}")
+            query = query.where(table.c.status == status)
+        elif not deleted:
+            query = query.where(table.c.status != "deleted")
+        if q is not None:
+            q = q.strip().lower()
+            if not q or len(q) > 200:
+                raise ValueError("a search needs 1 to 200 characters of a name or the start of an API key")
+            query = query.where(func.lower(table.c.name).contains(q, autoescape=True)
+                                | func.lower(table.c.api_key).startswith(q, autoescape=True))
+        filters = {"status": status, "q": q, "deleted": deleted}
+        async with self._store.connect() as conn:
+            rows, following = await fetch_page(conn, query, _KEYSET, limit=limit, cursor=cursor, filters=filters)
+        return Page(tuple(self._record(row) for row in rows), following)
+
     async def find(self, name: str) -> AdminRecord | None:
         if len(name) > 64:
             return None
@@ -247,21 +277,28 @@ class AdminDirectory:
             raise AdminNotFoundError(f"no administrator named {name}; see `bankgate admins list`")
         return record
 
-    async def set_status(self, name: str, status: AdminStatus) -> tuple[AdminRecord, AdminRecord]:
+    async def set_status(
+        self, name: str, status: AdminStatus, *, expected_version: int | None = None
+    ) -> tuple[AdminRecord, AdminRecord]:
         """(before, after). Disable and enable go between active and disabled; delete is for good and drops every
-        credential (key secret, password, TOTP secret), keeping the row as a tombstone."""
+        credential (key secret, password, TOTP secret), keeping the row as a tombstone. With `expected_version`,
+        only if the row is still at that version (else `VersionConflict`, nothing written)."""
+        check_version(expected_version)
         before = await self.get(name)
         if before.status == "deleted":
             raise AdminStateError(f"administrator {name} is deleted; create a new one instead")
         values: dict[str, Any] = {"status": status}
         if status == "deleted":
             values.update(secret_hash=None, password_hash=None, totp_secret=None, totp_last_step=None)
-        await self._write(before, values)
+        await self._write(before, values, expected_version)
         return before, await self.get(name)
 
-    async def set_role(self, name: str, role: str) -> tuple[AdminRecord, AdminRecord]:
+    async def set_role(
+        self, name: str, role: str, *, expected_version: int | None = None
+    ) -> tuple[AdminRecord, AdminRecord]:
+        check_version(expected_version)
         before = await self._changeable(name)
-        await self._write(before, {"role": _check_role(role)})
+        await self._write(before, {"role": _check_role(role)}, expected_version)
         return before, await self.get(name)
 
     async def rotate_secret(self, name: str) -> IssuedAdminSecret:
@@ -395,11 +432,16 @@ class AdminDirectory:
             raise AdminStateError(f"administrator {name} is deleted; create a new one instead")
         return record
 
-    async def _write(self, before: AdminRecord, values: dict[str, Any]) -> None:
+    async def _write(self, before: AdminRecord, values: dict[str, Any], expected: int | None = None) -> None:
+        """Change the row, incrementing its version; only at version `expected` when one is given (checked by the
+        UPDATE itself)."""
         table = schema.admins
         async with self._store.begin() as conn:
-            await conn.execute(update(table).where(table.c.id == before.id)
-                               .values(**values, updated_at=self._now(), version=table.c.version + 1))
+            statement = update(table).where(table.c.id == before.id).values(**values, updated_at=self._now())
+            result = await conn.execute(bump(statement, table, expected))
+            if result.rowcount != 1 and expected is not None:
+                current = await conn.scalar(select(table.c.version).where(table.c.id == before.id))
+                raise VersionConflict(expected, current)
 
     async def _find(self, condition: Any) -> AdminRecord | None:
         async with self._store.connect() as conn:
@@ -407,8 +449,8 @@ class AdminDirectory:
         return self._record(row) if row is not None else None
 
     @staticmethod
-    def _record(row: Row[Any]) -> AdminRecord:
-        r = row._mapping
+    def _record(row: Row[Any] | RowMapping) -> AdminRecord:
+        r = row if isinstance(row, RowMapping) else row._mapping
         return AdminRecord(
             id=r["id"], name=r["name"], role=r["role"], api_key=r["api_key"], environment=r["environment"],
             status=r["status"], created_at=r["created_at"], updated_at=r["updated_at"], version=r["version"],
