@@ -1,0 +1,193 @@
+"""The command line through the admin API (`bankgate --server URL --admin-key bka_… …`): the same commands and output
+as on the server's own database, run and audited there as `api:<administrator>`, the secret only from the
+environment or a hidden prompt."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from conftest import Server, Tls, run_cli
+
+
+class Operator:
+    """An administrator at a machine without the database: every command goes through `--server`."""
+
+    def __init__(self, server: Server, created: dict[str, Any], workdir: Path, base_url: str | None = None) -> None:
+        self.name: str = created["name"]
+        self.api_key: str = created["api_key"]
+        self.secret_key: str = created["secret_key"]
+        self.base_url = base_url or server.base_url
+        # A data directory that does not exist: nothing may be read or created locally.
+        self.nowhere = workdir / "no-local-data"
+        self.outputs: list[str] = []
+
+    def env(self, secret: str | None = None) -> dict[str, str]:
+        return {"BANKGATE_ADMIN_SECRET": secret or self.secret_key, "BANKGATE_DATA_DIR": str(self.nowhere)}
+
+    def run(self, *args: str, check: bool = True, secret: str | None = None,
+            before: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+        argv = ("--server", self.base_url, "--admin-key", self.api_key, *before, *args)
+        assert not any(self.secret_key in arg for arg in argv)
+        result = run_cli(*argv, env=self.env(secret), check=check)
+        self.outputs += [result.stdout, result.stderr]
+        return result
+
+    def json(self, *args: str, **options: Any) -> Any:
+        return json.loads(self.run(*args, "--json", **options).stdout)
+
+
+def _operator(server: Server, tmp_path: Path, name: str, role: str) -> Operator:
+    return Operator(server, server.cli_json("admins", "create", name, "--role", role), tmp_path)
+
+
+def _csr(path: Path, common_name: str) -> Path:
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+               .sign(key, hashes.SHA256()))
+    path.write_bytes(request.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_an_operator_manages_credentials_through_a_real_server(real_server: Server, tmp_path: Path) -> None:
+    owner = _operator(real_server, tmp_path, "ops-owner", "owner")
+    manager = _operator(real_server, tmp_path, "integration", "integration-manager")
+
+    # clients: create, list, update (PATCH with the ETag it read), revoke
+    created = owner.json("clients", "create", "--name", "Acme shop", "--scope", "app_12345")
+    api_key = created["api_key"]
+    assert created["secret_key"].startswith("sk_test_") and created["scopes"] == ["app_12345"]
+    listed = owner.json("clients", "list")
+    assert [c["api_key"] for c in listed] == [api_key] and listed[0]["name"] == "Acme shop"
+    updated = owner.json("clients", "update", api_key, "--name", "Acme web shop", "--scope", "app_67890")
+    assert updated["name"] == "Acme web shop" and updated["scopes"] == ["app_67890"]
+    assert updated["version"] == listed[0]["version"] + 1
+    revoked = owner.run("clients", "revoke", api_key)
+    assert f"revoked {api_key}" in revoked.stdout
+    assert real_server.cli_json("clients", "show", api_key)["status"] == "revoked"  # on the server's database
+
+    # users: create, a new initial passphrase
+    user = manager.json("users", "create", "--name", "API Testuser", "--scope", "app_12345")
+    username = user["username"]
+    assert user["initial_passphrase"] and user["scopes"] == ["app_12345"]
+    fresh = manager.json("users", "new-passphrase", username)
+    assert fresh["initial_passphrase"] not in ("", user["initial_passphrase"])
+
+    # IP allow list: add, list
+    allowed = manager.run("ips", "allow", username, "192.0.2.7/24")
+    assert f"allowed 192.0.2.0/24 (from 192.0.2.7/24) for user {username}" in allowed.stdout
+    listing = manager.json("ips", "list")
+    assert [(e["subject"], e["cidr"]) for e in listing["entries"]] == [(username, "192.0.2.0/24")]
+
+    # a certificate from the user's CSR: only the certificate comes back, written 0600 like a local issue
+    out = tmp_path / "certs"
+    issued = manager.json("certs", "issue", username, "--csr", str(_csr(tmp_path / "user.csr", username)),
+                          "--out", str(out))
+    certificate = Path(issued["certificate_file"])
+    assert issued["private_key_file"] is None and issued["pkcs12_file"] is None and issued["pkcs12_password"] is None
+    assert certificate.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert certificate.stat().st_mode & 0o777 == 0o600
+    assert [c["serial"] for c in manager.json("certs", "list", username)] == [issued["serial"]]
+
+    # the server audited each change as the administrator who made it, through the API
+    real_server.flush_audit()
+    trail = owner.json("audit", "tail", "--limit", "50", "--actor", "api:ops-owner")
+    assert {"client.created", "client.updated", "client.revoked"} <= {e["event"] for e in trail}
+    assert all(e["actor"] == "api:ops-owner" for e in trail)
+    assert [e["at"] for e in trail] == sorted(e["at"] for e in trail)  # oldest first, as locally
+    managed = owner.json("audit", "tail", "--actor", "api:integration")
+    assert {"user.created", "cert.issued"} <= {e["event"] for e in managed}
+
+    # a manager may not rotate signing keys: the server's 403 message, exit status 1
+    refused = manager.run("keys", "rotate", check=False)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert "error: the integration-manager role does not allow keys:write; ask an owner [403]" in refused.stderr
+    assert owner.json("keys", "rotate")["status"] == "active"
+
+    # nothing local was needed, and the secret never showed: not in any output, not in the server's log
+    assert not owner.nowhere.exists()
+    real_server.flush_audit()
+    log = real_server.log()
+    for operator in (owner, manager):
+        assert all(operator.secret_key not in text for text in owner.outputs + manager.outputs)
+        assert operator.secret_key not in log
+
+
+def test_a_wrong_secret_is_one_clear_line_and_exit_status_1(real_server: Server, tmp_path: Path) -> None:
+    owner = _operator(real_server, tmp_path, "ops-owner", "owner")
+    wrong = owner.secret_key[:-4] + ("AAAA" if not owner.secret_key.endswith("AAAA") else "BBBB")
+    failed = owner.run("clients", "list", check=False, secret=wrong)
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert failed.stderr.startswith(f"error: the admin API refused the key pair of {owner.api_key}")
+    assert "check --admin-key and BANKGATE_ADMIN_SECRET" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1 and "Traceback" not in failed.stderr
+    assert wrong not in failed.stderr and wrong not in real_server.log()
+
+
+def test_local_and_remote_lists_print_the_same(real_server: Server, tmp_path: Path) -> None:
+    owner = _operator(real_server, tmp_path, "ops-owner", "owner")
+    for name in ("Acme shop", "Beta bank"):
+        real_server.create_client("app_12345", name=name)
+    real_server.cli("users", "create", "--name", "API Testuser")
+    for listing in (("clients", "list"), ("users", "list"), ("keys", "list")):
+        local, remote = real_server.cli(*listing), owner.run(*listing)
+        assert remote.stdout == local.stdout, listing
+        local_json = real_server.cli_json(*listing)
+        assert local_json and owner.json(*listing) == local_json, listing
+    # pages: the API's cursor comes back as the command for the next page, and that command works
+    first = owner.run("clients", "list", "--limit", "1", "--search", "a")
+    assert "more: bankgate clients list --search a --limit 1 --cursor " in first.stdout
+    cursor = first.stdout.rsplit("--cursor ", 1)[1].strip()
+    second = owner.json("clients", "list", "--limit", "1", "--search", "a", "--cursor", cursor)
+    assert [c["name"] for c in second] == ["Beta bank"]
+
+
+def test_a_secret_on_the_command_line_is_refused(tmp_path: Path) -> None:
+    for argv in (("--admin-secret", "ska_test_x"), ("--admin-secret=ska_test_x",)):
+        refused = run_cli("--server", "https://auth.example.com", "--admin-key", "bka_test_x", *argv, "clients",
+                          "list", check=False)
+        assert refused.returncode == 2 and refused.stdout == ""
+        assert "the admin secret is never given on the command line: set BANKGATE_ADMIN_SECRET" in refused.stderr
+        assert "ska_test_x" not in refused.stderr
+
+
+@pytest.mark.parametrize("argv", [("init",), ("serve",), ("quickstart",), ("ca-cert",),
+                                  ("users", "reset-password", "api-testuser"),
+                                  ("admins", "set-password", "ops-owner", "--password-stdin")])
+def test_local_commands_say_they_need_local_access(argv: tuple[str, ...], tmp_path: Path) -> None:
+    refused = run_cli("--server", "https://auth.example.com", "--admin-key", "bka_test_x", *argv,
+                      env={"BANKGATE_ADMIN_SECRET": "ska_test_x", "BANKGATE_DATA_DIR": str(tmp_path / "none")},
+                      check=False)
+    assert refused.returncode == 1
+    assert f"error: `bankgate {' '.join(argv[:2] if argv[0] in ('users', 'admins') else argv[:1])}` needs local " \
+           "access to the database; run it on the server, without --server" in refused.stderr
+    assert not (tmp_path / "none").exists()
+
+
+def test_the_secret_goes_over_https_only(tmp_path: Path) -> None:
+    env = {"BANKGATE_ADMIN_SECRET": "ska_test_x", "BANKGATE_DATA_DIR": str(tmp_path)}
+    refused = run_cli("--server", "http://auth.example.com", "--admin-key", "bka_test_x", "clients", "list",
+                      env=env, check=False)
+    assert refused.returncode == 1
+    assert "the admin secret goes only over HTTPS (plain HTTP to a loopback address alone)" in refused.stderr
+    missing = run_cli("--server", "https://auth.example.com", "clients", "list",
+                      env={**env, "BANKGATE_ADMIN_KEY": ""}, check=False)
+    assert missing.returncode == 1 and "--server needs the administrator's API key" in missing.stderr
+
+
+def test_over_tls_with_a_private_ca(tls: Tls, tmp_path: Path) -> None:
+    owner = Operator(tls.server, tls.server.cli_json("admins", "create", "tls-owner", "--role", "owner"), tmp_path)
+    untrusted = owner.run("clients", "list", check=False)
+    assert untrusted.returncode == 1 and "cannot reach the admin API" in untrusted.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+    trusted = owner.run("admins", "list", before=("--ca-file", str(tls.ca)))
+    assert "tls-owner" in trusted.stdout
