@@ -4,15 +4,17 @@ environment or a hidden prompt."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from conftest import Server, Tls, run_cli
@@ -120,6 +122,80 @@ def test_an_operator_manages_credentials_through_a_real_server(real_server: Serv
     for operator in (owner, manager):
         assert all(operator.secret_key not in text for text in owner.outputs + manager.outputs)
         assert operator.secret_key not in log
+
+
+def test_every_group_answers_through_the_api(real_server: Server, tmp_path: Path) -> None:
+    owner = _operator(real_server, tmp_path, "ops-owner", "owner")
+    api_key = owner.json("clients", "create", "--name", "Acme shop", "--scope", "app_12345")["api_key"]
+    assert owner.json("clients", "show", api_key)["name"] == "Acme shop"
+    assert owner.json("clients", "disable", api_key)["status"] == "disabled"
+    assert owner.json("clients", "enable", api_key)["status"] == "active"
+    rotated = owner.json("clients", "rotate-secret", api_key, "--overlap", "0")
+    assert rotated["secret_key"].startswith("sk_test_") and rotated["previous_secret_valid_for_seconds"] == 0
+    assert owner.json("clients", "delete", api_key)["status"] == "deleted"
+    assert owner.json("clients", "list", "--status", "deleted")[0]["api_key"] == api_key
+    refused = owner.run("clients", "enable", api_key, check=False)  # the server's 409, as one line
+    assert refused.returncode == 1 and refused.stderr.startswith("error: ") and "[409]" in refused.stderr
+
+    username = owner.json("users", "create", "--name", "API Testuser", "--username", "api-testuser")["username"]
+    assert owner.json("users", "update", username, "--scope", "app_12345")["scopes"] == ["app_12345"]
+    owner.run("ips", "allow", username, "2001:db8::/48")
+    assert owner.json("users", "show", username)["ip_allow_list"] == ["2001:db8::/48"]
+    removed = owner.json("ips", "remove", username, "2001:db8::/48")
+    assert removed["removed"] == "2001:db8::/48" and removed["remaining"] == []
+    missing = owner.run("users", "show", "nobody", check=False)
+    assert missing.returncode == 1 and "[404]" in missing.stderr
+
+    # a generated key arrives inside the PKCS#12 bundle only, its password shown once
+    out = tmp_path / "generated"
+    issued = owner.json("certs", "issue", username, "--out", str(out))
+    bundle = Path(issued["pkcs12_file"])
+    assert issued["pkcs12_password"] and issued["private_key_file"] is None
+    assert bundle.stat().st_mode & 0o777 == 0o600
+    key, certificate, _ = pkcs12.load_key_and_certificates(bundle.read_bytes(), issued["pkcs12_password"].encode())
+    assert key is not None and certificate is not None
+    assert format(certificate.serial_number, "X") == issued["serial"].lstrip("0")
+    downloaded = owner.run("certs", "download", issued["serial"])
+    assert downloaded.stdout == Path(issued["certificate_file"]).read_text()
+    assert owner.json("certs", "show", issued["serial"])["thumbprint"] == issued["thumbprint"]
+    assert owner.json("certs", "revoke", issued["serial"])["status"] == "revoked"
+    assert owner.json("users", "disable", username)["status"] == "disabled"
+    assert owner.json("users", "delete", username)["status"] == "deleted"
+
+    active = [k for k in owner.json("keys", "list") if k["status"] == "active"]
+    retired = owner.json("keys", "retire", active[0]["kid"], "--rotate")
+    assert retired["retired"]["kid"] == active[0]["kid"] and retired["rotated_to"]["status"] == "active"
+
+    auditor = owner.json("admins", "create", "reader", "--role", "auditor")
+    assert auditor["secret_key"].startswith("ska_test_")
+    assert owner.json("admins", "set-role", "reader", "--role", "integration-manager")["role"] == "integration-manager"
+    assert {a["name"] for a in owner.json("admins", "list")} == {"ops-owner", "reader"}
+    assert owner.json("admins", "disable", "reader")["status"] == "disabled"
+    assert owner.json("admins", "delete", "reader")["status"] == "deleted"
+    assert {a["name"] for a in owner.json("admins", "list", "--deleted")} == {"ops-owner", "reader"}
+    assert owner.json("audit", "tail", "--limit", "3", "--event", "admin.*")
+
+
+def test_the_remote_use_cases_take_what_the_local_ones_take() -> None:
+    """The commands call either with the same arguments: a use case changed locally must change here too."""
+    from bankgate.admin import Admin
+    from bankgate.cli._remote import RemoteServices
+
+    remote = RemoteServices(cast(Any, None)).admin
+    local = Admin(cast(Any, None))
+    checked = 0
+    for group, operations in vars(remote).items():
+        for name, method in inspect.getmembers(operations, inspect.iscoroutinefunction):
+            if name.startswith("_"):
+                continue
+            mine = {(p.name, p.kind) for p in inspect.signature(method).parameters.values()}
+            theirs = inspect.signature(getattr(getattr(local, group), name)).parameters.values()
+            required = {(p.name, p.kind) for p in theirs if p.default is inspect.Parameter.empty}
+            # every parameter here is one of the use case's, and every one it requires is here (the optional
+            # ones left out, e.g. `expected_version`, are for the API's own If-Match)
+            assert mine <= {(p.name, p.kind) for p in theirs} and required <= mine, f"{group}.{name}"
+            checked += 1
+    assert checked >= 35
 
 
 def test_a_wrong_secret_is_one_clear_line_and_exit_status_1(real_server: Server, tmp_path: Path) -> None:

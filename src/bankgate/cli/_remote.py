@@ -33,7 +33,7 @@ from bankgate.cli._common import CliError
 from bankgate.credentials.admins import AdminRecord, IssuedAdminSecret
 from bankgate.credentials.allowlist import AllowEntry
 from bankgate.credentials.clients import ClientRecord, IssuedSecret, SecretHash
-from bankgate.credentials.users import NewUser, UserRecord
+from bankgate.credentials.users import M2M_USER_TYPE, NewUser, UserRecord
 from bankgate.events import AuditEvent
 from bankgate.pki import IssuedCertificate
 from bankgate.pki.certificates import CertificateRecord
@@ -41,7 +41,7 @@ from bankgate.store.paging import Page
 from bankgate.tokens.keys import SigningKey
 from bankgate.tokens.signing_keys import KeyRetirement
 
-__all__ = ["Remote", "RemoteError", "RemoteServices", "needs_local", "secret_on_command_line"]
+__all__ = ["Remote", "RemoteError", "RemoteServices", "needs_local"]
 
 T = TypeVar("T")
 
@@ -251,6 +251,31 @@ def _admin(doc: dict[str, Any]) -> AdminRecord:
         totp_secret=b"" if doc.get("totp_enrolled") else None)
 
 
+# A secret shown once is built from the answer that carries it, with no second request that could fail and lose it;
+# the record then holds what that answer says (the rest as when just created).
+
+def _issued_secret(doc: dict[str, Any], name: str) -> IssuedSecret:
+    client = ClientRecord(id=doc["client_id"], api_key=doc["api_key"], name=doc.get("name", name),
+                          auth_mode=doc["auth_mode"], scopes=tuple(doc["scopes"]), environment=doc["environment"],
+                          status="active", created_at=time.time())
+    return IssuedSecret(client, doc["secret_key"])
+
+
+def _new_user(doc: dict[str, Any]) -> NewUser:
+    user = UserRecord(id=doc["user_id"], username=doc["username"], name=doc["name"], user_type=M2M_USER_TYPE,
+                      environment=doc["environment"], status="active", created_at=time.time(),
+                      passphrase_expires_at=doc.get("passphrase_expires_at"), password_changed_at=None,
+                      scopes=tuple(doc.get("scopes", ())))
+    return NewUser(user, doc["initial_passphrase"])
+
+
+def _issued_admin(doc: dict[str, Any]) -> IssuedAdminSecret:
+    now = time.time()
+    admin = AdminRecord(id=doc["admin_id"], name=doc["name"], role=doc["role"], api_key=doc["api_key"],
+                        environment=doc["environment"], status="active", created_at=now, updated_at=now, version=1)
+    return IssuedAdminSecret(admin, doc["secret_key"])
+
+
 def _entry(doc: dict[str, Any]) -> AllowEntry:
     return AllowEntry(kind=doc["kind"], subject_id=doc["subject_id"], environment=doc["environment"],
                       cidr=doc["cidr"], created_at=float(doc["created_at"]))
@@ -301,7 +326,7 @@ class _Clients:
 
     async def create(self, actor: Actor, name: str, scopes: list[str], auth_mode: str) -> IssuedSecret:
         doc = self._api.json("POST", "/clients", body={"name": name, "scopes": list(scopes), "auth_mode": auth_mode})
-        return IssuedSecret(await self.get(doc["api_key"]), doc["secret_key"])
+        return _issued_secret(doc, name)
 
     async def update(self, actor: Actor, api_key: str, *, name: str | None = None,
                      scopes: list[str] | None = None) -> ClientRecord:
@@ -325,7 +350,7 @@ class _Clients:
 
     async def rotate_secret(self, actor: Actor, api_key: str, overlap: float) -> IssuedSecret:
         doc = self._api.json("POST", f"/clients/{_part(api_key)}/rotate-secret", body={"overlap_seconds": overlap})
-        return IssuedSecret(await self.get(api_key), doc["secret_key"])
+        return _issued_secret(doc, "")
 
 
 class _Users:
@@ -349,8 +374,7 @@ class _Users:
         body: dict[str, Any] = {"name": name, "scopes": list(scopes)}
         if username is not None:
             body["username"] = username
-        doc = self._api.json("POST", "/users", body=body)
-        return NewUser(await self.get(doc["username"]), doc["initial_passphrase"])
+        return _new_user(self._api.json("POST", "/users", body=body))
 
     async def update(self, actor: Actor, username: str, *, name: str | None = None,
                      scopes: list[str] | None = None) -> UserRecord:
@@ -358,8 +382,7 @@ class _Users:
         return _user(self._api.change("PATCH", f"/users/{_part(username)}", body))
 
     async def new_passphrase(self, actor: Actor, username: str) -> NewUser:
-        doc = self._api.json("POST", f"/users/{_part(username)}/new-passphrase")
-        return NewUser(await self.get(username), doc["initial_passphrase"])
+        return _new_user(self._api.json("POST", f"/users/{_part(username)}/new-passphrase"))
 
     async def _action(self, username: str, action: str) -> UserRecord:
         return _user(self._api.json("POST", f"/users/{_part(username)}/{action}"))
@@ -487,8 +510,7 @@ class _Admins:
         return _admin(self._api.json("GET", f"/admins/{_part(name)}"))
 
     async def create(self, actor: Actor, name: str, role: str) -> IssuedAdminSecret:
-        doc = self._api.json("POST", "/admins", body={"name": name, "role": role})
-        return IssuedAdminSecret(await self.get(doc["name"]), doc["secret_key"])
+        return _issued_admin(self._api.json("POST", "/admins", body={"name": name, "role": role}))
 
     async def disable(self, actor: Actor, name: str) -> AdminRecord:
         return _admin(self._api.json("POST", f"/admins/{_part(name)}/disable"))
@@ -503,8 +525,7 @@ class _Admins:
         return _admin(self._api.change("PATCH", f"/admins/{_part(name)}", {"role": role}))
 
     async def rotate_secret(self, actor: Actor, name: str) -> IssuedAdminSecret:
-        doc = self._api.json("POST", f"/admins/{_part(name)}/rotate-secret")
-        return IssuedAdminSecret(await self.get(name), doc["secret_key"])
+        return _issued_admin(self._api.json("POST", f"/admins/{_part(name)}/rotate-secret"))
 
 
 class _Admin:
@@ -528,10 +549,3 @@ class RemoteServices:
     async def close(self) -> None:
         self._api.close()
 
-
-def secret_on_command_line(argv: list[str]) -> str | None:
-    """The refusal for a secret given on the command line (where the shell history and `ps` would keep it)."""
-    if any(arg == "--admin-secret" or arg.startswith("--admin-secret=") for arg in argv):
-        return ("the admin secret is never given on the command line: set BANKGATE_ADMIN_SECRET or let bankgate "
-                "ask for it (hidden)")
-    return None
