@@ -238,15 +238,18 @@ def test_a_secret_on_the_command_line_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv", [("init",), ("serve",), ("quickstart",), ("ca-cert",),
                                   ("users", "reset-password", "api-testuser"),
-                                  ("admins", "set-password", "ops-owner", "--password-stdin")])
+                                  ("admins", "set-password", "ops-owner", "--password-stdin"),
+                                  ("audit", "tail", "--export", "trail.csv")])
 def test_local_commands_say_they_need_local_access(argv: tuple[str, ...], tmp_path: Path) -> None:
     refused = run_cli("--server", "https://auth.example.com", "--admin-key", "bka_test_x", *argv,
                       env={"BANKGATE_ADMIN_SECRET": "ska_test_x", "BANKGATE_DATA_DIR": str(tmp_path / "none")},
                       check=False)
     assert refused.returncode == 1
-    assert f"error: `bankgate {' '.join(argv[:2] if argv[0] in ('users', 'admins') else argv[:1])}` needs local " \
-           "access to the database; run it on the server, without --server" in refused.stderr
-    assert not (tmp_path / "none").exists()
+    shown = " ".join(argv[:1] if len(argv) == 1 or argv[0] not in ("users", "admins", "audit") else argv[:2])
+    shown += " --export" if argv[0] == "audit" else ""
+    assert f"error: `bankgate {shown}` needs local access to the database; run it on the server, without --server" \
+        in refused.stderr
+    assert not (tmp_path / "none").exists() and not Path("trail.csv").exists()
 
 
 def test_the_secret_goes_over_https_only(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ class RemoteError(CliError):
 
 
 def needs_local(what: str) -> RemoteError:
-    return RemoteError(f"`bankgate {what}` needs local access to the database; run it on the server without "
+    return RemoteError(f"`bankgate {what}` needs local access to the database; run it on the server, without "
                        "--server")
 
 
