@@ -4,11 +4,15 @@ environment or a hidden prompt."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import socket
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import pytest
 from cryptography import x509
@@ -270,3 +274,66 @@ def test_over_tls_with_a_private_ca(tls: Tls, tmp_path: Path) -> None:
     assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
     trusted = owner.run("admins", "list", before=("--ca-file", str(tls.ca)))
     assert "tls-owner" in trusted.stdout
+
+
+class LosingProxy:
+    """A TCP relay to the server that lets the first connection's request through and then hangs up instead of
+    relaying the answer: what a client sees when a connection breaks after the server acted."""
+
+    def __init__(self, target: str) -> None:
+        parts = urlsplit(target)
+        self.target = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            upstream = socket.create_connection(self.target)
+            lose = self.connections == 1
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, lose), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, lose: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if lose:  # the server answered: drop the answer and the connection
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_change_whose_answer_is_lost_is_sent_again_with_the_same_idempotency_key(
+    real_server: Server, tmp_path: Path
+) -> None:
+    proxy = LosingProxy(real_server.base_url)
+    try:
+        owner = Operator(real_server, real_server.cli_json("admins", "create", "ops-owner", "--role", "owner"),
+                         tmp_path, base_url=proxy.url)
+        created = owner.json("clients", "create", "--name", "Acme shop", "--scope", "app_12345")
+    finally:
+        proxy.close()
+    assert proxy.connections == 2  # the lost answer, then the retry
+    # one client, whose secret is the one printed: the retry got the first answer again, nothing was made twice
+    assert [c["api_key"] for c in real_server.cli_json("clients", "list")] == [created["api_key"]]
+    token = real_server.http.post("/oauth/token", data={"grant_type": "client_credentials", "scope": "app_12345"},
+                                  auth=(created["api_key"], created["secret_key"]))
+    assert token.status_code == 201 and token.json()["access_token"], token.text
+    real_server.flush_audit()
+    events = [e["event"] for e in real_server.cli_json("audit", "tail", "--limit", "50")]
+    assert events.count("client.created") == 1
