@@ -262,6 +262,10 @@ def test_the_secret_goes_over_https_only(tmp_path: Path) -> None:
                       env=env, check=False)
     assert refused.returncode == 1
     assert "the admin secret goes only over HTTPS (plain HTTP to a loopback address alone)" in refused.stderr
+    in_url = run_cli("--server", "https://bka_test_x:ska_test_y@auth.example.com", "--admin-key", "bka_test_x",
+                     "clients", "list", env=env, check=False)
+    assert in_url.returncode == 1 and "--server takes no credentials in the URL" in in_url.stderr
+    assert "ska_test_y" not in in_url.stderr
     missing = run_cli("--server", "https://auth.example.com", "clients", "list",
                       env={**env, "BANKGATE_ADMIN_KEY": ""}, check=False)
     assert missing.returncode == 1 and "--server needs the administrator's API key" in missing.stderr

@@ -76,12 +76,17 @@ class Remote:
             if not given:
                 given = str(typer.prompt("Admin secret (ska_…)", hide_input=True, err=True))
             self._secret = given.strip()
+        if not self._secret:
+            raise RemoteError("no admin secret: set BANKGATE_ADMIN_SECRET or type it when asked")
         return self._secret
 
     def base_url(self) -> str:
         parts = urlsplit(self.server.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RemoteError(f"--server {self.server} is not a URL like https://auth.example.com")
+        if parts.username is not None or parts.password is not None:
+            raise RemoteError("--server takes no credentials in the URL: give --admin-key and "
+                              "BANKGATE_ADMIN_SECRET")
         if parts.scheme == "http" and not _loopback(parts.hostname):
             raise RemoteError(f"--server {self.server}: the admin secret goes only over HTTPS (plain HTTP to a "
                               "loopback address alone); use https://")
