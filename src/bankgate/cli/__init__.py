@@ -7,6 +7,7 @@ are rendered once, here, as one line on stderr.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 try:
@@ -46,6 +47,14 @@ def _fail(message: str) -> NoReturn:
 class _Boundary(TyperGroup):
     """The one place that turns an error of any command into its one-line message (and never a traceback)."""
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if any(arg == "--admin-secret" or arg.startswith("--admin-secret=") for arg in args):
+            # refused before anything runs: the shell history and `ps` would keep it
+            errors.print("[red]error:[/red] the admin secret is never given on the command line: set "
+                         "BANKGATE_ADMIN_SECRET or let bankgate ask for it (hidden)", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        return list(super().parse_args(ctx, args))
+
     def invoke(self, ctx: Any) -> Any:  # typer.Context (typer's own click)
         try:
             return super().invoke(ctx)
@@ -76,10 +85,25 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    server_url: Annotated[str | None, typer.Option(
+        "--server", envvar="BANKGATE_SERVER", show_default=False,
+        help="Act through this server's admin API (https://auth.example.com) instead of the local database; "
+             "the secret comes from BANKGATE_ADMIN_SECRET or a hidden prompt.")] = None,
+    admin_key: Annotated[str | None, typer.Option(
+        "--admin-key", envvar="BANKGATE_ADMIN_KEY", show_default=False,
+        help="With --server: the administrator's API key (bka_…).")] = None,
+    ca_file: Annotated[Path | None, typer.Option(
+        "--ca-file", envvar="BANKGATE_CA_FILE", show_default=False,
+        help="With --server: trust this CA (PEM) for the server's certificate.")] = None,
 ) -> None:
     """API authentication for payment and banking APIs: token server, API keys, signing keys, audit."""
+    if server_url:
+        from bankgate.cli._remote import Remote
+
+        ctx.obj = Remote(server_url, admin_key, ca_file)
 
 
 server.register(app)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, get_type_hints
 
 import typer
 from pydantic import ValidationError
@@ -24,6 +24,7 @@ from bankgate.config import Settings, load_settings
 from bankgate.store.paging import DEFAULT_LIMIT
 
 if TYPE_CHECKING:  # importing the services at run time would make `bankgate --help` pay for the whole server
+    from bankgate.cli._remote import Remote
     from bankgate.services import Services
 
 __all__ = ["CliError", "Cursor", "Invocation", "Limit", "command", "console", "errors", "more", "parse_duration",
@@ -64,6 +65,8 @@ class Invocation:
     database_url: str | None = None
     json: bool = False
     actor: Actor = field(default_factory=Actor.local_user)
+    #: `--server` and the administrator's key: the use cases then run on that server, through its admin API.
+    remote: Remote | None = None
 
     def settings(self, **more: Any) -> Settings:
         try:
@@ -75,7 +78,19 @@ class Invocation:
     def run(
         self, job: Callable[[Services], Awaitable[T]], *, settings: Settings | None = None, initialise: bool = False
     ) -> T:
-        """Open the services, run one use case, close them."""
+        """Open the services, run one use case, close them. With `--server`, the services are the admin API's
+        (`bankgate.cli._remote`): the same use cases, run and audited on that server."""
+        if self.remote is not None:
+            remote = self.remote.services()
+
+            async def through_api() -> T:
+                try:
+                    return await job(cast("Services", remote))
+                finally:
+                    await remote.close()
+
+            return asyncio.run(through_api())
+
         from bankgate.services import Services
 
         chosen = settings if settings is not None else self.settings()
@@ -98,20 +113,31 @@ _SHARED = (
     inspect.Parameter("database_url", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=DatabaseUrl),
 )
 _JSON = inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=AsJson)
+#: Typer hands the click context to a parameter of this type: the root's `obj` holds `--server` (see `cli._root`).
+_CONTEXT = inspect.Parameter("typer_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
 
 
-def command(group: typer.Typer, name: str | None = None, *, json_output: bool = True) -> Callable[[F], F]:
+def command(
+    group: typer.Typer, name: str | None = None, *, json_output: bool = True, local: bool = False
+) -> Callable[[F], F]:
     """Register `fn(cli: Invocation, ...own options)` on `group`, adding `--data-dir`, `--database-url` and (with
-    `json_output`) `--json` to its options: they are accepted after the subcommand, where scripts put them."""
+    `json_output`) `--json` to its options: they are accepted after the subcommand, where scripts put them.
+    A `local` command works on the installation itself and refuses `--server`."""
 
     def register(fn: F) -> F:
         hints = get_type_hints(fn, include_extras=True)
         own = [p.replace(annotation=hints[p.name]) for p in list(inspect.signature(fn).parameters.values())[1:]]
-        params = own + list(_SHARED) + ([_JSON] if json_output else [])
+        params = own + list(_SHARED) + ([_JSON] if json_output else []) + [_CONTEXT]
 
         @functools.wraps(fn)
         def invoke(**options: Any) -> Any:
-            cli = Invocation(options.pop("data_dir"), options.pop("database_url"), options.pop("as_json", False))
+            context: typer.Context = options.pop("typer_context")
+            remote = context.find_root().obj
+            if remote is not None and local:
+                raise CliError(f"`{_path(context)}` needs local access to the database; run it on the server, "
+                               "without --server")
+            cli = Invocation(options.pop("data_dir"), options.pop("database_url"), options.pop("as_json", False),
+                             remote=remote)
             return fn(cli, **options)
 
         del invoke.__wrapped__
@@ -121,6 +147,16 @@ def command(group: typer.Typer, name: str | None = None, *, json_output: bool = 
         return fn
 
     return register
+
+
+def _path(context: typer.Context) -> str:
+    """`bankgate users reset-password`, whatever name the program was started under."""
+    names: list[str] = []
+    current: Any = context
+    while current.parent is not None:
+        names.insert(0, current.info_name or "")
+        current = current.parent
+    return " ".join(["bankgate", *names])
 
 
 def more(cli: Invocation, command_line: str, next_cursor: str | None) -> None:

@@ -102,7 +102,7 @@ def rotate_secret(cli: Invocation, name: Name) -> None:
     _show_secret(cli, cli.run(lambda s: s.admin.admins.rotate_secret(cli.actor, name)), "rotated the secret of")
 
 
-@command(app, "set-password")
+@command(app, "set-password", local=True)
 def set_password(
     cli: Invocation,
     name: Name,

@@ -25,10 +25,12 @@ def _write_issued(issued: IssuedCertificate, out: Path) -> dict[str, str | None]
     files: dict[str, str | None] = {"certificate_file": str(out / f"{issued.serial}.crt.pem"),
                                     "private_key_file": None, "pkcs12_file": None}
     write_private(out / f"{issued.serial}.crt.pem", issued.certificate_pem.encode("ascii"), replace=False)
-    if issued.private_key_pem is not None and issued.pkcs12 is not None:
+    # Through the admin API a generated key arrives inside the PKCS#12 bundle alone.
+    if issued.private_key_pem is not None:
         files["private_key_file"] = str(out / f"{issued.serial}.key.pem")
-        files["pkcs12_file"] = str(out / f"{issued.serial}.p12")
         write_private(out / f"{issued.serial}.key.pem", issued.private_key_pem.encode("ascii"), replace=False)
+    if issued.pkcs12 is not None:
+        files["pkcs12_file"] = str(out / f"{issued.serial}.p12")
         write_private(out / f"{issued.serial}.p12", issued.pkcs12, replace=False)
     return files
 

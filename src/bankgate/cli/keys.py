@@ -21,7 +21,9 @@ def rotate(
 ) -> None:
     """Make a new signing key active; earlier keys stay in the JWKS until their tokens have expired."""
     settings = cli.settings(signing_alg=alg)  # checks the algorithm
-    key = cli.run(lambda s: s.admin.keys.rotate(cli.actor, settings.signing_alg), settings=settings)
+    # Through --server, the server's own BANKGATE_SIGNING_ALG is the default, not this machine's.
+    chosen = settings.signing_alg if cli.remote is None or alg is not None else None
+    key = cli.run(lambda s: s.admin.keys.rotate(cli.actor, chosen), settings=settings)
     if cli.json:
         cli.emit_json(key.as_json())
         return

@@ -197,7 +197,7 @@ def ca_cert(
 
 def register(app: typer.Typer) -> None:
     """Set-up commands sit on the root: `bankgate init`, `bankgate serve`."""
-    command(app, "init")(init)
-    command(app, "serve", json_output=False)(serve)
-    command(app, "quickstart", json_output=False)(quickstart)
-    command(app, "ca-cert", json_output=False)(ca_cert)
+    command(app, "init", local=True)(init)
+    command(app, "serve", json_output=False, local=True)(serve)
+    command(app, "quickstart", json_output=False, local=True)(quickstart)
+    command(app, "ca-cert", json_output=False, local=True)(ca_cert)

@@ -121,7 +121,7 @@ def update(
     _show(cli, cli.run(lambda s: s.admin.users.update(cli.actor, username, name=name, scopes=scope)))
 
 
-@command(app, "reset-password")
+@command(app, "reset-password", local=True)
 def reset_password(
     cli: Invocation,
     username: Username,
