@@ -37,7 +37,7 @@ from bankgate.credentials.users import M2M_USER_TYPE, NewUser, UserRecord
 from bankgate.events import AuditEvent
 from bankgate.pki import IssuedCertificate
 from bankgate.pki.certificates import CertificateRecord
-from bankgate.store.paging import Page
+from bankgate.store.paging import MAX_LIMIT, Page
 from bankgate.tokens.keys import SigningKey
 from bankgate.tokens.signing_keys import KeyRetirement
 
@@ -47,7 +47,7 @@ T = TypeVar("T")
 
 API_PREFIX = "/admin/v1"
 #: The admin API's largest page; longer listings are read a page at a time.
-_PAGE = 200
+_PAGE = MAX_LIMIT
 #: Answers worth the same request again (with the same Idempotency-Key): the server was restarting or overloaded.
 _RETRY_STATUSES = (502, 503, 504)
 _ATTEMPTS = 3
