@@ -598,3 +598,8 @@ def test_the_audit_export_streams_a_file_an_auditor_may_read(server: Server, own
     assert _problem(watcher.get("/audit/export?format=xml"), 422)["errors"][0]["field"] == "format"
     assert _problem(watcher.get("/audit/export?outcome=maybe"), 422)["errors"][0]["field"] == "outcome"
     _problem(server.http.get(f"{API}/audit/export"), 401)
+    server.flush_audit()
+    audited = owner.get("/audit?event=audit.exported&limit=500").json()["events"]
+    assert len(audited) == 3, "each export that ran is in the trail, a refused one is not"
+    assert {e["actor"] for e in audited} == {"api:export-reader"}
+    assert {e["detail"]["format"] for e in audited} == {"jsonl", "csv"}

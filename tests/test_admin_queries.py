@@ -295,32 +295,32 @@ async def test_export_jsonl_and_csv_parse_back_with_formulas_defused_and_no_secr
         AuditEvent("demo.cells", "=cmd|' /C calc'!A0", "failure", "@10.0.0.1", {"note": "+1"}),
         AuditEvent("demo.cells", "-2+3", "success", None, {"note": "plain"}),
     )
-    jsonl = "".join([chunk async for chunk in services.admin.audit.export(format="jsonl")])
+    jsonl = "".join([chunk async for chunk in services.admin.audit.export(ACTOR, format="jsonl")])
     rows = [json.loads(line) for line in jsonl.splitlines()]
     assert [r["event"] for r in rows] == ["key.rotated", "ca.created", "client.created", "user.created",
                                           "demo.cells", "demo.cells"]
     assert rows[2]["detail"]["api_key"] == issued.client.api_key
     assert rows[4]["actor"] == "=cmd|' /C calc'!A0", "JSON Lines keep values as they are"
 
-    text = "".join([chunk async for chunk in services.admin.audit.export(format="csv", event="demo.cells")])
+    text = "".join([chunk async for chunk in services.admin.audit.export(ACTOR, format="csv", event="demo.cells")])
     parsed = list(csv.DictReader(io.StringIO(text, newline="")))
     assert list(parsed[0]) == ["at", "event", "actor", "source_ip", "outcome", "detail"]
     assert [(r["actor"], r["source_ip"]) for r in parsed] == [("'=cmd|' /C calc'!A0", "'@10.0.0.1"), ("'-2+3", "")]
     assert [json.loads(r["detail"]) for r in parsed] == [{"note": "+1"}, {"note": "plain"}]
 
-    everything = jsonl + "".join([c async for c in services.admin.audit.export(format="csv")])
+    everything = jsonl + "".join([c async for c in services.admin.audit.export(ACTOR, format="csv")])
     assert issued.secret_key not in everything and new_user.initial_passphrase not in everything
     with pytest.raises(ValueError, match="format 'xml' is not one of"):
-        await anext(services.admin.audit.export(format="xml"))  # type: ignore[arg-type]
+        await anext(services.admin.audit.export(ACTOR, format="xml"))  # type: ignore[arg-type]
 
 
 async def test_export_streams_a_long_trail_in_chunks_in_order(services: Services) -> None:
     await services.audit.write(*(AuditEvent("demo.bulk", "system", "success", None, {"n": n}, at=2e9 + n)
                                  for n in range(1_234)))
-    chunks = [c async for c in services.admin.audit.export(format="jsonl", event="demo.bulk")]
+    chunks = [c async for c in services.admin.audit.export(ACTOR, format="jsonl", event="demo.bulk")]
     assert len(chunks) == 3, "written a batch of 500 events at a time"
     assert [json.loads(line)["detail"]["n"] for line in "".join(chunks).splitlines()] == list(range(1_234))
-    newest = [c async for c in services.admin.audit.export(format="csv", event="demo.bulk", newest_first=True)]
+    newest = [c async for c in services.admin.audit.export(ACTOR, format="csv", event="demo.bulk", newest_first=True)]
     assert len(list(csv.reader(io.StringIO("".join(newest))))) == 1_235  # the header and every event
 
 
@@ -329,7 +329,7 @@ async def test_an_export_ends_with_the_events_written_before_it_began(services: 
                                  for n in range(600)))
     written = 0
     chunks = []
-    async for chunk in services.admin.audit.export(format="jsonl", event="demo.busy"):
+    async for chunk in services.admin.audit.export(ACTOR, format="jsonl", event="demo.busy"):
         chunks.append(chunk)
         # A busy trail: more events arrive while the export runs, later than every event it started with.
         await services.audit.write(*(AuditEvent("demo.busy", "system", "success", None, {"n": 1000 + written + n},
@@ -489,7 +489,10 @@ def test_cli_lists_page_by_page_with_filters_and_exports_the_audit_trail(tmp_pat
     assert len(exported) == 6, "an export holds every matching event, not the last --limit"
     as_jsonl = tmp_path / "trail.jsonl"
     run_cli("audit", "tail", "--export", str(as_jsonl), *data)
-    assert len(as_jsonl.read_text().splitlines()) == len(cli_json("audit", "tail", "--limit", "10000", *data))
+    trail = cli_json("audit", "tail", "--limit", "10000", *data)
+    assert len(as_jsonl.read_text().splitlines()) == len(trail) - 1, "every event but the export's own"
+    assert trail[-1]["event"] == "audit.exported" and trail[-1]["actor"].startswith("cli:")
+    assert trail[-1]["detail"]["format"] == "jsonl"
     wrong = run_cli("audit", "tail", "--export", str(tmp_path / "x.txt"), "--format", "table", *data, check=False)
     assert wrong.returncode == 1 and "--export writes jsonl or csv" in wrong.stderr
     bad_filter = run_cli("audit", "tail", "--export", str(tmp_path / "never.csv"), "--outcome", "maybe", *data,

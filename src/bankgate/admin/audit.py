@@ -10,7 +10,7 @@ import json
 from collections.abc import AsyncIterator, Iterable
 from typing import Literal
 
-from bankgate.admin._base import UseCases, paging_errors
+from bankgate.admin._base import Actor, UseCases, paging_errors
 from bankgate.audit import AuditEvent, AuditQuery
 from bankgate.store.paging import DEFAULT_LIMIT, Page
 
@@ -101,6 +101,7 @@ class AuditQueries(UseCases):
 
     async def export(
         self,
+        by: Actor,
         *,
         since: float | None = None,
         until: float | None = None,
@@ -114,17 +115,28 @@ class AuditQueries(UseCases):
         """Every matching event (oldest first unless `newest_first`), as text chunks of JSON Lines (one
         `AuditEvent.as_json` object a line) or CSV (a header row, `detail` as a JSON column, cells that a
         spreadsheet would run as a formula prefixed with `'`). Read and written a batch at a time: constant memory.
-        The filters are checked before the first chunk, so a bad one fails before anything is written."""
+        The filters are checked before the first chunk, so a bad one fails before anything is written; then the
+        export itself is audited under `by`, with its filters."""
         if format not in ("jsonl", "csv"):
             raise ValueError(f"format {format!r} is not one of: jsonl, csv")
         query = await self.query(since=since, until=until, event=event, actor=actor, subject=subject, outcome=outcome)
+        filters = {"since": since, "until": until, "event": event, "actor": actor, "subject": subject,
+                   "outcome": outcome}
+        detail = {"format": format, "newest_first": newest_first,
+                  **{name: value for name, value in filters.items() if value is not None}}
         writer = _Writer(format)
         count = 0
+        audited = False
         async for found in self._services.audit.scan(query, newest_first=newest_first, batch=_EXPORT_BATCH):
             writer.add(found)
             count += 1
             if count % _EXPORT_BATCH == 0:
+                if not audited:  # once the scan has begun, so the export does not list its own event
+                    await self._audit(by, "audit.exported", detail)
+                    audited = True
                 yield writer.take()
+        if not audited:
+            await self._audit(by, "audit.exported", detail)
         if rest := writer.take():
             yield rest
 

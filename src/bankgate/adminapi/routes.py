@@ -522,7 +522,8 @@ async def export_audit(request: Request, call: Call) -> Response:
         raise Invalid([FieldError("format", "must be jsonl or csv")])
     filters = _audit_filters(request)
     await call.runtime.services.audit.flush()
-    chunks = call.runtime.services.admin.audit.export(format="csv" if chosen == "csv" else "jsonl", **filters)
+    chunks = call.runtime.services.admin.audit.export(
+        call.actor, format="csv" if chosen == "csv" else "jsonl", **filters)
     with _query(*_AUDIT_FILTERS):
         first = await anext(chunks, "")  # the filters are checked here, before any byte is sent
 

@@ -94,7 +94,7 @@ def _format(cli: Invocation, given: str | None, export: Path | None) -> Format:
 
 def _export(cli: Invocation, path: Path, chosen: Literal["jsonl", "csv"], filters: Filters) -> None:
     async def job(services: Services) -> int:
-        chunks = services.admin.audit.export(format=chosen, **filters)
+        chunks = services.admin.audit.export(cli.actor, format=chosen, **filters)
         first = await anext(chunks, None)  # the filters are checked before the file is touched
         private_file(path)
         written = 0
