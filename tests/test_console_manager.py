@@ -68,7 +68,8 @@ class Manager:
     def code(self) -> str:
         return totp_code(self.secret, int(self.clock.now()) // 30)
 
-    def sign_in(self, name: str | None = None, password: str = ADMIN_PASSWORD, code: str | None = None) -> httpx.Response:
+    def sign_in(self, name: str | None = None, password: str = ADMIN_PASSWORD,
+                code: str | None = None) -> httpx.Response:
         self.clock.advance(30)  # a code works once: each sign-in of a test takes the next one
         token = _csrf(self.http.get(SIGN_IN))
         return self.http.post(SIGN_IN, data={"csrf_token": token, "name": name or self.name, "password": password,
