@@ -472,4 +472,18 @@ def test_the_dashboard_counts_active_credentials_expiring_certificates_and_refus
     assert re.search(r'id="active-clients">1<', dashboard.text)
     assert re.search(r'id="active-users">1<', dashboard.text)
     assert re.search(r'id="expiring-count">1<', dashboard.text) and user["username"] in dashboard.text
-    assert "Recent refusals" in dashboard.text and "<td>None.</td>" not in dashboard.text
+    refusals = dashboard.text.split("Recent refusals", 1)[1]
+    assert "<code>token.denied</code>" in refusals and "<td>wrong_secret</td>" in refusals
+    assert "sk_test_wrong" not in dashboard.text
+
+
+def test_the_administration_pages_answer_only_the_admin_addresses(server_factory: Any, clock: ManualClock) -> None:
+    server: Server = server_factory({"BANKGATE_ADMIN_ALLOWED_IPS": "10.0.0.0/8"}, clock=clock)
+    secret = enrol(server, "ops-owner", "owner")
+    browser = _browser(server)
+    page = browser.get(SIGN_IN)
+    assert page.status_code == 403 and "BANKGATE_ADMIN_ALLOWED_IPS" in page.text and 'name="totp"' not in page.text
+    refused = browser.post(SIGN_IN, data={"csrf_token": "x", "name": "ops-owner", "password": ADMIN_PASSWORD,
+                                          "totp": totp_code(secret, int(clock.now()) // 30)})
+    assert refused.status_code == 403 and "bankgate_console=" not in refused.headers.get("set-cookie", "")
+    assert browser.get("/console/me/sign-in").status_code == 200  # the users' pages are not the admin surface
