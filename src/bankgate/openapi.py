@@ -259,7 +259,8 @@ def _manager_paths() -> dict[str, Any]:
               "s400": "a filter, a cursor or the form is not valid: the page says what to change",
               "s403": "the role does not allow it, the CSRF token is missing or wrong, or the address is not one of "
               "BANKGATE_ADMIN_ALLOWED_IPS",
-              "s404": "no such record or action", "s409": "the change does not apply to the record as it is"}
+              "s404": "no such record or action", "s409": "the change does not apply to the record as it is",
+              "s405": "a method the page does not answer (Allow names those it does)"}
     paths: dict[str, Any] = {
         "/console/admin/sign-in": {
             "get": {"summary": "Console: the administrators' sign-in page", "tags": ["console"],
