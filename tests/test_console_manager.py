@@ -487,3 +487,29 @@ def test_the_administration_pages_answer_only_the_admin_addresses(server_factory
                                           "totp": totp_code(secret, int(clock.now()) // 30)})
     assert refused.status_code == 403 and "bankgate_console=" not in refused.headers.get("set-cookie", "")
     assert browser.get("/console/me/sign-in").status_code == 200  # the users' pages are not the admin surface
+
+
+def test_a_multipart_form_is_read_with_the_same_limits_as_any_form(console: Server, clock: ManualClock) -> None:
+    manager = Manager(console, clock, "onboarding", "integration-manager")
+    user = console.cli_json("users", "create", "--name", "Upload Limits")
+    path = f"{ADMIN}/users/{user['username']}/certificates"
+    token = _csrf(manager.get(f"{ADMIN}/users/{user['username']}"))
+    boundary = "bankgate-test-boundary"
+
+    def body(*parts: tuple[str, bytes]) -> bytes:
+        chunks = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + value + b"\r\n"
+                  for name, value in parts]
+        return b"".join(chunks) + f"--{boundary}--\r\n".encode()
+
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    twice = manager.http.post(path, content=body(("csrf_token", token.encode()), ("days", b"1"), ("days", b"2")),
+                              headers=headers)
+    assert twice.status_code == 400 and "the field days was sent twice" in twice.text
+    large = manager.http.post(path, content=body(("csrf_token", token.encode()), ("csr", b"A" * 40_000)),
+                              headers=headers)
+    assert large.status_code == 400 and "larger than" in large.text
+    no_boundary = manager.http.post(path, content=b"x", headers={"content-type": "multipart/form-data"})
+    assert no_boundary.status_code == 400 and "not valid multipart/form-data" in no_boundary.text
+    forged = manager.http.post(path, content=body(("days", b"30")), headers=headers)
+    assert forged.status_code == 403 and "This form has expired" in forged.text
+    assert console.cli_json("certs", "list", user["username"]) == []
