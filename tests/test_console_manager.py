@@ -264,6 +264,9 @@ def test_destructive_actions_show_what_will_happen_before_the_post_does_it(conso
     done = manager.post(f"{ADMIN}/clients/{key}/disable")
     assert done.status_code == 303 and done.headers["location"] == f"{ADMIN}/clients/{key}?done=disable"
     assert console.cli_json("clients", "show", key)["status"] == "disabled"
+    assert '<p class="notice" role="status">Disabled.</p>' in manager.get(done.headers["location"]).text
+    crafted = manager.get(f"{ADMIN}/clients/{key}?done=Call+0800+to+confirm")
+    assert "Call 0800" not in crafted.text and 'class="notice"' not in crafted.text
     assert console.token(created).status_code == 401
     assert manager.post(f"{ADMIN}/clients/{key}/enable").status_code == 303
     assert console.token(created).status_code == 201

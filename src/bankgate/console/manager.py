@@ -128,6 +128,19 @@ def manager_page(permission: str | None) -> Callable[[ManagerHandler], Callable[
     return wrap
 
 
+#: What a page says after a change sent the browser back to it (`?done=`): only these words, so a crafted link
+#: cannot make the console say something of its choosing.
+_DONE = {
+    "disable": "Disabled.", "enable": "Enabled.", "revoke": "Revoked.", "revoked": "The certificate is revoked.",
+    "scopes": "The applications are saved.", "allowed": "The address is allowed.", "removed": "The address is removed.",
+    "rotated": "A new signing key is active.", "retired": "The key is retired.",
+}
+
+
+def _done(current: Page) -> str | None:
+    return _DONE.get(current.request.query_params.get("done", ""))
+
+
 def _words(text: str) -> list[str]:
     return [word for word in text.replace(",", " ").split() if word]
 
@@ -249,7 +262,7 @@ async def _client_page(current: Page, who: Manager, api_key: str, status: int = 
     record = await services.admin.clients.get(api_key)
     listing = await services.admin.ips.listing(record.api_key) if who.can("ips:read") else None
     return _render(current, who, "admin/client.html", status, client=record, listing=listing,
-                   done=current.request.query_params.get("done"), **context)
+                   done=_done(current), **context)
 
 
 @manager_page("clients:read")
@@ -347,7 +360,7 @@ async def _user_page(current: Page, who: Manager, username: str, status: int = 2
     listing = await services.admin.ips.listing(record.username) if who.can("ips:read") else None
     now = services.clock.now()
     return _render(current, who, "admin/user.html", status, user=record, listing=listing, now=now,
-                   certificates=certificates, done=current.request.query_params.get("done"), **context)
+                   certificates=certificates, done=_done(current), **context)
 
 
 @manager_page("users:read")
@@ -518,7 +531,7 @@ async def address_remove(current: Page, who: Manager) -> Response:
 async def keys(current: Page, who: Manager) -> Response:
     """The signing keys published in the JWKS, newest first."""
     found = await current.runtime.services.admin.keys.list()
-    return _render(current, who, "admin/keys.html", keys=found, done=current.request.query_params.get("done"))
+    return _render(current, who, "admin/keys.html", keys=found, done=_done(current))
 
 
 @manager_page("keys:write")
@@ -529,8 +542,8 @@ async def key_rotate(current: Page, who: Manager) -> Response:
                        subject=f"the {current.runtime.settings.signing_alg} key ring", action=f"{HOME}/keys/rotate",
                        consequence="New tokens are signed with a new key; the current one stays published until "
                        "the tokens it signed have expired.")
-    key = await current.runtime.services.admin.keys.rotate(who.actor)
-    return current.redirect(f"{HOME}/keys?done={quote(key.kid)}")
+    await current.runtime.services.admin.keys.rotate(who.actor)
+    return current.redirect(f"{HOME}/keys?done=rotated")
 
 
 @manager_page("keys:write")
