@@ -220,6 +220,88 @@ def _console_paths() -> dict[str, Any]:
     }
 
 
+
+#: The integration manager's console pages (`bankgate.console.manager`): (path, methods, summary). Every page needs
+#: an administrator's session (else a 303 to its sign-in page) and answers only BANKGATE_ADMIN_ALLOWED_IPS.
+_MANAGER_PAGES: tuple[tuple[str, str, str], ...] = (
+    ("/console/admin", "get", "the dashboard: active clients and users, expiring certificates, recent refusals"),
+    ("/console/admin/clients", "get", "clients, filtered by q and status, a page at a time (cursor)"),
+    ("/console/admin/clients/new", "get post", "create a client: its secret key is shown once, on the POST's answer"),
+    ("/console/admin/clients/{api_key}", "get", "one client, its allow list and the actions the role allows"),
+    ("/console/admin/clients/{api_key}/{action}", "get post",
+     "rotate-secret, disable, enable or revoke a client: a confirmation page (GET), then the change (POST)"),
+    ("/console/admin/users", "get", "M2M users, filtered by q and status, a page at a time (cursor)"),
+    ("/console/admin/users/new", "get post", "create a user: its initial passphrase is shown once"),
+    ("/console/admin/users/{username}", "get", "one user, its certificates, allow list and actions"),
+    ("/console/admin/users/{username}/scopes", "post", "replace the user's applications"),
+    ("/console/admin/users/{username}/certificates", "post",
+     "issue a certificate from an uploaded CSR (multipart/form-data), or with a generated key as PKCS#12"),
+    ("/console/admin/users/{username}/{action}", "get post",
+     "new-passphrase, disable, enable or revoke a user: a confirmation page, then the change"),
+    ("/console/admin/certificates/{serial}/revoke", "get post", "revoke a certificate: a confirmation page, then "
+     "the revocation"),
+    ("/console/admin/ips/{subject}", "post", "allow an address or network (CIDR) for a user or client"),
+    ("/console/admin/ips/{subject}/remove", "get post", "remove an allow-list entry: a confirmation page, then the "
+     "removal"),
+    ("/console/admin/keys", "get", "the signing keys published in the JWKS"),
+    ("/console/admin/keys/rotate", "get post", "rotate the signing key (owner): a confirmation page, then the "
+     "rotation"),
+    ("/console/admin/keys/{kid}/retire", "get post", "retire a signing key at once (owner)"),
+    ("/console/admin/audit", "get", "the audit trail, filtered by event, actor, subject, outcome, since and until"),
+)
+
+
+def _manager_paths() -> dict[str, Any]:
+    """The integration manager's console pages, in `text/html`."""
+    form = {"required": False, "content": {"application/x-www-form-urlencoded": {"schema": _CONSOLE_FORM},
+                                           "multipart/form-data": {"schema": _CONSOLE_FORM}}}
+    shared = {"s303": "no live administrator session: to the sign-in page; or done: to the changed record's page",
+              "s400": "a filter, a cursor or the form is not valid: the page says what to change",
+              "s403": "the role does not allow it, the CSRF token is missing or wrong, or the address is not one of "
+              "BANKGATE_ADMIN_ALLOWED_IPS",
+              "s404": "no such record or action", "s409": "the change does not apply to the record as it is",
+              "s405": "a method the page does not answer (Allow names those it does)"}
+    paths: dict[str, Any] = {
+        "/console/admin/sign-in": {
+            "get": {"summary": "Console: the administrators' sign-in page", "tags": ["console"],
+                    "responses": _pages(s200="the sign-in form", s403="the address is not allowed")},
+            "post": {"summary": "Console: sign in with name, password and a TOTP code", "tags": ["console"],
+                     "requestBody": form,
+                     "responses": _pages(s303="signed in: to /console/admin",
+                                         s401="not recognised (one answer for every reason)",
+                                         s403="the CSRF token is missing or wrong, or the address is not allowed",
+                                         s429="too many failed sign-ins; Retry-After says when to try again")},
+        },
+        "/console/admin/sign-out": {
+            "post": {"summary": "Console: end the administrator's session", "tags": ["console"], "requestBody": form,
+                     "responses": _pages(s303="signed out: to the sign-in page", s400="the form could not be read",
+                                         s403="the CSRF token is missing or wrong")},
+        },
+        "/console/admin/certificates/{serial}.pem": {
+            "get": {"summary": "Console: download a certificate (PEM)", "tags": ["console"],
+                    "parameters": [{"name": "serial", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {**_pages(s303=shared["s303"], s403=shared["s403"], s404="no such certificate"),
+                                  "200": {"description": "the certificate",
+                                          "content": {"application/x-pem-file": {"schema": {"type": "string"}}}}}},
+        },
+    }
+    for path, methods, summary in _MANAGER_PAGES:
+        parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                      for name in ("api_key", "action", "username", "serial", "subject", "kid")
+                      if f"{{{name}}}" in path]
+        item: dict[str, Any] = {}
+        for method in methods.split():
+            operation: dict[str, Any] = {"summary": f"Console: {summary}", "tags": ["console"],
+                                         "responses": _pages(s200="the page", **shared)}
+            if parameters:
+                operation["parameters"] = parameters
+            if method == "post":
+                operation["requestBody"] = form
+            item[method] = operation
+        paths[path] = item
+    return paths
+
+
 _PAYMENT_ORDER: dict[str, Any] = {
     "type": "object",
     "required": ["application_id", "amount", "currency", "reference"],
@@ -437,5 +519,6 @@ def openapi_document(server_url: str, *, token_status: int = 201) -> dict[str, A
             },
             **admin_paths(),
             **_console_paths(),
+            **_manager_paths(),
         },
     }

@@ -16,11 +16,13 @@ administrator's) registers its principal kind, sign-in page and navigation, and 
 
 from __future__ import annotations
 
+import email.policy
 import hashlib
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from email.parser import BytesParser
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
@@ -241,6 +243,8 @@ class Page:
     session: ConsoleSession | None = None
     session_id: str | None = field(default=None, repr=False)
     form: dict[str, str] = field(default_factory=dict, repr=False)
+    #: The uploaded files of a multipart form, by field name (only the forms that ask for a file send one).
+    files: dict[str, bytes] = field(default_factory=dict, repr=False)
     _cookies: list[tuple[str, str]] = field(default_factory=list, repr=False)
 
     @property
@@ -324,7 +328,7 @@ def page(kind: str, *, public: bool = False) -> Callable[[Handler], Callable[[Re
                 current._cookies.append((FORM_COOKIE, new_form_cookie))
             if request.method == "POST":
                 try:
-                    current.form = await _read_form(request, runtime.settings.max_body_bytes)
+                    current.form, current.files = await _read_form(request, runtime.settings.max_body_bytes)
                 except FormError as exc:
                     return current.render("error.html", 400, title="The form could not be read", message=str(exc))
                 given = current.form.get("csrf_token", "")
@@ -346,15 +350,21 @@ def page(kind: str, *, public: bool = False) -> Callable[[Handler], Callable[[Re
     return wrap
 
 
-async def _read_form(request: Request, limit: int) -> dict[str, str]:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        raise FormError("send the form from the console page (application/x-www-form-urlencoded)")
+async def _read_form(request: Request, limit: int) -> tuple[dict[str, str], dict[str, bytes]]:
+    """The form's fields (and, for `multipart/form-data`, its files): a field twice, more than `_MAX_FIELDS`
+    fields, a body over `limit` bytes or text that is not UTF-8 is a `FormError`."""
+    content_type = request.headers.get("content-type", "")
+    kind = content_type.split(";")[0].strip().lower()
+    if kind not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        raise FormError("send the form from the console page (application/x-www-form-urlencoded or "
+                        "multipart/form-data)")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             raise FormError(f"the form is larger than {limit} bytes")
+    if kind == "multipart/form-data":
+        return _multipart(content_type, bytes(body))
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=_MAX_FIELDS,
                           errors="strict")
@@ -365,7 +375,39 @@ async def _read_form(request: Request, limit: int) -> dict[str, str]:
         if name in form:
             raise FormError(f"the field {name} was sent twice")
         form[name] = value
-    return form
+    return form, {}
+
+
+def _multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, bytes]]:
+    """RFC 7578 through the standard library's MIME parser (the body is already bounded in size)."""
+    unreadable = FormError("the form is not valid multipart/form-data; send it from the console page")
+    if "boundary=" not in content_type or "\r" in content_type or "\n" in content_type:
+        raise unreadable
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    if not message.is_multipart() or message.defects:
+        raise unreadable
+    form: dict[str, str] = {}
+    files: dict[str, bytes] = {}
+    parts = list(message.iter_parts())
+    if len(parts) > _MAX_FIELDS:
+        raise FormError(f"the form has more than {_MAX_FIELDS} fields")
+    for part in parts:
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or not name:
+            raise unreadable
+        if name in form or name in files:
+            raise FormError(f"the field {name} was sent twice")
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        if part.get_filename() is not None:
+            files[name] = data
+            continue
+        try:
+            form[name] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormError(f"the field {name} is not UTF-8 text; send it from the console page") from None
+    return form, files
 
 
 def _error_page(console: Console, path: str, status: int, title: str, message: str,
