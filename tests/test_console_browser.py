@@ -24,10 +24,10 @@ NEW_PASSWORD = "Quiet-Meadow-42-Ferry"
 pytestmark = pytest.mark.real_server
 
 
-def _screenshot(page: Any, name: str, tmp_path: Path) -> None:
+def _screenshot(page: Any, name: str, tmp_path: Path, *, full_page: bool = True) -> None:
     directory = Path(os.environ.get("BANKGATE_CONSOLE_SCREENSHOTS") or tmp_path)
     directory.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(directory / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(directory / f"{name}.png"), full_page=full_page)
 
 
 class Watched:
@@ -161,4 +161,17 @@ def test_an_idle_session_is_sent_to_sign_in(server_factory: Any, tab: Watched) -
     page.reload()
     assert page.url.endswith("/console/me/sign-in?ended=1")
     assert "Your session ended" in page.locator("[role=status]").inner_text()
+    assert tab.violations == []
+
+
+def test_the_api_page_shows_every_operation_of_the_document(tls: Tls, tab: Watched, tmp_path: Path) -> None:
+    server = tls.server
+    document = server.http.get("/openapi.json").json()
+    operations = sum(len(item) for item in document["paths"].values())
+    page = tab.page
+    assert page.goto(f"{server.base_url}/docs").status == 200
+    page.wait_for_selector(".opblock", timeout=15_000)
+    assert page.locator(".opblock").count() == operations
+    assert page.locator(".info .title").inner_text().startswith(document["info"]["title"])
+    _screenshot(page, "api-docs", tmp_path, full_page=False)
     assert tab.violations == []

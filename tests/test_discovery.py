@@ -118,3 +118,33 @@ def test_wrong_method_on_a_discovery_path_is_405_json(shared: Server) -> None:
     assert response.status_code == 405, response.text
     assert response.headers["content-type"].startswith("application/json")
     assert "GET" in response.headers.get("allow", "")
+
+
+# -- /docs: the document as an interactive page ---------------------------------------------------------------------
+
+
+def test_the_api_page_loads_swagger_ui_from_this_server_with_no_inline_script(shared: Server) -> None:
+    import re
+
+    from bankgate.apidocs import CSP
+
+    page = shared.http.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.headers["content-security-policy"] == CSP and "script-src 'self';" in CSP
+    assert page.headers["x-frame-options"] == "DENY"
+    scripts = re.findall(r"<script([^>]*)>", page.text)
+    assert len(scripts) == 2 and all(' src="/docs/static/' in attributes for attributes in scripts)
+    assert "http://" not in page.text and "https://" not in page.text, "nothing from another origin"
+    for url in re.findall(r'(?:src|href)="(/docs/static/[^"]+)"', page.text):
+        asset = shared.http.get(url)
+        assert asset.status_code == 200 and asset.content, url
+        assert asset.headers["cache-control"] == "public, max-age=31536000, immutable"
+    init = shared.http.get("/docs/static/init.js")
+    assert 'url: "/openapi.json"' in init.text and init.headers["content-type"].startswith("text/javascript")
+
+
+def test_the_api_page_serves_only_its_own_files(shared: Server) -> None:
+    for name in ("index.html", "oauth2-redirect.html", "swagger-editor.js", "..%2Fcore.py", "LICENSE"):
+        answer = shared.http.get(f"/docs/static/{name}")
+        assert answer.status_code == 404, name
+        assert "the page is /docs" in answer.text

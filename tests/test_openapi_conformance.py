@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,10 @@ def _valid_authorization(path: str, conformance: dict[str, Any]) -> str | None:
     return None
 
 
+#: Generated requests per operation (each sent without and with valid credentials). The default keeps the suite
+#: quick; a deeper search is `BANKGATE_CONFORMANCE_EXAMPLES=1000 scripts/test tests/test_openapi_conformance.py`.
+EXAMPLES = int(os.environ.get("BANKGATE_CONFORMANCE_EXAMPLES", "100"))
+
 OPERATIONS = [
     (method.upper(), path)
     for path, item in openapi_document(ISSUER)["paths"].items()
@@ -112,7 +117,7 @@ def test_every_answer_is_documented(method: str, path: str, conformance: dict[st
     authorization = _valid_authorization(path, conformance)
 
     @given(case=operation.as_strategy())
-    @settings(max_examples=200, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     def call(case: Any) -> None:
         case.call_and_validate(checks=CHECKS)

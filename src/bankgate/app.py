@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bankgate.apidocs import routes as api_docs_routes
 from bankgate.boundary import ErrorBoundary, defer_to_boundary
 from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Settings
@@ -176,6 +177,7 @@ def create_app(
             Route("/.well-known/oauth-authorization-server", metadata_endpoint, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
+            *api_docs_routes(),
             console_mount(state),
         ]
     )

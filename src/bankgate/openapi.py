@@ -487,6 +487,19 @@ def openapi_document(server_url: str, *, token_status: int = 201) -> dict[str, A
                         "responses": {"200": {"description": "metadata"}, **_plain_errors()}}
             },
             "/healthz": {"get": {"summary": "Health", "responses": {"200": {"description": "ok"}, **_plain_errors()}}},
+            "/docs": {"get": {"summary": "This document as an interactive page (Swagger UI, served by bankgate)",
+                              "responses": {"200": _page("the page"), **_plain_errors()}}},
+            "/docs/static/{name}": {
+                "get": {"summary": "The page's script and style sheet",
+                        "parameters": [{"name": "name", "in": "path", "required": True,
+                                        "schema": {"type": "string"}}],
+                        "responses": {"200": {"description": "the file",
+                                              "content": {"text/javascript": {"schema": {"type": "string"}},
+                                                          "text/css": {"schema": {"type": "string"}}}},
+                                      "404": {"description": "no such file",
+                                              "content": {"text/plain": {"schema": {"type": "string"}}}},
+                                      **_plain_errors()}},
+            },
             "/api/v1/whoami": {
                 "get": {"summary": "Whom the credentials speak for", "security": api_auth,
                         "responses": {"200": _json({"type": "object"}, "the principal"), **_guard_errors()}},

@@ -496,7 +496,7 @@ class _Audit:
         newest_first = [_event(d) for d in self._api.every("/audit", "events", params, limit=limit)]
         return newest_first[::-1]
 
-    def export(self, **_: Any) -> Any:
+    def export(self, *_: Any, **__: Any) -> Any:
         raise needs_local("audit tail --export")
 
 
