@@ -107,6 +107,14 @@ def test_client_lifecycle_over_the_api(server: Server, owner: Admin) -> None:
     assert renamed.json()["name"] == "Acme" and renamed.json()["scopes"] == ["app_1"]
     assert renamed.headers["etag"] != tag
     _problem(owner.patch(f"/clients/{key}", {"name": "Again"}, headers={"If-Match": tag}), 412)
+    tag = renamed.headers["etag"]
+    bad_mode = _problem(owner.patch(f"/clients/{key}", {"auth_mode": "magic"}, headers={"If-Match": tag}), 422)
+    assert [e["field"] for e in bad_mode["errors"]] == ["auth_mode"]
+    to_basic = owner.patch(f"/clients/{key}", {"auth_mode": "basic"}, headers={"If-Match": tag})
+    assert to_basic.status_code == 200 and to_basic.json()["auth_mode"] == "basic"
+    assert server.token(client).status_code == 400, "a basic client gets no token"
+    back = owner.patch(f"/clients/{key}", {"auth_mode": "oauth2"}, headers={"If-Match": to_basic.headers["etag"]})
+    assert back.status_code == 200 and back.json()["auth_mode"] == "oauth2"
 
     assert owner.post(f"/clients/{key}/disable").json()["status"] == "disabled"
     assert server.token(client).status_code == 401
@@ -124,8 +132,9 @@ def test_client_lifecycle_over_the_api(server: Server, owner: Admin) -> None:
     _problem(owner.get("/clients/bk_test_nothing"), 404)
 
     events = [e for e in server.audit(100) if e["event"].startswith("client.")]
-    assert [e["event"] for e in events] == ["client.created", "client.updated", "client.disabled", "client.enabled",
-                                            "client.secret_rotated", "client.revoked", "client.deleted"]
+    assert [e["event"] for e in events] == ["client.created", "client.updated", "client.updated", "client.updated",
+                                            "client.disabled", "client.enabled", "client.secret_rotated",
+                                            "client.revoked", "client.deleted"]
     assert {e["actor"] for e in events} == {"api:ops-owner"}
     assert {e["source_ip"] for e in events} == {"127.0.0.1"}
 

@@ -165,6 +165,36 @@ async def test_a_disabled_client_gets_no_token_until_enabled_and_its_old_tokens_
                                                                  "client.enabled"]
 
 
+async def test_switching_the_auth_mode_moves_the_client_between_tokens_and_basic_and_is_audited(
+    services: Services, settings: Settings
+) -> None:
+    issued = await services.admin.clients.create(OPS, "Acme", ["app_1"])
+    api_key = issued.client.api_key
+    as_basic = {"Authorization": basic(api_key, issued.secret_key)}
+    async with serving(settings) as server:
+        token = await server.bearer(issued)
+        assert (await server.http.get(WHOAMI, headers=as_basic)).status_code == 401, "an oauth2 client has no Basic"
+
+        switched = await services.admin.clients.update(OPS, api_key, auth_mode="basic")
+
+        assert switched.auth_mode == "basic"
+        await within(DEADLINE, lambda: server.refused(token))
+        await within(DEADLINE, lambda: _status_is(server.http.get(WHOAMI, headers=as_basic), 200))
+        assert (await server.token(issued)).status_code == 400, "a basic client gets no token"
+
+        assert (await services.admin.clients.update(OPS, api_key, auth_mode="oauth2")).auth_mode == "oauth2"
+        await within(DEADLINE, lambda: _status_is(server.http.get(WHOAMI, headers=as_basic), 401))
+        await within(DEADLINE, lambda: _token_ok(server, issued))
+    with pytest.raises(ValueError, match="auth mode 'magic' is not one of: oauth2, basic"):
+        await services.admin.clients.update(OPS, api_key, auth_mode="magic")
+    audited = [detail for *_, detail in await events(services, "client.updated")]
+    assert [(d["previous_auth_mode"], d["auth_mode"]) for d in audited] == [("oauth2", "basic"), ("basic", "oauth2")]
+
+
+async def _status_is(answer: Awaitable[httpx.Response], status: int) -> bool:
+    return (await answer).status_code == status
+
+
 async def _token_ok(server: Running, issued: IssuedSecret) -> bool:
     return (await server.token(issued)).status_code == 201
 

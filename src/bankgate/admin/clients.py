@@ -50,18 +50,22 @@ class ClientAdmin(UseCases):
         *,
         name: str | None = None,
         scopes: Sequence[str] | None = None,
+        auth_mode: str | None = None,
         expected_version: int | None = None,
     ) -> ClientRecord:
-        """Rename and/or replace the applications; with `expected_version` (the `version` the caller read), only
-        if nobody changed the client since: else `ConflictError` and nothing is written."""
+        """Rename, replace the applications and/or switch the auth mode; with `expected_version` (the `version`
+        the caller read), only if nobody changed the client since: else `ConflictError` and nothing is written."""
         with versioned(f"client {api_key}"):
             before, after = await self._services.clients.update(api_key, name=name, scopes=scopes,
+                                                                auth_mode=auth_mode,
                                                                 expected_version=expected_version)
         detail: dict[str, object] = {"api_key": api_key, "client_id": after.id}
         if name is not None:
             detail.update(name=after.name, previous_name=before.name)
         if scopes is not None:
             detail.update(scopes=list(after.scopes), previous_scopes=list(before.scopes))
+        if auth_mode is not None:
+            detail.update(auth_mode=after.auth_mode, previous_auth_mode=before.auth_mode)
         await self._audit(actor, "client.updated", detail)
         return after
 

@@ -94,7 +94,8 @@ _BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "name": {"type": "string", "maxLength": 200}, "scopes": _STRINGS,
         "auth_mode": {"type": "string", "enum": ["oauth2", "basic"]}}},
     ("PATCH", "/clients/{api_key}"): {"properties": {"name": {"type": "string", "maxLength": 200},
-                                                     "scopes": _STRINGS}},
+                                                     "scopes": _STRINGS,
+                                                     "auth_mode": {"type": "string", "enum": ["oauth2", "basic"]}}},
     ("POST", "/clients/{api_key}/rotate-secret"): {"properties": {
         "overlap_seconds": {"type": "number", "minimum": 0, "description": "how long the previous secret keeps "
                             "working"}}},

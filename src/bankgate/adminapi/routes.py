@@ -207,14 +207,12 @@ async def update_client(request: Request, call: Call) -> Response:
     body = await call.body(request, ("name", "scopes", "auth_mode"))
     name = body.string("name")
     scopes = body.strings("scopes")
-    if body.has("auth_mode") and body.string("auth_mode", max_length=16) != current.auth_mode:
-        body.errors.append(FieldError("auth_mode", "a client's auth mode is fixed at creation; create a new client "
-                                      "with the other mode"))
-    if not body.errors and name is None and scopes is None:
-        body.errors.append(FieldError("body", "nothing to change: send name and/or scopes"))
+    auth_mode = body.string("auth_mode", max_length=16)
+    if not body.errors and name is None and scopes is None and auth_mode is None:
+        body.errors.append(FieldError("body", "nothing to change: send name, scopes and/or auth_mode"))
     body.check()
     record = await call.runtime.services.admin.clients.update(call.actor, current.api_key, name=name, scopes=scopes,
-                                                              expected_version=version)
+                                                              auth_mode=auth_mode, expected_version=version)
     return _versioned(record)
 
 

@@ -334,8 +334,8 @@ class _Clients:
         return _issued_secret(doc, name)
 
     async def update(self, actor: Actor, api_key: str, *, name: str | None = None,
-                     scopes: list[str] | None = None) -> ClientRecord:
-        body = {k: v for k, v in (("name", name), ("scopes", scopes)) if v is not None}
+                     scopes: list[str] | None = None, auth_mode: str | None = None) -> ClientRecord:
+        body = {k: v for k, v in (("name", name), ("scopes", scopes), ("auth_mode", auth_mode)) if v is not None}
         return _client(self._api.change("PATCH", f"/clients/{_part(api_key)}", body))
 
     async def _action(self, api_key: str, action: str) -> ClientRecord:

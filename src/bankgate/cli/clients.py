@@ -102,9 +102,12 @@ def update(
     scope: Annotated[list[str] | None, typer.Option("--scope", help="The allowed application IDs, replacing the "
                                                     "current ones (repeat). Taking one away refuses every token "
                                                     "issued until now.", show_default=False)] = None,
+    auth_mode: Annotated[str | None, typer.Option("--auth-mode", help="oauth2 or basic. Leaving oauth2 refuses "
+                                                  "every token issued until now.", show_default=False)] = None,
 ) -> None:
-    """Rename a client or replace its allowed applications."""
-    _show(cli, cli.run(lambda s: s.admin.clients.update(cli.actor, api_key, name=name, scopes=scope)))
+    """Rename a client, replace its allowed applications or switch its auth mode."""
+    _show(cli, cli.run(lambda s: s.admin.clients.update(cli.actor, api_key, name=name, scopes=scope,
+                                                        auth_mode=auth_mode)))
 
 
 @command(app, "disable")

@@ -445,13 +445,16 @@ class ClientRegistry:
         *,
         name: str | None = None,
         scopes: Sequence[str] | None = None,
+        auth_mode: str | None = None,
         expected_version: int | None = None,
     ) -> tuple[ClientRecord, ClientRecord]:
-        """Rename the client and/or replace its applications; (before, after).
+        """Rename the client, replace its applications and/or switch its auth mode; (before, after).
 
         Tokens carry the scopes they were issued with, so when an application is taken away every token issued
-        until now is refused (a subject cut-off, as for `disable`); adding one leaves them alone. With
-        `expected_version`, only if the client is still at that version (else `VersionConflict`, nothing written)."""
+        until now is refused (a subject cut-off, as for `disable`); adding one leaves them alone. Leaving `oauth2`
+        for `basic` refuses the tokens too (the client's way in is now its key pair on every call); leaving
+        `basic` for `oauth2` stops Basic on API calls at once. With `expected_version`, only if the client is
+        still at that version (else `VersionConflict`, nothing written)."""
         check_version(expected_version)
         before = await self._changeable(api_key, "active", "disabled")
         values: dict[str, object] = {}
@@ -460,10 +463,15 @@ class ClientRegistry:
         app_ids = check_application_ids(scopes) if scopes is not None else before.scopes
         if scopes is not None:
             values["scopes"] = json.dumps(list(app_ids))
+        if auth_mode is not None:
+            if auth_mode not in AUTH_MODES:
+                raise ValueError(f"auth mode {auth_mode!r} is not one of: {', '.join(AUTH_MODES)}")
+            values["auth_mode"] = auth_mode
         if not values:
-            raise ValueError("nothing to change: give --name and/or --scope")
+            raise ValueError("nothing to change: give --name, --scope and/or --auth-mode")
         narrowed = not set(before.scopes) <= set(app_ids)
-        await self._write(before, values, cut_tokens=narrowed, expected=expected_version)
+        left_oauth2 = before.auth_mode == "oauth2" and auth_mode == "basic"
+        await self._write(before, values, cut_tokens=narrowed or left_oauth2, expected=expected_version)
         return before, await self.get(api_key)
 
     async def disable(self, api_key: str, *, expected_version: int | None = None) -> ClientRecord:
