@@ -21,7 +21,7 @@ from bankgate.credentials.keys import new_api_key, new_secret_key
 from bankgate.credentials.scopes import check_application_ids
 from bankgate.credentials.versions import VersionConflict, bump, check_version
 from bankgate.store import Store, schema
-from bankgate.store.paging import Keyset, Page, fetch_page
+from bankgate.store.paging import Keyset, Page, fetch_page, search_term, status_condition
 from bankgate.tokens.revocation import RevocationList
 from bankgate.vault import Vault
 
@@ -289,16 +289,10 @@ class ClientRegistry:
         of `auth_mode`, allowed `scope` (an application ID). Raises `PagingError` for a bad limit or cursor."""
         table = schema.clients
         query = select(table)
-        if status is not None:
-            if status not in STATUSES:
-                raise ValueError(f"status {status!r} is not one of: {', '.join(STATUSES)}")
-            query = query.where(table.c.status == status)
-        elif not deleted:
-            query = query.where(table.c.status != "deleted")
+        if (condition := status_condition(table.c.status, status, STATUSES, deleted=deleted)) is not None:
+            query = query.where(condition)
         if q is not None:
-            q = q.strip().lower()
-            if not q or len(q) > 200:
-                raise ValueError("a search needs 1 to 200 characters of a name or the start of an API key")
+            q = search_term(q, "a name or the start of an API key")
             query = query.where(
                 func.lower(table.c.name).contains(q, autoescape=True)
                 | func.lower(table.c.api_key).startswith(q, autoescape=True)

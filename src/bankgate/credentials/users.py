@@ -28,7 +28,7 @@ from bankgate.credentials._cutoff import cutoff, wait_past_cutoff
 from bankgate.credentials.scopes import check_application_ids
 from bankgate.credentials.versions import VersionConflict, bump, check_version
 from bankgate.store import Store, schema
-from bankgate.store.paging import Keyset, Page, fetch_page
+from bankgate.store.paging import Keyset, Page, fetch_page, search_term, status_condition
 from bankgate.tokens.revocation import RevocationList
 
 __all__ = [
@@ -479,16 +479,10 @@ class UserDirectory:
         `PagingError` for a bad limit or cursor."""
         table = schema.users
         query = select(table)
-        if status is not None:
-            if status not in STATUSES:
-                raise ValueError(f"status {status!r} is not one of: {', '.join(STATUSES)}")
-            query = query.where(table.c.status == status)
-        elif not deleted:
-            query = query.where(table.c.status != "deleted")
+        if (condition := status_condition(table.c.status, status, STATUSES, deleted=deleted)) is not None:
+            query = query.where(condition)
         if q is not None:
-            q = q.strip().lower()
-            if not q or len(q) > 200:
-                raise ValueError("a search needs 1 to 200 characters of a username or name")
+            q = search_term(q, "a username or name")
             query = query.where(
                 func.lower(table.c.username).contains(q, autoescape=True)
                 | func.lower(table.c.name).contains(q, autoescape=True)

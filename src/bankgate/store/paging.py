@@ -25,7 +25,8 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import ColumnElement, Select, and_, or_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "Keyset", "Page", "PagingError", "check_limit", "fetch_page", "first_rows"]
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "Keyset", "Page", "PagingError", "check_limit", "fetch_page", "first_rows",
+           "search_term", "status_condition"]
 
 T = TypeVar("T")
 
@@ -46,6 +47,26 @@ class Page(Generic[T]):
 
     items: tuple[T, ...]
     next_cursor: str | None = None
+
+
+def status_condition(
+    column: ColumnElement[Any], status: str | None, statuses: Sequence[str], *, deleted: bool
+) -> ColumnElement[bool] | None:
+    """The listing's status filter: `status` (one of `statuses`, else `ValueError`), else every record but the
+    deleted ones unless `deleted`; None: no condition."""
+    if status is not None:
+        if status not in statuses:
+            raise ValueError(f"status {status!r} is not one of: {', '.join(statuses)}")
+        return column == status
+    return None if deleted else column != "deleted"
+
+
+def search_term(q: str, what: str) -> str:
+    """A listing's free-text search, lower-cased; 1 to 200 characters of `what` (else `ValueError`)."""
+    term = q.strip().lower()
+    if not term or len(term) > 200:
+        raise ValueError(f"a search needs 1 to 200 characters of {what}")
+    return term
 
 
 def check_limit(limit: int) -> int:
