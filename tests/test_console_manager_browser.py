@@ -110,10 +110,13 @@ def test_a_manager_onboards_a_client_and_a_user_who_then_gets_a_certificate_boun
     assert "/clients/new" in page.url  # the POST's answer: no redirect carries the secret
     api_key, secret_key = page.inner_text("#api-key"), page.inner_text("#secret-key")
     assert secret_key.startswith("sk_test_") and secret_key not in page.url
-    assert page.locator("button[data-copy=secret-key]").is_visible()  # the script shows the copy button
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.click("button[data-copy=secret-key]")  # shown by the script where the clipboard is available
+    assert page.evaluate("navigator.clipboard.readText()") == secret_key
+    assert page.locator("button[data-copy=secret-key]").inner_text() == "Copied"
     _screenshot(page, "client-secret", tmp_path)
-    with tls.client() as http:
-        token = http.post("/oauth/token", auth=(api_key, secret_key),
+    with tls.client() as http:  # with the secret as the clipboard holds it
+        token = http.post("/oauth/token", auth=(api_key, page.evaluate("navigator.clipboard.readText()")),
                           data={"grant_type": "client_credentials", "scope": "app_12345"})
     assert token.status_code == 201, token.text
     page.click("text=Done")
