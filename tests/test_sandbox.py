@@ -301,7 +301,7 @@ def test_with_a_processing_delay_the_key_is_claimed_first_and_a_retry_meanwhile_
     headers = _bearer(server, server.create_client("app_1"))
     key = str(uuid.uuid4())
     answers: list[httpx.Response] = []
-    first = threading.Thread(target=lambda: answers.append(_pay(server, headers, key, timeout=30)))
+    first = threading.Thread(target=lambda: answers.append(_pay(server, headers, key)))
     first.start()
     _wait_for(lambda: len(_sqlite_rows(server, "payments")) == 1)  # recorded, the rail still "processing"
 
