@@ -6,7 +6,9 @@ deadlines for unfinished headers and bodies. A stop (SIGTERM, SIGINT) lets runni
 
 With `tls`, uvicorn serves HTTPS with a server certificate from the environment's built-in CA and asks every client
 for a certificate from that CA (`CERT_OPTIONAL`: a request without one still reaches the app, which can then say
-what is missing); `bankgate.mtls` puts the client certificate into each request's ASGI TLS extension.
+what is missing); `bankgate.mtls` puts the client certificate into each request's ASGI TLS extension. With
+`tls_cert` and `tls_key`, the operator's own certificate (e.g. from a public CA) is served instead, while client
+certificates are still verified against the environment's CA.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import ipaddress
 import json
 import os
 import ssl
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +40,11 @@ __all__ = [
     "HTTP_IMPLEMENTATIONS",
     "TLSFiles",
     "app_from_environment",
+    "check_operator_tls",
     "limits_from",
     "log_config",
+    "plain_http_warning",
+    "prepare_operator_tls",
     "prepare_tls",
     "serve",
 ]
@@ -59,8 +65,9 @@ def app_from_environment() -> ASGIApp:
 
 @dataclass(frozen=True, slots=True)
 class TLSFiles:
-    server: Path  # the server's private key and certificate, PEM, mode 0600
+    server: Path  # the server's certificate, PEM; with its private key unless `key` is given (mode 0600)
     ca: Path  # the environment's CA certificate: the trust root for client certificates
+    key: Path | None = None  # the operator's private key, apart from `server` (`serve --tls-key`)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -113,10 +120,61 @@ def prepare_tls(settings: Settings, hostnames: Sequence[str] = ()) -> TLSFiles:
     return files
 
 
+async def _ca_material(settings: Settings) -> str:
+    from bankgate.services import Services
+
+    services = await Services.open(settings)
+    try:
+        return await services.pki.ca_certificate_pem()
+    finally:
+        await services.close()
+
+
+def check_operator_tls(certificate: Path, key: Path) -> None:
+    """Refuse an operator's server certificate and key that uvicorn could not serve, or a key others may read:
+    ValueError saying what to do."""
+    for what, path in (("certificate", certificate), ("key", key)):
+        if not path.is_file():
+            raise ValueError(f"the TLS {what} {path} is not a readable file")
+    mode = stat.S_IMODE(key.stat().st_mode)
+    if mode & 0o077:
+        raise ValueError(f"the TLS key {key} is readable by others (mode {mode:04o}); run: chmod 600 {key}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(str(certificate), str(key))
+    except (ssl.SSLError, ValueError) as exc:
+        raise ValueError(f"the TLS certificate {certificate} and key {key} cannot be used together (PEM "
+                         f"certificate chain and its unencrypted private key expected): {exc.__class__.__name__}"
+                         ) from None
+
+
+def prepare_operator_tls(settings: Settings, certificate: Path, key: Path) -> TLSFiles:
+    """The operator's own server certificate and key (checked by `check_operator_tls`), with the environment's CA
+    written to `<data_dir>/tls/` as the trust root for client certificates."""
+    check_operator_tls(certificate, key)
+    ca = asyncio.run(_ca_material(settings))
+    directory = settings.data_dir / TLS_DIR
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    files = TLSFiles(server=certificate.resolve(), ca=directory / f"{settings.environment}-ca.pem", key=key.resolve())
+    _write_private(files.ca, ca)
+    return files
+
+
+def plain_http_warning(settings: Settings, *, tls: bool) -> str | None:
+    """What `serve` warns of at start: production over plain HTTP with no trusted proxy terminating TLS in front."""
+    if settings.environment != "production" or tls or settings.trusted_proxies:
+        return None
+    return ("warning: production over plain HTTP: passwords and tokens cross the network in clear and no client "
+            "certificate can be presented; serve with --tls (--tls-cert/--tls-key for your own certificate) or "
+            "behind a TLS-terminating proxy named with --trusted-proxy")
+
+
 def tls_options(files: TLSFiles, http: str, limits: Limits | None = None) -> dict[str, Any]:
     """uvicorn options for HTTPS asking for (not requiring) a client certificate from the bankgate CA."""
     return {
-        "ssl_certfile": str(files.server),  # key and certificate in one file: never a mismatched pair
+        **({"ssl_keyfile": str(files.key)} if files.key else {}),
+        "ssl_certfile": str(files.server),  # without `key`: key and certificate in one file, never mismatched
         "ssl_ca_certs": str(files.ca),
         "ssl_cert_reqs": ssl.CERT_OPTIONAL,
         "ssl_ciphers": TLS12_CIPHERS,
@@ -145,6 +203,8 @@ def serve(
     tls: bool = False,
     hostnames: Sequence[str] = (),
     http: str = "httptools",
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> None:
     if http not in HTTP_IMPLEMENTATIONS:
         raise ValueError(f"--http {http!r} is not one of: {', '.join(HTTP_IMPLEMENTATIONS)}")
@@ -165,7 +225,9 @@ def serve(
         "log_config": log_config(),
     }
     if tls:
-        options.update(tls_options(prepare_tls(settings, hostnames), http, limits_from(settings)))
+        files = (prepare_operator_tls(settings, tls_cert, tls_key) if tls_cert and tls_key
+                 else prepare_tls(settings, hostnames))
+        options.update(tls_options(files, http, limits_from(settings)))
     if workers <= 1:
         _run(create_app(settings, issuer=issuer), options, admin_port=settings.admin_port)
         return

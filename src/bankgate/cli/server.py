@@ -76,6 +76,12 @@ def serve(
     hostname: Annotated[list[str] | None, typer.Option("--hostname", help="A DNS name or IP address the server "
                                                        "certificate must name, besides localhost (repeat).",
                                                        show_default=False)] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="With --tls: serve this certificate (PEM, "
+                                                  "full chain) instead of one from the environment's CA; client "
+                                                  "certificates are still verified against that CA.",
+                                                  show_default=False)] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="With --tls-cert: its private key (PEM, "
+                                                 "unencrypted, mode 0600).", show_default=False)] = None,
     http: Annotated[str, typer.Option("--http", help="HTTP/1.1 implementation: httptools or h11.")] = "httptools",
     trusted_proxy: Annotated[list[str] | None, typer.Option("--trusted-proxy", help="CIDR of a proxy whose "
                                                             "X-Forwarded-For and client certificate header count "
@@ -114,11 +120,20 @@ def serve(
                                                    "BANKGATE_ADMIN_PORT]", show_default=False)] = None,
 ) -> None:
     """Run the HTTP server (uvicorn). Initialises the data directory first if needed."""
-    from bankgate.server import HTTP_IMPLEMENTATIONS
+    from bankgate.server import HTTP_IMPLEMENTATIONS, check_operator_tls, plain_http_warning
     from bankgate.server import serve as run_server
 
     if http not in HTTP_IMPLEMENTATIONS:
         raise CliError(f"--http {http} is not one of: {', '.join(HTTP_IMPLEMENTATIONS)}")
+    if (tls_cert is None) != (tls_key is None):
+        raise CliError("--tls-cert and --tls-key go together: give the certificate and its private key")
+    if tls_cert is not None and tls_key is not None:
+        if not tls:
+            raise CliError("--tls-cert and --tls-key serve HTTPS: add --tls")
+        try:
+            check_operator_tls(tls_cert, tls_key)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     settings = cli.settings(host=host, port=port, issuer=issuer,
                             trusted_proxies=trusted_proxy or None, client_cert_header=client_cert_header,
                             client_cert_header_name=client_cert_header_name, max_header_bytes=max_header_bytes,
@@ -133,8 +148,12 @@ def serve(
     report, chosen = cli.run(prepare, settings=settings, initialise=True)
     errors.print(f"bankgate {report.environment}: {chosen.describe()}; signing key {report.signing_key.alg} "
                  f"{report.signing_key.kid}", highlight=False, markup=False, soft_wrap=True)
+    warning = plain_http_warning(settings, tls=tls)
+    if warning:
+        errors.print(warning, style="yellow", highlight=False, markup=False, soft_wrap=True)
     settings = settings.model_copy(update={"issuer": chosen.url})
-    run_server(settings, workers=workers, access_log=access_log, tls=tls, hostnames=hostname or [], http=http)
+    run_server(settings, workers=workers, access_log=access_log, tls=tls, hostnames=hostname or [], http=http,
+               tls_cert=tls_cert, tls_key=tls_key)
 
 
 def quickstart(
