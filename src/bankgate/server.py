@@ -7,6 +7,8 @@ deadlines for unfinished headers and bodies. A stop (SIGTERM, SIGINT) lets runni
 With `tls`, uvicorn serves HTTPS with a server certificate from the environment's built-in CA and asks every client
 for a certificate from that CA (`CERT_OPTIONAL`: a request without one still reaches the app, which can then say
 what is missing); `bankgate.mtls` puts the client certificate into each request's ASGI TLS extension.
+
+It refuses to start on a uvicorn outside the tested range (`bankgate.uvicorn_range`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from uvicorn.supervisors import Multiprocess
 from bankgate.app import create_app
 from bankgate.config import Settings
 from bankgate.http11 import Limits, http_protocol
+from bankgate.uvicorn_range import check_uvicorn
 
 __all__ = [
     "HTTP_IMPLEMENTATIONS",
@@ -148,6 +151,7 @@ def serve(
 ) -> None:
     if http not in HTTP_IMPLEMENTATIONS:
         raise ValueError(f"--http {http!r} is not one of: {', '.join(HTTP_IMPLEMENTATIONS)}")
+    check_uvicorn()
     issuer = settings.issuer_for(settings.host, settings.port, tls=tls)
     options: dict[str, Any] = {
         "host": settings.host,

@@ -119,6 +119,7 @@ def serve(
 
     if http not in HTTP_IMPLEMENTATIONS:
         raise CliError(f"--http {http} is not one of: {', '.join(HTTP_IMPLEMENTATIONS)}")
+    _require_tested_uvicorn()
     settings = cli.settings(host=host, port=port, issuer=issuer,
                             trusted_proxies=trusted_proxy or None, client_cert_header=client_cert_header,
                             client_cert_header_name=client_cert_header_name, max_header_bytes=max_header_bytes,
@@ -137,6 +138,16 @@ def serve(
     run_server(settings, workers=workers, access_log=access_log, tls=tls, hostnames=hostname or [], http=http)
 
 
+def _require_tested_uvicorn() -> None:
+    """Before anything is written: a server on an untested uvicorn does not start (bankgate.uvicorn_range)."""
+    from bankgate.uvicorn_range import UntestedUvicorn, check_uvicorn
+
+    try:
+        check_uvicorn()
+    except UntestedUvicorn as exc:
+        raise CliError(str(exc)) from None
+
+
 def quickstart(
     cli: Invocation,
     host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
@@ -148,6 +159,7 @@ def quickstart(
     settings = cli.settings(host=host, port=port)
     if settings.environment != "sandbox":
         raise CliError("quickstart makes a demo client and is for the sandbox only; use init/serve in production")
+    _require_tested_uvicorn()
 
     async def prepare(services: Services) -> IssuedSecret:
         await services.init()
