@@ -55,7 +55,9 @@ def tested_range() -> tuple[str, str]:
             bounds[bound.group("op")] = bound.group("version")
         if set(bounds) == {">=", "<"}:
             return bounds[">="], bounds["<"]
-        raise UntestedUvicorn(f"the uvicorn requirement {requirement!r} needs both a '>=' and a '<' bound")
+        raise UntestedUvicorn(f"bankgate's installed metadata requires {requirement!r}, without the tested range "
+                              "('>=A,<B'): it is stale or altered; reinstall bankgate ('bankgate[server]', or "
+                              "pip install -e '.[server]' in a checkout)")
     raise UntestedUvicorn("bankgate's metadata names no uvicorn requirement: reinstall it with `pip install "
                           "'bankgate[server]'`")
 
