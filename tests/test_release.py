@@ -115,6 +115,23 @@ def test_a_version_outside_the_range_is_refused_with_what_to_do(version: str) ->
     assert "pip install 'uvicorn[standard]>=0.55,<0.56'" in message
 
 
+def test_the_range_is_read_from_requires_dist_in_either_order() -> None:
+    assert range_of_uvicorn(['httpx>=0.27', 'uvicorn[standard]<0.56,>=0.55; extra == "server"']) == ("0.55", "0.56")
+    assert range_of_uvicorn(["uvicorn-worker>=1", "uvicorn >= 0.55 , < 0.56"]) == ("0.55", "0.56")
+
+
+@pytest.mark.parametrize("requirements", [
+    ['uvicorn[standard]>=0.30; extra == "server"'],  # metadata installed before the range existed
+    ['uvicorn[standard]~=0.55; extra == "server"'],
+    ["httpx>=0.27"],
+    [],
+])
+def test_metadata_without_a_tested_range_is_refused_with_the_reinstall(requirements: list[str]) -> None:
+    with pytest.raises(UntestedUvicorn, match=r"reinstall") as refused:
+        range_of_uvicorn(requirements)
+    assert "bankgate[server]" in str(refused.value)
+
+
 def test_serve_and_quickstart_refuse_an_untested_uvicorn_before_writing_anything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

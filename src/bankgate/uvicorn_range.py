@@ -12,11 +12,12 @@ installed package's metadata (`>=` lower bound, `<` upper bound).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from importlib import metadata
 
 __all__ = ["UntestedUvicorn", "check_uvicorn", "tested_range"]
 
-_REQUIREMENT = re.compile(r"^uvicorn(\[[^\]]*\])?\s*(?P<spec>[^;]*)")
+_REQUIREMENT = re.compile(r"^uvicorn(\[[^\]]*\])?\s*(?=[<>=~!;]|$)(?P<spec>[^;]*)")
 _BOUND = re.compile(r"^\s*(?P<op>>=|<)\s*(?P<version>[0-9][0-9A-Za-z.]*)\s*$")
 
 
@@ -41,9 +42,12 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def tested_range() -> tuple[str, str]:
-    """(lower bound, included; upper bound, excluded) of uvicorn, from bankgate's installed metadata."""
-    for requirement in metadata.requires("bankgate") or []:
+def tested_range(requirements: Iterable[str] | None = None) -> tuple[str, str]:
+    """(lower bound, included; upper bound, excluded) of uvicorn, from bankgate's installed metadata (or from
+    `requirements`, in the metadata's `Requires-Dist` form)."""
+    if requirements is None:
+        requirements = metadata.requires("bankgate") or []
+    for requirement in requirements:
         found = _REQUIREMENT.match(requirement)
         if found is None:
             continue
@@ -51,11 +55,12 @@ def tested_range() -> tuple[str, str]:
         for clause in found.group("spec").split(","):
             bound = _BOUND.match(clause)
             if bound is None:
-                raise UntestedUvicorn(f"the uvicorn requirement {requirement!r} is not of the form '>=A,<B'")
+                break
             bounds[bound.group("op")] = bound.group("version")
-        if set(bounds) == {">=", "<"}:
-            return bounds[">="], bounds["<"]
-        raise UntestedUvicorn(f"bankgate's installed metadata requires {requirement!r}, without the tested range "
+        else:
+            if set(bounds) == {">=", "<"}:
+                return bounds[">="], bounds["<"]
+        raise UntestedUvicorn(f"bankgate's installed metadata requires {requirement!r}, not the tested range "
                               "('>=A,<B'): it is stale or altered; reinstall bankgate ('bankgate[server]', or "
                               "pip install -e '.[server]' in a checkout)")
     raise UntestedUvicorn("bankgate's metadata names no uvicorn requirement: reinstall it with `pip install "
