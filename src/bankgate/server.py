@@ -9,6 +9,8 @@ for a certificate from that CA (`CERT_OPTIONAL`: a request without one still rea
 what is missing); `bankgate.mtls` puts the client certificate into each request's ASGI TLS extension. With
 `tls_cert` and `tls_key`, the operator's own certificate (e.g. from a public CA) is served instead, while client
 certificates are still verified against the environment's CA.
+
+It refuses to start on a uvicorn outside the tested range (`bankgate.uvicorn_range`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from uvicorn.supervisors import Multiprocess
 from bankgate.app import create_app
 from bankgate.config import Settings
 from bankgate.http11 import Limits, http_protocol
+from bankgate.uvicorn_range import check_uvicorn
 
 __all__ = [
     "HTTP_IMPLEMENTATIONS",
@@ -208,6 +211,7 @@ def serve(
 ) -> None:
     if http not in HTTP_IMPLEMENTATIONS:
         raise ValueError(f"--http {http!r} is not one of: {', '.join(HTTP_IMPLEMENTATIONS)}")
+    check_uvicorn()
     issuer = settings.issuer_for(settings.host, settings.port, tls=tls)
     options: dict[str, Any] = {
         "host": settings.host,

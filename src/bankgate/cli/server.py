@@ -125,6 +125,7 @@ def serve(
 
     if http not in HTTP_IMPLEMENTATIONS:
         raise CliError(f"--http {http} is not one of: {', '.join(HTTP_IMPLEMENTATIONS)}")
+    _require_tested_uvicorn()
     if (tls_cert is None) != (tls_key is None):
         raise CliError("--tls-cert and --tls-key go together: give the certificate and its private key")
     if tls_cert is not None and tls_key is not None:
@@ -156,6 +157,16 @@ def serve(
                tls_cert=tls_cert, tls_key=tls_key)
 
 
+def _require_tested_uvicorn() -> None:
+    """Before anything is written: a server on an untested uvicorn does not start (bankgate.uvicorn_range)."""
+    from bankgate.uvicorn_range import UntestedUvicorn, check_uvicorn
+
+    try:
+        check_uvicorn()
+    except UntestedUvicorn as exc:
+        raise CliError(str(exc)) from None
+
+
 def quickstart(
     cli: Invocation,
     host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
@@ -167,6 +178,7 @@ def quickstart(
     settings = cli.settings(host=host, port=port)
     if settings.environment != "sandbox":
         raise CliError("quickstart makes a demo client and is for the sandbox only; use init/serve in production")
+    _require_tested_uvicorn()
 
     async def prepare(services: Services) -> IssuedSecret:
         await services.init()
