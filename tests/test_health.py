@@ -3,14 +3,25 @@ signing keys, migrations) with a 503 + Retry-After, while liveness keeps answeri
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from conftest import Server, free_port
+from bankgate.config import load_settings
+from bankgate.store.migrate import head_revision
+from conftest import Server, free_port, run_cli
 from pg_cluster import PostgresCluster, throwaway_postgres  # noqa: F401 - the fixture
 
 
@@ -113,3 +124,71 @@ def test_a_check_without_answer_fails_within_the_timeout(server_factory: Any) ->
         assert time.monotonic() - started < 3
         assert checks["redis"] == "no answer within 0.3 s", checks
         assert checks["database"] == "ok"
+
+
+# -- bankgate migrate ----------------------------------------------------------------------------------------
+
+
+def _tables(url: str) -> dict[str, Any]:
+    """The database's tables and its alembic version rows."""
+    async def read() -> dict[str, Any]:
+        engine = create_async_engine(load_settings(database_url=url).sqlalchemy_url)
+        try:
+            async with engine.connect() as conn:
+                if conn.dialect.name == "sqlite":
+                    names = (await conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'"))).scalars()
+                else:
+                    names = (await conn.execute(text(
+                        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))).scalars()
+                tables = sorted(names)
+                versions = ([tuple(row) for row in await conn.execute(text("SELECT version_num FROM alembic_version"))]
+                            if "alembic_version" in tables else [])
+            return {"tables": tables, "versions": versions}
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_migrate_check_then_migrate(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}" if kind == "sqlite" else request.getfixturevalue("postgres_url")
+    where = ("--data-dir", str(tmp_path / "data"), "--database-url", url)
+    head = head_revision()
+
+    check = run_cli("migrate", "--check", *where, check=False)
+    assert check.returncode == 1, check.stderr
+    assert "pending migrations:" in check.stdout and "0001" in check.stdout and f"{head}  " in check.stdout
+    assert _tables(url) == {"tables": [], "versions": []}  # --check changed nothing
+
+    pending = json.loads(run_cli("migrate", "--check", "--json", *where, check=False).stdout)["pending"]
+    assert pending[0]["revision"] == "0001" and pending[-1]["revision"] == head
+
+    applied = json.loads(run_cli("migrate", "--json", *where).stdout)["applied"]
+    assert [step["revision"] for step in applied] == [step["revision"] for step in pending]
+    assert _tables(url)["versions"] == [(head,)]
+
+    again = run_cli("migrate", "--check", *where)
+    assert again.returncode == 0 and "up to date" in again.stdout
+    assert json.loads(run_cli("migrate", "--json", *where).stdout) == {"applied": []}
+
+
+def test_migrate_reports_an_unreachable_database(tmp_path: Path) -> None:
+    url = f"postgresql://bankgate:pw-not-shown@127.0.0.1:{free_port()}/nowhere"
+    result = run_cli("migrate", "--check", "--data-dir", str(tmp_path), "--database-url", url, check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    assert "pw-not-shown" not in result.stderr + result.stdout
+
+
+def test_two_replicas_migrating_at_once_both_succeed(postgres_url: str, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bankgate", "migrate", "--json", "--data-dir", str(tmp_path),
+               "--database-url", postgres_url]
+    env = {**os.environ, "BANKGATE_DATA_DIR": str(tmp_path)}
+    replicas = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                for _ in range(2)]
+    results = [replica.communicate(timeout=120) for replica in replicas]
+    assert [replica.returncode for replica in replicas] == [0, 0], results
+    applied = sorted(len(json.loads(out)["applied"]) for out, _ in results)
+    assert applied[0] == 0 and applied[1] > 0, results  # one migrated everything, the other found it done
+    assert _tables(postgres_url)["versions"] == [(head_revision(),)]

@@ -48,20 +48,25 @@ def pending_revisions(connection: Connection) -> list[tuple[str, str]]:
     return [(step.revision, (step.doc or "").strip()) for step in steps if step.revision != current]
 
 
-def _upgrade(connection: Connection) -> None:
+def _upgrade(connection: Connection) -> list[tuple[str, str]]:
     if connection.dialect.name == "postgresql":
+        # held until this transaction ends: a crashed migration frees it with its connection
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
     elif connection.dialect.name == "sqlite":
         connection.exec_driver_sql("BEGIN EXCLUSIVE")  # the driver has not begun yet: nothing ran on it
-    command.upgrade(alembic_config(connection), "head")
+    steps = pending_revisions(connection)  # read under the lock: what another process applied is not pending
+    if steps:
+        command.upgrade(alembic_config(connection), "head")
+    return steps
 
 
 async def pending(engine: AsyncEngine) -> list[tuple[str, str]]:
+    """The migrations `upgrade` would run now, oldest first; changes nothing."""
     async with engine.connect() as connection:
         return await connection.run_sync(pending_revisions)
 
 
-async def upgrade(engine: AsyncEngine) -> None:
-    """Upgrade to head under the migration lock (see the module's description)."""
+async def upgrade(engine: AsyncEngine) -> list[tuple[str, str]]:
+    """Upgrade to head under the migration lock (see the module's description); return what was applied."""
     async with engine.begin() as connection:
-        await connection.run_sync(_upgrade)
+        return await connection.run_sync(_upgrade)
