@@ -98,6 +98,13 @@ def test_schema_behind_head_fails_readiness(server: Server) -> None:
     assert _ready(server).status_code == 200
 
 
+def test_schema_of_a_newer_version_fails_readiness(server: Server) -> None:
+    with sqlite3.connect(server.data_dir / "bankgate.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '9999'")
+    checks = _assert_unready(_ready(server), "migrations")
+    assert "9999" in checks["migrations"] and "newer" in checks["migrations"], checks
+
+
 def test_unreachable_redis_fails_readiness(server_factory: Any) -> None:
     server = server_factory({"BANKGATE_IDEMPOTENCY_STORE": f"redis://:pw-not-shown@127.0.0.1:{free_port()}/0"})
     response = _ready(server)
@@ -171,6 +178,19 @@ def test_migrate_check_then_migrate(kind: str, request: pytest.FixtureRequest, t
     again = run_cli("migrate", "--check", *where)
     assert again.returncode == 0 and "up to date" in again.stdout
     assert json.loads(run_cli("migrate", "--json", *where).stdout) == {"applied": []}
+
+
+def test_migrate_refuses_a_schema_of_a_newer_version(tmp_path: Path) -> None:
+    where = ("--data-dir", str(tmp_path))
+    run_cli("migrate", *where)
+    with sqlite3.connect(tmp_path / "bankgate.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '9999'")
+    for args in (("migrate", "--check"), ("migrate",)):
+        result = run_cli(*args, *where, check=False)
+        assert result.returncode == 1
+        assert result.stderr.startswith("error: the database schema is at revision 9999"), result.stderr
+        assert "Traceback" not in result.stderr
+    assert _tables(f"sqlite:///{tmp_path / 'bankgate.db'}")["versions"] == [("9999",)]
 
 
 def test_migrate_reports_an_unreachable_database(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 
-from bankgate.store.migrate import current_revision, head_revision
+from bankgate.store.migrate import current_revision, head_revision, known
 
 if TYPE_CHECKING:
     from bankgate.runtime import Runtime
@@ -76,6 +76,8 @@ class Readiness:
         async with self._runtime.services.store.connect() as conn:
             current = await conn.run_sync(current_revision)
         head = head_revision()
+        if current is not None and not known(current):
+            raise NotReady(f"the database schema is at {current}, newer than this version knows ({head})")
         if current != head:
             raise NotReady(f"the database schema is at {current or 'no revision'}, not {head}; run `bankgate migrate`")
         self._at_head = True

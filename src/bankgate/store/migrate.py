@@ -16,11 +16,16 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["MIGRATION_LOCK", "alembic_config", "current_revision", "head_revision", "pending", "upgrade"]
+__all__ = ["MIGRATION_LOCK", "SchemaTooNewError", "alembic_config", "current_revision", "head_revision", "known",
+           "pending", "upgrade"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 #: The PostgreSQL advisory lock key every bankgate process takes while it migrates.
 MIGRATION_LOCK = 0x62616E6B67617465 & 0x7FFFFFFFFFFFFFFF  # "bankgate"
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was migrated by a newer version of bankgate than this one."""
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -39,10 +44,24 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+def known(revision: str) -> bool:
+    """Whether this version of bankgate has the migration `revision`."""
+    try:
+        ScriptDirectory.from_config(alembic_config()).get_revision(revision)
+    except Exception:  # alembic's ResolutionError and friends: no such revision here
+        return False
+    return True
+
+
 def pending_revisions(connection: Connection) -> list[tuple[str, str]]:
     """The migrations an upgrade would run, oldest first, as (revision, description)."""
     script = ScriptDirectory.from_config(alembic_config())
     current = current_revision(connection)
+    if current is not None and not known(current):
+        raise SchemaTooNewError(
+            f"the database schema is at revision {current}, which this version of bankgate does not know (its "
+            f"newest is {head_revision()}): a newer version migrated it; run that version"
+        )
     steps = list(script.iterate_revisions("heads", current or "base"))
     steps.reverse()
     return [(step.revision, (step.doc or "").strip()) for step in steps if step.revision != current]
