@@ -201,9 +201,12 @@ def test_migrate_reports_an_unreachable_database(tmp_path: Path) -> None:
     assert "pw-not-shown" not in result.stderr + result.stdout
 
 
-def test_two_replicas_migrating_at_once_both_succeed(postgres_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+def test_two_replicas_migrating_at_once_both_succeed(kind: str, request: pytest.FixtureRequest,
+                                                     tmp_path: Path) -> None:
+    url = request.getfixturevalue("postgres_url") if kind == "postgresql" else f"sqlite:///{tmp_path / 'one.db'}"
     command = [sys.executable, "-m", "bankgate", "migrate", "--json", "--data-dir", str(tmp_path),
-               "--database-url", postgres_url]
+               "--database-url", url]
     env = {**os.environ, "BANKGATE_DATA_DIR": str(tmp_path)}
     replicas = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                 for _ in range(2)]
@@ -211,4 +214,4 @@ def test_two_replicas_migrating_at_once_both_succeed(postgres_url: str, tmp_path
     assert [replica.returncode for replica in replicas] == [0, 0], results
     applied = sorted(len(json.loads(out)["applied"]) for out, _ in results)
     assert applied[0] == 0 and applied[1] > 0, results  # one migrated everything, the other found it done
-    assert _tables(postgres_url)["versions"] == [(head_revision(),)]
+    assert _tables(url)["versions"] == [(head_revision(),)]
