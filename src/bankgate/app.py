@@ -16,6 +16,7 @@ from bankgate.boundary import ErrorBoundary, defer_to_boundary
 from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Settings
 from bankgate.console import console_mount
+from bankgate.health import RETRY_AFTER
 from bankgate.oauth.account import CertificateDownloadEndpoint, CertificateListEndpoint, PasswordResetEndpoint
 from bankgate.oauth.authorize import AuthorizeEndpoint
 from bankgate.oauth.discovery import jwks_endpoint, metadata_endpoint, openapi_endpoint
@@ -31,11 +32,31 @@ from bankgate.web.asgi import ASGIApp, Receive, Scope, Send
 __all__ = ["MIDDLEWARE", "BankgateApp", "Middleware", "create_app"]
 
 
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
 async def health(request: Request) -> JSONResponse:
+    """Liveness, with the environment and the active key id (no I/O)."""
     runtime: Runtime = request.app.state.runtime
     return JSONResponse(
-        {"status": "ok", "environment": runtime.settings.environment, "signing_kid": runtime.keys.active.kid}
+        {"status": "ok", "environment": runtime.settings.environment, "signing_kid": runtime.keys.active.kid},
+        headers=_NO_STORE,
     )
+
+
+async def livez(request: Request) -> JSONResponse:
+    """The process answers (no I/O)."""
+    return JSONResponse({"status": "ok"}, headers=_NO_STORE)
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """Whether this instance can serve: database, Redis (when used), signing keys, migrations (bankgate.health)."""
+    runtime: Runtime = request.app.state.runtime
+    ready, checks = await runtime.readiness.check()
+    if ready:
+        return JSONResponse({"status": "ready", "checks": checks}, headers=_NO_STORE)
+    return JSONResponse({"status": "unavailable", "checks": checks}, 503,
+                        headers={**_NO_STORE, "Retry-After": str(RETRY_AFTER)})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -177,6 +198,8 @@ def create_app(
             Route("/.well-known/oauth-authorization-server", metadata_endpoint, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
+            Route("/livez", livez, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
             *api_docs_routes(),
             console_mount(state),
         ]

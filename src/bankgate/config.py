@@ -147,6 +147,10 @@ class Settings(BaseSettings):
         default="database", description="Where Idempotency-Key records live: `database` (the server's own SQLite or "
         "PostgreSQL database) or a redis:// URL."
     )
+    readiness_timeout: float = Field(
+        default=2.0, gt=0, le=60, description="Seconds `/readyz` waits, in total, for its checks (database, Redis, "
+        "signing keys, migrations) before it answers 503."
+    )
     idempotency_retention: float = Field(
         default=86400.0, ge=60, le=90 * 86400, description="Seconds a completed response is kept for replay "
         "(24 h by default, like Stripe; Banked keeps 30 days: 2592000)."

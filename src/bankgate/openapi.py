@@ -150,6 +150,14 @@ def _plain_errors() -> dict[str, Any]:
     return _oauth_errors("400", "503")
 
 
+def _health(description: str) -> dict[str, Any]:
+    schema = {"type": "object", "required": ["status"], "properties": {
+        "status": {"type": "string", "enum": ["ok", "ready", "unavailable"]},
+        "checks": {"type": "object", "additionalProperties": {"type": "string"},
+                   "description": "each check: `ok` or why it failed"}}}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
 def _page(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
 
@@ -486,7 +494,15 @@ def openapi_document(server_url: str, *, token_status: int = 201) -> dict[str, A
                 "get": {"summary": "Server metadata (RFC 8414)",
                         "responses": {"200": {"description": "metadata"}, **_plain_errors()}}
             },
-            "/healthz": {"get": {"summary": "Health", "responses": {"200": {"description": "ok"}, **_plain_errors()}}},
+            "/healthz": {"get": {"summary": "Liveness, with the environment and the active signing key id",
+                                 "responses": {"200": {"description": "ok"}, **_plain_errors()}}},
+            "/livez": {"get": {"summary": "Liveness: the process answers (no I/O)",
+                               "responses": {"200": _health("ok"), **_plain_errors()}}},
+            "/readyz": {"get": {"summary": "Readiness: database, Redis (when used), signing keys, migrations at head",
+                                "responses": {"200": _health("ready, every check ok"),
+                                              **_plain_errors(),
+                                              "503": {**_health("not ready: the failing checks with a short reason"),
+                                                      "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}}},
             "/docs": {"get": {"summary": "This document as an interactive page (Swagger UI, served by bankgate)",
                               "responses": {"200": _page("the page"), **_plain_errors()}}},
             "/docs/static/{name}": {

@@ -16,6 +16,7 @@ from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Settings
 from bankgate.credentials.authenticate import ClientAuthentication
 from bankgate.events import Events, Outcome
+from bankgate.health import Readiness
 from bankgate.idempotency import open_store
 from bankgate.net import TrustedProxies
 from bankgate.outage import DATABASE, OutageLog, unavailable_service
@@ -56,6 +57,7 @@ class Runtime:
         self.guard = server_guard(self)  # every API route authenticates through this one guard
         self.guard.tell(self.events)
         self.idempotency = open_store(self.settings.idempotency_store, services.store)
+        self.readiness = Readiness(self)
         self.sandbox: Any = None
         if self.settings.environment == "sandbox":
             from bankgate.sandbox import sandbox_app

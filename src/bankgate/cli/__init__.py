@@ -29,13 +29,14 @@ from bankgate.credentials.clients import ClientNotFoundError
 from bankgate.credentials.scopes import ScopeError
 from bankgate.credentials.users import PassphraseError
 from bankgate.store import SchemaMissingError
+from bankgate.store.migrate import SchemaTooNewError
 from bankgate.vault import MasterKeyError
 
 __all__ = ["app", "main"]
 
 #: Errors whose message is all an operator needs: printed as one line, exit status 1.
 _EXPECTED = (AdminError, CliError, ClientNotFoundError, MasterKeyError, PassphraseError, SchemaMissingError,
-             ScopeError, UnknownSettingError, ValueError)
+             SchemaTooNewError, ScopeError, UnknownSettingError, ValueError)
 
 
 def _fail(message: str) -> NoReturn:

@@ -1,7 +1,8 @@
-"""Setting up and serving: init, serve, quickstart, ca-cert."""
+"""Setting up and serving: init, migrate, serve, quickstart, ca-cert."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shlex
 import sys
@@ -59,6 +60,36 @@ def init(
     else:
         console.print("issuer: the first server to start stores its own address; set one with --issuer URL",
                       highlight=False)
+
+
+def migrate(
+    cli: Invocation,
+    check: Annotated[bool, typer.Option("--check", help="List the pending migrations and exit 1 if there are any; "
+                                        "change nothing.")] = False,
+) -> None:
+    """Upgrade the database schema to this version's newest migration (under a lock: replicas may run it at once)."""
+    from bankgate.store import Store
+
+    settings = cli.settings()
+
+    async def job() -> list[tuple[str, str]]:
+        store = Store(settings.sqlalchemy_url)
+        try:
+            return await (store.pending_migrations() if check else store.migrate())
+        finally:
+            await store.close()
+
+    steps = asyncio.run(job())
+    if cli.json:
+        cli.emit_json({"pending" if check else "applied": [{"revision": r, "description": d} for r, d in steps]})
+    elif not steps:
+        console.print("the database schema is up to date", highlight=False)
+    else:
+        console.print("pending migrations:" if check else "applied migrations:", highlight=False)
+        for revision, description in steps:
+            console.print(f"  {revision}  {description}", highlight=False, markup=False)
+    if check and steps:
+        raise typer.Exit(1)
 
 
 def serve(
@@ -229,6 +260,7 @@ def ca_cert(
 def register(app: typer.Typer) -> None:
     """Set-up commands sit on the root: `bankgate init`, `bankgate serve`."""
     command(app, "init", local=True)(init)
+    command(app, "migrate", local=True)(migrate)
     command(app, "serve", json_output=False, local=True)(serve)
     command(app, "quickstart", json_output=False, local=True)(quickstart)
     command(app, "ca-cert", json_output=False, local=True)(ca_cert)

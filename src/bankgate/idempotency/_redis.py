@@ -147,6 +147,10 @@ class RedisIdempotencyStore:
         """Redis expires records by their TTL: nothing is left to delete."""
         return 0
 
+    async def ping(self) -> None:
+        """Raise unless Redis answers (readiness)."""
+        await self._client.ping()
+
     async def close(self) -> None:
         if self._owns_client:
             await self._client.aclose()

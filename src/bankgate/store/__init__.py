@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bankgate.store import schema
 from bankgate.store.engine import open_engine, sqlite_file
 from bankgate.store.inline import InlineSqlite
-from bankgate.store.migrate import upgrade
+from bankgate.store.migrate import pending, upgrade
 
 __all__ = ["SchemaMissingError", "Store", "schema"]
 
@@ -52,8 +52,13 @@ class Store:
         async with self.engine.connect() as connection:
             yield connection
 
-    async def migrate(self) -> None:
-        await upgrade(self.engine)
+    async def migrate(self) -> list[tuple[str, str]]:
+        """Upgrade the schema to the newest revision, under the migration lock; return what was applied."""
+        return await upgrade(self.engine)
+
+    async def pending_migrations(self) -> list[tuple[str, str]]:
+        """The migrations `migrate` would apply now, oldest first (all of them on an empty database)."""
+        return await pending(self.engine)
 
     async def get_meta(self, key: str) -> str | None:
         try:
