@@ -276,11 +276,13 @@ def test_keys_list_table_prints_kids_whole(data_dir: Path) -> None:
 
 def test_keys_retire_unpublishes_a_key_at_once_and_refuses_the_active_key_alone(data_dir: Path) -> None:
     [first] = bg_json(data_dir, "keys", "list")
-    refused = bg(data_dir, "keys", "retire", first["kid"], check=False)
+    # `--` before the key id: a kid is base64url and may begin with "-", which would read as an option
+    refused = invoke("keys", "retire", "--data-dir", str(data_dir), "--", first["kid"], check=False)
     assert_one_line_error(refused, "rotate")
     assert [k["kid"] for k in bg_json(data_dir, "keys", "list")] == [first["kid"]]
 
-    done = bg_json(data_dir, "keys", "retire", first["kid"], "--rotate")
+    done = json.loads(invoke("keys", "retire", "--data-dir", str(data_dir), "--rotate", "--json", "--",
+                             first["kid"]).stdout)
     assert done["retired"]["kid"] == first["kid"]
     new_kid = done["rotated_to"]["kid"]
     assert new_kid != first["kid"]
