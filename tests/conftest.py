@@ -81,11 +81,51 @@ def postgres_url(postgres_server_url: str) -> Iterator[str]:
         asyncio.run(_pg_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+async def _migrate(url: str) -> None:
+    store = Store(Settings(database_url=url).sqlalchemy_url)
+    try:
+        await store.migrate()
+    finally:
+        await store.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server_url: str) -> Iterator[str]:
+    """The name of a PostgreSQL database migrated to the head revision once per test process, which
+    `migrated_postgres_url` copies: copying is cheaper than running every migration again for each test."""
+    name = f"bankgate_test_template_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
+    base, _, _ = postgres_server_url.rpartition("/")
+    try:
+        asyncio.run(_migrate(f"{base}/{name}"))
+        yield name
+    finally:
+        asyncio.run(_pg_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def migrated_postgres_url(postgres_server_url: str, postgres_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, already migrated to the head revision (and nothing more: no
+    master key, no signing key), dropped afterwards."""
+    name = f"bankgate_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_admin(postgres_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"'))
+    base, _, _ = postgres_server_url.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(_pg_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Run a test against both databases: a SQLite file, then a fresh PostgreSQL database."""
+    """Run a test against both databases: a SQLite file, then a fresh PostgreSQL database. A test that takes the
+    `services` fixture gets its PostgreSQL database already migrated (that fixture migrates to the head revision
+    before the test sees the database, so the test starts from the same state); any other test gets an empty one,
+    as it may migrate (or not) itself."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
+    if "services" in request.fixturenames:
+        return request.getfixturevalue("migrated_postgres_url")
     return request.getfixturevalue("postgres_url")
 
 

@@ -75,7 +75,7 @@ def backend_kind(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, s
     if request.param == "sqlite":
         return "sqlite", f"sqlite:///{tmp_path / 'idem.db'}", ""
     if request.param == "postgresql":
-        return "postgresql", request.getfixturevalue("postgres_url"), ""
+        return "postgresql", request.getfixturevalue("migrated_postgres_url"), ""  # `backend` migrates it anyway
     if request.param == "redis":
         return "redis", request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
     if request.param == "sqlite-in-memory":  # no file to share: runs through SQLAlchemy on one connection
