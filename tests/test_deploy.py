@@ -23,7 +23,8 @@ DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 COMPOSE = DEPLOY / "docker" / "compose.yaml"
 KUBERNETES = DEPLOY / "kubernetes"
 NGINX = DEPLOY / "nginx" / "bankgate.conf"
-PROBE = "/healthz"
+PROBE = "/livez"  # liveness: the process answers
+READY = "/readyz"  # readiness: database, keys and migrations checked
 PORT = 8000
 
 
@@ -70,10 +71,12 @@ def yaml_documents(path: Path) -> list[Any]:
     return [document for document in yaml.safe_load_all(path.read_text()) if document is not None]
 
 
-def test_the_probed_path_is_answered_without_credentials(server: Server) -> None:
+def test_the_probed_paths_are_answered_without_credentials(server: Server) -> None:
     answer = server.http.get(PROBE)
     assert answer.status_code == 200
     assert answer.json()["status"] == "ok"
+    ready = server.http.get(READY)
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
 
 
 def test_the_systemd_unit_initialises_then_serves_as_an_unprivileged_hardened_service() -> None:
@@ -158,8 +161,8 @@ def test_kubernetes_runs_the_units_commands_probes_the_same_path_and_reads_the_m
     (container,) = pod["containers"]
     assert init_container["command"] == init
     assert container["command"] == serve
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"]["path"] == PROBE
+    for probe, path in (("readinessProbe", READY), ("livenessProbe", PROBE)):
+        assert container[probe]["httpGet"]["path"] == path
         assert container[probe]["httpGet"]["port"] == "http"
     assert container["ports"] == [{"name": "http", "containerPort": PORT}]
     assert pod["securityContext"]["runAsNonRoot"] is True
