@@ -1,7 +1,7 @@
 """The client certificate of a request: the TLS extension first; then, from trusted proxies only, each proxy's
 forwarding header, parsed from real PEM/DER made by a CA; garbage and forgeries give None, never an exception.
-Ends with the shipped nginx configuration (deploy/nginx/bankgate.conf) run for real: skipped without nginx,
-except in CI, where it fails."""
+Ends with the shipped nginx configuration (deploy/nginx/bankgate.conf) run for real (tests/nginx_helpers.py):
+skipped without nginx, except in CI, where it fails."""
 
 from __future__ import annotations
 
@@ -10,11 +10,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
-import os
-import shutil
-import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -37,7 +33,8 @@ from bankgate.net import TrustedProxies
 from bankgate.pki import thumbprint_sha1
 from bankgate.pki.authority import CertificateAuthority, new_authority
 from bankgate.services import Services
-from conftest import IN_CI, free_port
+from conftest import free_port
+from nginx_helpers import require_nginx, running_nginx
 
 PROXIES = TrustedProxies(["10.0.0.0/8", "fd00::/8"])
 PROXY = "10.1.2.3"
@@ -259,9 +256,6 @@ def test_envoy_syntax_soup_never_raises(text: str) -> None:
 
 # -- nginx, for real ---------------------------------------------------------------------------------------
 
-NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
-SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "bankgate.conf"
-
 
 class Backend:
     """What bankgate sees behind nginx: the certificate `ClientCertificateSource` finds, and the client address."""
@@ -299,32 +293,8 @@ def backend() -> Iterator[tuple[Backend, int]]:
     thread.join(15)
 
 
-def render_nginx_config(directory: Path, listen: int, upstream: int) -> str:
-    """The shipped file with this test's ports and paths, plus what an unprivileged nginx needs."""
-    text = SHIPPED_CONFIG.read_text()
-    built = subprocess.run([NGINX or "nginx", "-V"], capture_output=True, text=True).stderr
-    temp = [f"client_body_temp_path {directory}/body;", f"proxy_temp_path {directory}/proxy;"]
-    temp += [f"{m}_temp_path {directory}/{m};" for m in ("fastcgi", "uwsgi", "scgi")
-             if f"--without-http_{m}_module" not in built]
-    replacements = {
-        "listen 443 ssl;": f"listen 127.0.0.1:{listen} ssl;",
-        "server 127.0.0.1:8000;": f"server 127.0.0.1:{upstream};",
-        "/etc/bankgate/": f"{directory}/",
-        "worker_processes auto;": "worker_processes 1;",
-        "http {\n": "http {\n    access_log off;\n    " + "\n    ".join(temp) + "\n",
-    }
-    for old, new in replacements.items():
-        assert old in text, f"deploy/nginx/bankgate.conf no longer has {old!r}"
-        text = text.replace(old, new)
-    return text
-
-
 def test_shipped_nginx_config_forwards_the_client_certificate(tmp_path: Path, backend: tuple[Backend, int]) -> None:
-    if NGINX is None:
-        message = "nginx is not installed (apt-get install nginx-light); only this integration test needs it"
-        if IN_CI:
-            pytest.fail(f"in CI nginx must be installed (.ci/run installs it): {message}")
-        pytest.skip(message)
+    require_nginx()
     app, upstream = backend
 
     async def make() -> tuple[str, str, str, Any]:
@@ -352,25 +322,7 @@ def test_shipped_nginx_config_forwards_the_client_certificate(tmp_path: Path, ba
     (tmp_path / "stranger.key").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 
-    listen = free_port()
-    config = tmp_path / "nginx.conf"
-    config.write_text(render_nginx_config(tmp_path, listen, upstream))
-    log = (tmp_path / "nginx.log").open("wb")
-    process = subprocess.Popen(
-        [NGINX or "nginx", "-p", str(tmp_path), "-c", str(config), "-e", "stderr",
-         "-g", f"daemon off; master_process off; pid {tmp_path}/nginx.pid;"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert process.poll() is None, (tmp_path / "nginx.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", listen), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.05)
+    with running_nginx(tmp_path, [upstream]) as listen:
 
         def call(cert: str | None, headers: dict[str, str] | None = None) -> httpx.Response:
             ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
@@ -389,7 +341,3 @@ def test_shipped_nginx_config_forwards_the_client_certificate(tmp_path: Path, ba
         calls = app.calls
         assert call("stranger").status_code == 400  # nginx refuses a certificate from another CA itself
         assert app.calls == calls
-    finally:
-        process.terminate()
-        process.wait(10)
-        log.close()
