@@ -25,6 +25,8 @@ __all__ = ["register"]
 # Quickstart's sandbox client: two business applications, as in the seed's example.
 QUICKSTART_CLIENT = "quickstart sandbox client"
 QUICKSTART_SCOPES = ("app_12345", "app_67890")
+#: Prints the `access_token` of the JSON on stdin: python3 is on every machine, jq is not.
+PYTHON_ONE_LINER = 'import json, sys; print(json.load(sys.stdin)["access_token"])'
 
 
 def init(
@@ -231,15 +233,23 @@ def quickstart(
     console.print(f"  Scopes      {' '.join(issued.client.scopes)}")
     console.print("\nGet a token (in another terminal):")
     console.print(curl, soft_wrap=True, highlight=False, markup=False)
-    console.print(f"Then: curl -s {base}/api/v1/whoami -H 'Authorization: Bearer <access_token>'",
-                  soft_wrap=True, highlight=False, markup=False)
+    # What the README's snippets expect in the shell they are pasted into: the key pair, then a token.
+    token = (f'ACCESS_TOKEN=$(curl -s -X POST {base}/oauth/token -u "$KEY:$SECRET" -d grant_type=client_credentials '
+             f"-d scope={QUICKSTART_SCOPES[0]} | python3 -c {shlex.quote(PYTHON_ONE_LINER)})")
     payment = json.dumps({"application_id": QUICKSTART_SCOPES[0], "amount": "12.50", "currency": "EUR",
                           "reference": "Invoice 1"})
-    console.print("\nPay in the sandbox (send it twice: the second answer is replayed, not paid again):")
-    console.print(f"curl -si -X POST {base}/api/v1/payments -H 'Authorization: Bearer <access_token>' "
-                  f"-H 'Idempotency-Key: {uuid.uuid4()}' -H 'Content-Type: application/json' "
-                  f"-d {shlex.quote(payment)}", soft_wrap=True, highlight=False, markup=False)
-    console.print(f"\nJWKS: {base}/.well-known/jwks.json   metadata: {base}/.well-known/oauth-authorization-server\n")
+    lines = [
+        "\nOr keep the key pair and a token in that shell, as the README's snippets expect:",
+        f"export KEY={shlex.quote(issued.client.api_key)} SECRET={shlex.quote(issued.secret_key)}",
+        token,
+        f'curl -s {base}/api/v1/whoami -H "Authorization: Bearer $ACCESS_TOKEN"',
+        "\nPay in the sandbox (send it twice: the second answer is replayed, not paid again):",
+        f'curl -si -X POST {base}/api/v1/payments -H "Authorization: Bearer $ACCESS_TOKEN" '
+        f"-H 'Idempotency-Key: {uuid.uuid4()}' -H 'Content-Type: application/json' -d {shlex.quote(payment)}",
+        f"\nJWKS: {base}/.well-known/jwks.json   metadata: {base}/.well-known/oauth-authorization-server\n",
+    ]
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
     run_server(settings)
 
 
