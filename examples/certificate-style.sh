@@ -14,7 +14,7 @@ field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])
 
 # --- the integration manager ---------------------------------------------------------------------------
 bankgate init
-USER_JSON=$(bankgate users create --name "API Testuser" --json)
+USER_JSON=$(bankgate users create --name "API Testuser" --scope app_12345 --json)
 USERNAME=$(echo "$USER_JSON" | field username)
 PASSPHRASE=$(echo "$USER_JSON" | field initial_passphrase)      # handed to the user once
 CERT_JSON=$(bankgate certs issue "$USERNAME" --out "$DIR/certs" --json)
