@@ -3,8 +3,10 @@ so payments exist) on one PostgreSQL database and one master key, each with a da
 hosts would have), and the shipped nginx configuration in front with an upstream of both.
 
 Whatever replica a request reaches, it is one server: a token issued by either is accepted by the other; a payment
-retried on the other replica, or sent to both at once, is paid once and both answers are the same; a token revoked
-on one is refused by the other within the revocation sync interval.
+retried on the other replica, or sent to both at once, is paid once and every answer is the first one (with the
+Idempotency-Key records in Redis, as compose has them, the loser of a race is told 409 + Retry-After first); a token
+revoked on one is refused by the other within the revocation sync interval. Each runs with the Idempotency-Key
+records in the database, then in Redis.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import os
 import ssl
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -45,6 +49,7 @@ class Deployment:
     nginx: httpx.Client  # https://localhost:<port>, trusting the bankgate CA that signed nginx's certificate
     database_url: str
     client: dict[str, Any]
+    idempotency_store: str  # "database" or "redis"
 
     def token_from(self, http: httpx.Client) -> str:
         answer = http.post("/oauth/token", data={"grant_type": "client_credentials", "scope": "app_12345"},
@@ -81,9 +86,9 @@ async def _tls_files(settings: Any) -> tuple[str, str, str]:
         await services.close()
 
 
-@pytest.fixture(scope="module")
-def database_url(postgres_server_url: str, postgres_template: str) -> Iterator[str]:
-    """A fresh PostgreSQL database for this module, migrated (copied from the session's template)."""
+@contextlib.contextmanager
+def fresh_database(postgres_server_url: str, postgres_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL database, migrated (copied from the session's template), dropped afterwards."""
     name = f"bankgate_test_{uuid.uuid4().hex[:12]}"
     asyncio.run(_pg_admin(postgres_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"'))
     base, _, _ = postgres_server_url.rpartition("/")
@@ -93,10 +98,20 @@ def database_url(postgres_server_url: str, postgres_template: str) -> Iterator[s
         asyncio.run(_pg_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.fixture(scope="module")
-def deployment(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+@pytest.fixture(scope="module", params=["database", "redis"])
+def deployment(
+    request: pytest.FixtureRequest, postgres_server_url: str, postgres_template: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Deployment]:
+    """The deployment with its Idempotency-Key records in the shared database (the default: a payment commits with
+    its key), then in Redis as compose.yaml has them (the key claimed before the payment is made)."""
     require_nginx()
-    root = tmp_path_factory.mktemp("replicas")
+    redis_url = request.getfixturevalue("redis_server_url") if request.param == "redis" else None
+    with fresh_database(postgres_server_url, postgres_template) as database_url:
+        yield from _deploy(database_url, redis_url, tmp_path_factory.mktemp("replicas"))
+
+
+def _deploy(database_url: str, redis_url: str | None, root: Path) -> Iterator[Deployment]:
     public = root / "nginx"  # what /etc/bankgate/ holds for nginx
     public.mkdir()
     master_key = base64.b64encode(os.urandom(32)).decode()
@@ -108,6 +123,10 @@ def deployment(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
         "BANKGATE_REVOCATION_SYNC_INTERVAL": str(SYNC_INTERVAL),
         "BANKGATE_CLIENT_CACHE_TTL": "60",  # the default: changes must travel by the change feed, not expiry
     }
+    if redis_url is not None:
+        # Records expire after the retention, the shortest allowed: nothing of this test stays in the shared Redis.
+        shared |= {"BANKGATE_IDEMPOTENCY_STORE": redis_url,
+                   "BANKGATE_IDEMPOTENCY_RETENTION": "60"}
     # `bankgate init` once, before the replicas (compose's bankgate-init), then the public URL as the issuer.
     init_env = {**shared, "BANKGATE_DATA_DIR": str(root / "init")}
     run_cli("init", env=init_env)
@@ -129,7 +148,8 @@ def deployment(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
             context = ssl.create_default_context(cafile=str(public / "ca.pem"))
             with httpx.Client(base_url=f"https://localhost:{listen}", verify=context, timeout=10) as nginx:
                 client = replicas[0].cli_json("clients", "create", "--name", "Acme shop", "--scope", "app_12345")
-                yield Deployment((replicas[0], replicas[1]), nginx, database_url, client)
+                yield Deployment((replicas[0], replicas[1]), nginx, database_url, client,
+                                 "redis" if redis_url else "database")
     finally:
         for replica in replicas:
             replica.stop()
@@ -199,9 +219,25 @@ def test_a_payment_sent_to_both_replicas_at_once_is_paid_once(deployment: Deploy
     for _ in range(5):  # several races, so that some of them overlap for real
         key = str(uuid.uuid4())
         answers = asyncio.run(both_at_once(key))
-        assert [answer.status_code for answer in answers] == [201, 201], [answer.text for answer in answers]
-        assert answers[0].json() == answers[1].json()
-        assert sum(answer.headers.get("idempotent-replayed") == "true" for answer in answers) == 1
+        paid = [answer for answer in answers if answer.status_code == 201]
+        fresh = [answer for answer in paid if "idempotent-replayed" not in answer.headers]
+        assert len(fresh) == 1, [(answer.status_code, answer.text) for answer in answers]
+        if deployment.idempotency_store == "database":
+            # A payment commits with its key: the other request waits for that commit and replays its answer.
+            assert len(paid) == 2 and paid[0].json() == paid[1].json(), [answer.text for answer in answers]
+        else:
+            # The key is claimed first: the other request is told to retry (unless it came once the first ended),
+            # and its retry gets the first answer.
+            for answer in answers:
+                if answer.status_code == 409:
+                    assert "retry-after" in answer.headers, answer.headers
+                    for replica in (a, b):
+                        retried = replica.http.post(PAYMENTS, json=ORDER,
+                                                    headers={**_bearer(token), "Idempotency-Key": key})
+                        assert retried.status_code == 201 and retried.headers["idempotent-replayed"] == "true"
+                        assert retried.json() == fresh[0].json()
+                else:
+                    assert answer.status_code == 201 and answer.json() == fresh[0].json(), answer.text
         assert deployment.payments_with_key(key) == 1
 
 
