@@ -4,10 +4,12 @@ newcomer would, then the client SDK's snippets."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -127,15 +129,20 @@ def test_the_readme_snippets_run_as_printed_after_scripts_run(tmp_path: Path) ->
             (tmp_path / f"sdk_{n}.py").write_text(local(snippet))
             script += [f"printf '\\n>>> python {n}\\n'", f"python3 sdk_{n}.py"]
         script.append("printf '\\n>>> done\\n'")
-        shell = subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp_path, env=env, capture_output=True,
-                               text=True, timeout=120)
-        printed = shell.stdout
-        assert shell.returncode == 0 and ">>> done" in printed, printed + shell.stderr
+        # A session of its own: whatever happens, the walkthrough's server in the background goes with it.
+        shell = subprocess.Popen(["bash", "-c", "\n".join(script)], cwd=tmp_path, env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            printed, errors = shell.communicate(timeout=120)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(shell.pid, signal.SIGKILL)
+        assert shell.returncode == 0 and ">>> done" in printed, printed + errors
         outputs = re.split(r"^>>> (?:snippet|python) \d+$", printed.partition(">>> done")[0], flags=re.M)[1:]
         for n, (output, expected) in enumerate(zip(outputs, EXPECTED, strict=False)):
             for text in expected:
                 assert squeeze(text) in squeeze(output), (
-                    f"snippet {n} printed no {text!r}:\n{snippets[n]}\n--- printed:\n{output}\n{shell.stderr}")
+                    f"snippet {n} printed no {text!r}:\n{snippets[n]}\n--- printed:\n{output}\n{errors}")
         assert re.fullmatch(r"\s*201 pay_\w+\s*", outputs[len(snippets)]), outputs[len(snippets)]  # paid in Python
     finally:
         quickstart.terminate()
