@@ -116,7 +116,7 @@ def test_the_readme_snippets_run_as_printed_after_scripts_run(tmp_path: Path) ->
     # scripts/run's .venv: here, this interpreter's scripts.
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     (tmp_path / ".venv" / "bin" / "activate").write_text(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
-    env = {**os.environ, "COLUMNS": "200"}
+    env = {**os.environ, "COLUMNS": "80"}  # a narrow terminal: the lines to paste must not be wrapped
     env.pop("BANKGATE_DATA_DIR", None)
     quickstart, export = _quickstart(tmp_path / ".bankgate", port, env)
     try:
