@@ -116,6 +116,7 @@ def _deploy(database_url: str, redis_url: str | None, root: Path) -> Iterator[De
     public.mkdir()
     master_key = base64.b64encode(os.urandom(32)).decode()
     shared = {
+        "BANKGATE_ISSUER": ISSUER,
         "BANKGATE_DATABASE_URL": database_url,
         "BANKGATE_MASTER_KEY": master_key,
         "BANKGATE_TRUSTED_PROXIES": "127.0.0.1/32",
@@ -127,7 +128,7 @@ def _deploy(database_url: str, redis_url: str | None, root: Path) -> Iterator[De
         # Records expire after the retention, the shortest allowed: nothing of this test stays in the shared Redis.
         shared |= {"BANKGATE_IDEMPOTENCY_STORE": redis_url,
                    "BANKGATE_IDEMPOTENCY_RETENTION": "60"}
-    # `bankgate init` once, before the replicas (compose's bankgate-init), then the public URL as the issuer.
+    # `bankgate init` once, before the replicas (compose's bankgate-init).
     init_env = {**shared, "BANKGATE_DATA_DIR": str(root / "init")}
     run_cli("init", env=init_env)
     ca_pem, server_pem, server_key = asyncio.run(_tls_files(load_settings(
@@ -138,11 +139,10 @@ def _deploy(database_url: str, redis_url: str | None, root: Path) -> Iterator[De
 
     # Two replicas started at once, on their own data directories: the database and the master key are shared.
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        started = [pool.submit(start_server, root / f"replica-{n}", root / f"replica-{n}.log",
-                               {**shared, "BANKGATE_ISSUER": ISSUER}, ("--access-log",))
-                   for n in "ab"]
-        replicas = [future.result() for future in started]
+        started = [pool.submit(start_server, root / f"replica-{n}", root / f"replica-{n}.log", shared,
+                               ("--access-log",)) for n in "ab"]
     try:
+        replicas = [future.result() for future in started]
         ports = [int(replica.base_url.rpartition(":")[2]) for replica in replicas]
         with running_nginx(public, ports) as listen:
             context = ssl.create_default_context(cafile=str(public / "ca.pem"))
@@ -151,8 +151,9 @@ def _deploy(database_url: str, redis_url: str | None, root: Path) -> Iterator[De
                 yield Deployment((replicas[0], replicas[1]), nginx, database_url, client,
                                  "redis" if redis_url else "database")
     finally:
-        for replica in replicas:
-            replica.stop()
+        for future in started:
+            if future.exception() is None:
+                future.result().stop()
 
 
 def test_both_replicas_answer_behind_nginx_and_serve_one_issuer(deployment: Deployment) -> None:
