@@ -28,8 +28,9 @@ __all__ = ["AuditEvent", "AuditLog", "AuditQuery", "EventSink", "Outcome", "subj
 log = logging.getLogger("bankgate.audit")
 
 #: Events said at every request, for metrics and tracing; not kept in the audit trail (they would double its rows
-#: with verdicts that the OAuth and user events already record where they matter).
-VERDICT_PREFIXES = ("guard.", "idempotency.")
+#: with verdicts that the OAuth and user events already record where they matter). Nor are the operational events:
+#: throttle blocks (the refusals they cause are audited) and backing-service errors (the outage log has them).
+VERDICT_PREFIXES = ("guard.", "idempotency.", "http.", "throttle.", "outage.")
 
 
 #: The detail keys that name what an event is about: a client (its id, else its API key: a query for either name

@@ -18,7 +18,7 @@ class TtlCache(Generic[K, V]):
     """Entries expire `ttl` seconds after they were stored; past `limit` entries the cache starts afresh
     (a flood of distinct keys costs memory only up to the limit)."""
 
-    __slots__ = ("_entries", "_limit", "_loading", "_monotonic", "ttl")
+    __slots__ = ("_entries", "_limit", "_loading", "_monotonic", "hits", "misses", "ttl")
 
     def __init__(self, ttl: float, *, limit: int = 50_000, clock: Clock = SYSTEM) -> None:
         self.ttl = ttl
@@ -26,6 +26,9 @@ class TtlCache(Generic[K, V]):
         self._limit = limit
         self._entries: dict[K, tuple[float, V]] = {}
         self._loading: dict[K, asyncio.Future[V]] = {}
+        #: Lookups answered from memory and lookups that were not, since the cache was made (for metrics).
+        self.hits = 0
+        self.misses = 0
 
     def __repr__(self) -> str:
         return f"TtlCache(ttl={self.ttl}, size={len(self._entries)})"
@@ -34,7 +37,9 @@ class TtlCache(Generic[K, V]):
         """(True, value) when a fresh entry exists, else (False, None)."""
         hit = self._entries.get(key)
         if hit is not None and hit[0] > self._monotonic():
+            self.hits += 1
             return True, hit[1]
+        self.misses += 1
         return False, None
 
     def expires_at(self, key: K) -> float | None:
@@ -47,7 +52,9 @@ class TtlCache(Generic[K, V]):
         under load, the requests that find it gone wait for the same load instead of each reading the database."""
         hit = self._entries.get(key)
         if hit is not None and hit[0] > self._monotonic():
+            self.hits += 1
             return hit[1]
+        self.misses += 1
         pending = self._loading.get(key)
         if pending is None:
             pending = asyncio.ensure_future(load())

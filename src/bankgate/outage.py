@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import exc as sa_exc
 
+from bankgate.events import Channel, Events
+
 __all__ = ["OutageLog", "StoreUnavailable", "describe", "unavailable_service"]
 
 DATABASE = "database"
@@ -109,6 +111,12 @@ class OutageLog:
         self._interval = interval
         self._clock = clock
         self._down: dict[str, _Outage] = {}
+        self._errors = Channel("outage.error", ())
+
+    def tell(self, events: Events) -> None:
+        """Emit every failure recorded here as the event `outage.error` (detail: `service`, and `refused`: whether
+        a request was refused) to `events`: the metrics count the database's and Redis's errors from it."""
+        self._errors = events.channel("outage.error")
 
     def __repr__(self) -> str:
         return f"OutageLog(down={sorted(self._down)})"
@@ -125,6 +133,8 @@ class OutageLog:
         self._failed(service, exc, 0)
 
     def _failed(self, service: str, exc: BaseException, refused: int) -> None:
+        if self._errors.sinks:
+            self._errors.emit("-", "failure", None, {"service": service, "refused": bool(refused)})
         now = self._clock()
         outage = self._down.get(service)
         if outage is None:

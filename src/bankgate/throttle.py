@@ -29,6 +29,7 @@ from sqlalchemy import case, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bankgate.clock import SYSTEM, Clock
+from bankgate.events import Channel, Events
 from bankgate.store import Store, schema
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ ACCOUNT_IP_PREFIX = "acctip:"
 ACCOUNT_PREFIX = "acct:"
 RATE_WINDOW = 60.0
 PURGE_INTERVAL = 300.0
+#: What a key blocks, as the `throttle.blocked` event names it.
+_SCOPES = {IP_PREFIX: "ip", ACCOUNT_IP_PREFIX: "account_ip", ACCOUNT_PREFIX: "account"}
 _MAX_ACCOUNT = 100  # longer account names (anyone can send one) are hashed so keys fit the 200-character column
 _IN_CHUNK = 500
 _FAILED_LIMIT = 100_000  # keys remembered as having failed here; past it, every success asks the database
@@ -129,9 +132,15 @@ class AuthThrottle:
         self._failed_overflow = False
         self._last_forget = 0.0
         self._last_purge = 0.0
+        self._blocks = Channel("throttle.blocked", ())
 
     def __repr__(self) -> str:
         return f"AuthThrottle(blocked_keys={len(self._blocked)})"
+
+    def tell(self, events: Events) -> None:
+        """Emit every block placed (or lengthened) here as the event `throttle.blocked` to `events`; its detail
+        says what is blocked (`scope`: ip, account_ip or account), never the address or account itself."""
+        self._blocks = events.channel("throttle.blocked")
 
     @classmethod
     def from_settings(cls, store: Store, settings: Settings, *, clock: Clock = SYSTEM) -> AuthThrottle:
@@ -175,6 +184,7 @@ class AuthThrottle:
         table = schema.auth_throttle
         insert = _upsert(self._store)
         blocks: dict[str, float] = {}
+        placed: list[str] = []
         unique = sorted(set(keys))  # one lock order for every process: concurrent failures cannot deadlock
         self._remember_failures(unique, now)
         async with self._store.begin() as conn:
@@ -203,12 +213,16 @@ class AuthThrottle:
                             .values(blocked_until=now + wait)
                         )
                         blocks[key] = now + wait
+                        placed.append(key)
                 elif blocked_until > now:
                     blocks[key] = blocked_until
         for key, until in blocks.items():
             self._set(key, until)
         if blocks:
             log.info("authentication throttled: %s", ", ".join(sorted(blocks)))
+        if placed and self._blocks.sinks:
+            for key in placed:
+                self._blocks.emit("-", "failure", None, {"scope": _SCOPES[key.partition(":")[0] + ":"]})
         return self.blocked(keys)
 
     async def success(self, keys: Sequence[str]) -> None:

@@ -150,6 +150,11 @@ class IpAllowList:
         return f"IpAllowList(environment={self._environment!r})"
 
     @property
+    def cache(self) -> TtlCache[tuple[str, str], tuple[Network, ...]]:
+        """The entries read lately, by subject (its `hits` and `misses` are the server's metrics)."""
+        return self._cache
+
+    @property
     def environment(self) -> Environment:
         return self._environment
 

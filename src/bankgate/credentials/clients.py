@@ -166,6 +166,11 @@ class ClientRegistry:
         self._rechecked: dict[str, float] = {}  # api key -> when a cached refusal was last re-read
         self._changes.subscribe("client", self.forget)
 
+    @property
+    def cache(self) -> TtlCache[str, ClientRecord | None]:
+        """The records read lately (its `hits` and `misses` are the server's metrics)."""
+        return self._cache
+
     # -- onboarding ---------------------------------------------------------------------------------------
 
     async def create(self, name: str, scopes: list[str], auth_mode: str = "oauth2") -> IssuedSecret:

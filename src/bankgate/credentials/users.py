@@ -450,6 +450,20 @@ class UserDirectory:
             raise UserNotFoundError(f"no user named {username}")
         return user
 
+    async def certificate_expiry(self) -> dict[str, float]:
+        """The earliest `notAfter` (UNIX time) of each user's valid certificates, by username: the date by which
+        the user needs a new one. Users without a valid certificate, and deleted ones, are left out."""
+        users, certificates = schema.users, schema.certificates
+        query = (
+            select(users.c.username, func.min(certificates.c.not_after))
+            .join(certificates, certificates.c.user_id == users.c.id)
+            .where(certificates.c.status == "valid", users.c.status != "deleted")
+            .group_by(users.c.username)
+        )
+        async with self._store.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {username: float(not_after) for username, not_after in rows}
+
     async def get_by_id(self, user_id: str) -> UserRecord | None:
         async with self._store.connect() as conn:
             row = (await conn.execute(select(schema.users).where(schema.users.c.id == user_id))).first()

@@ -143,6 +143,9 @@ class TokenVerifier:
         self._leeway = leeway
         self._cache_size = cache_size
         self._cache: dict[str, _Verified] = {}
+        #: Tokens found verified already and tokens verified anew, since the verifier was made (for metrics).
+        self.hits = 0
+        self.misses = 0
 
     def __repr__(self) -> str:
         return f"TokenVerifier(issuer={self._issuer!r}, audience={self._audience!r}, cached={len(self._cache)})"
@@ -157,7 +160,10 @@ class TokenVerifier:
         """The token's principal, or `InvalidToken`. `presented_certificate` is the DER of the certificate on this
         connection, or a function returning it, called only for a certificate-bound token."""
         verified = self._cache.get(token)
-        if verified is None:
+        if verified is not None:
+            self.hits += 1
+        else:
+            self.misses += 1
             verified = await self._verify_signed(token)
             if self._cache_size:
                 if len(self._cache) >= self._cache_size:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bankgate.idempotency._memory import MemoryIdempotencyStore
-from bankgate.idempotency._middleware import AtomicKey, IdempotencyMiddleware, atomic_key
+from bankgate.idempotency._middleware import OUTCOMES, AtomicKey, IdempotencyMiddleware, atomic_key
 from bankgate.idempotency._redis import RedisIdempotencyStore
 from bankgate.idempotency._sealed import SealedStore
 from bankgate.idempotency._sql import SqlIdempotencyStore
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from bankgate.store import Store
 
 __all__ = [
+    "OUTCOMES",
     "AtomicKey",
     "AtomicStore",
     "Claim",
