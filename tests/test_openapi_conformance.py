@@ -74,7 +74,8 @@ async def _token(app_settings: Settings, credentials: dict[str, str]) -> str:
 @pytest.fixture(scope="module")
 def conformance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     data_dir: Path = tmp_path_factory.mktemp("conformance")
-    app_settings = Settings(data_dir=data_dir, issuer=ISSUER, audit_flush_interval=0.05)
+    # Metrics on: every generated request also passes the metrics sink, and /metrics answers 200.
+    app_settings = Settings(data_dir=data_dir, issuer=ISSUER, audit_flush_interval=0.05, metrics="on")
     credentials = asyncio.run(_prepare(app_settings))
     token = asyncio.run(_token(app_settings, credentials))
     app = _from_loopback(create_app(app_settings))

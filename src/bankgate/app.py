@@ -74,8 +74,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 _SANDBOX_PREFIXES = ("/api/v1/accounts", "/api/v1/payments")
 _ADMIN_PREFIX = "/admin/"
-#: What a listener of `--admin-port` serves, and what the public listener then refuses (404).
+#: What a listener of `--admin-port` serves, and what the public listener then refuses (404); with
+#: `BANKGATE_METRICS=admin`, /metrics too.
 _ADMIN_SURFACE = ("/admin/", "/console")
+_METRICS_PATH = "/metrics"
 _SANDBOX_ROOTS = frozenset({"accounts", "payments"})
 
 #: An outer middleware: given the app inside it, the app to call instead (a Starlette-style middleware class
@@ -106,6 +108,7 @@ class BankgateApp:
         middleware: Sequence[Middleware] = (),
         *,
         admin_port: int | None = None,
+        admin_surface: tuple[str, ...] = _ADMIN_SURFACE,
     ) -> None:
         self.starlette = starlette
         self.state = starlette.state
@@ -116,6 +119,7 @@ class BankgateApp:
         self._boundary = ErrorBoundary(app, self._outages)
         self._idle_outages = OutageLog()  # only until the runtime exists
         self._admin_port = admin_port
+        self._admin_surface = admin_surface
 
     def _on_admin_port(self, scope: Scope) -> bool:
         """Whether the request came in on the `--admin-port` listener (the local address's port)."""
@@ -139,7 +143,7 @@ class BankgateApp:
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
-            if self._admin_port is not None and self._on_admin_port(scope) != path.startswith(_ADMIN_SURFACE):
+            if self._admin_port is not None and self._on_admin_port(scope) != path.startswith(self._admin_surface):
                 await self._not_here(scope, receive, send)
                 return
             endpoint = self._direct.get((scope["method"], path))
@@ -204,4 +208,11 @@ def create_app(
             console_mount(state),
         ]
     )
-    return BankgateApp(starlette, direct, middleware, admin_port=settings.admin_port)
+    admin_surface: tuple[str, ...] = _ADMIN_SURFACE
+    if settings.metrics != "off":
+        from bankgate.metrics import metrics_route
+
+        starlette.router.routes.append(metrics_route())
+        if settings.metrics == "admin":
+            admin_surface = (*_ADMIN_SURFACE, _METRICS_PATH)
+    return BankgateApp(starlette, direct, middleware, admin_port=settings.admin_port, admin_surface=admin_surface)

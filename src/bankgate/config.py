@@ -83,6 +83,11 @@ class Settings(BaseSettings):
         default=None, ge=1, le=65535, description="A second listener serving only /admin and /console; when set, "
         "the public listener answers 404 there."
     )
+    metrics: Literal["off", "on", "admin"] = Field(
+        default="off", description="Prometheus metrics at GET /metrics: `off`; `on` (on the main port); `admin` "
+        "(only on the --admin-port listener, 404 on the main one). Off by default: the figures (traffic, refusals, "
+        "user names with their certificates' expiry) are for operators, not for the internet the main port faces."
+    )
     m2m_token_ttl: int = Field(default=300, ge=30, le=86400, description="Lifetime of certificate-bound tokens.")
     passphrase_ttl: float = Field(default=7 * 86400, gt=0, description="Seconds an initial passphrase stays valid.")
     # -- argon2id for M2M users' passwords and passphrases (RFC 9106); argon2-cffi's defaults --
@@ -263,6 +268,9 @@ class Settings(BaseSettings):
                              "be accepted by a merchant API, nor a merchant token by the admin API")
         if self.admin_port is not None and self.admin_port == self.port:
             raise ValueError("--admin-port must differ from --port")
+        if self.metrics == "admin" and self.admin_port is None:
+            raise ValueError("BANKGATE_METRICS=admin serves /metrics on the --admin-port listener only: set "
+                             "--admin-port (BANKGATE_ADMIN_PORT), or use BANKGATE_METRICS=on")
         if self.password_hash_memory_kib < 8 * self.password_hash_parallelism:
             raise ValueError("argon2id needs at least 8 KiB of memory per lane (BANKGATE_PASSWORD_HASH_MEMORY_KIB)")
         return self

@@ -503,6 +503,12 @@ def openapi_document(server_url: str, *, token_status: int = 201) -> dict[str, A
                                               **_plain_errors(),
                                               "503": {**_health("not ready: the failing checks with a short reason"),
                                                       "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics (text exposition format): with BANKGATE_METRICS=on here, with admin "
+                           "on the --admin-port listener only",
+                "responses": {"200": {"description": "the metrics of every worker of this server",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              **_oauth_errors("404"), **_plain_errors()}}},
             "/docs": {"get": {"summary": "This document as an interactive page (Swagger UI, served by bankgate)",
                               "responses": {"200": _page("the page"), **_plain_errors()}}},
             "/docs/static/{name}": {

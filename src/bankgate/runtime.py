@@ -7,7 +7,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 
@@ -24,6 +24,9 @@ from bankgate.resource import server_guard
 from bankgate.services import Services
 from bankgate.tokens.issuer import TokenIssuer
 from bankgate.tokens.keys import KEY_CHANGE, KeyRing
+
+if TYPE_CHECKING:
+    from bankgate.metrics import ServerMetrics
 
 __all__ = ["Runtime"]
 
@@ -44,6 +47,15 @@ class Runtime:
         services.audit.outages = self.outages
         #: Where the server's events go: the audit writer first; `events.add(sink)` for metrics or tracing.
         self.events = Events([services.audit])
+        self.outages.tell(self.events)
+        services.throttle.tell(self.events)
+        #: Prometheus metrics (`BANKGATE_METRICS`), a sink of the events; None when off: nothing imported, no sink.
+        self.metrics: ServerMetrics | None = None
+        if self.settings.metrics != "off":
+            from bankgate.metrics import ServerMetrics
+
+            self.metrics = ServerMetrics(self)
+            self.events.add(self.metrics.sink)
         self.tokens = TokenIssuer(
             keys, issuer=issuer_url, audience=self.settings.audience, environment=self.settings.environment,
             clock=services.clock,
@@ -107,6 +119,10 @@ class Runtime:
             asyncio.create_task(runtime._every(settings.throttle_sync_interval, services.throttle.sync)),
             asyncio.create_task(runtime._every(settings.rate_limit_sync_interval, services.limiter.sync)),
         ]
+        if runtime.metrics is not None:
+            from bankgate.metrics import REFRESH_INTERVAL
+
+            runtime._tasks.append(asyncio.create_task(runtime._every(REFRESH_INTERVAL, runtime.metrics.refresh)))
         return runtime
 
     def _statement_ran(self, *_: Any) -> None:
@@ -124,6 +140,8 @@ class Runtime:
         await self.services.audit.stop()
         await self.idempotency.close()
         await self.services.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     async def sync_changes(self) -> None:
         """Revocations and changes made by other processes: what a cached token, record or answer may depend on."""

@@ -11,6 +11,9 @@ what is missing); `bankgate.mtls` puts the client certificate into each request'
 certificates are still verified against the environment's CA.
 
 It refuses to start on a uvicorn outside the tested range (`bankgate.uvicorn_range`).
+
+With metrics on and several workers, every worker keeps its figures in files of one directory
+(`PROMETHEUS_MULTIPROC_DIR`, prometheus-client's multiprocess mode), so that a scrape of any of them adds up all.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import copy
 import ipaddress
 import json
 import os
+import shutil
 import ssl
 import stat
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,8 +244,37 @@ def serve(
     if settings.master_key is not None:
         dumped["master_key"] = settings.master_key.get_secret_value()
     os.environ[_WORKER_SETTINGS] = json.dumps({"settings": dumped, "issuer": issuer})
-    _run("bankgate.server:app_from_environment", {**options, "factory": True, "workers": workers},
-         admin_port=settings.admin_port)
+    with metrics_directory(enabled=settings.metrics != "off"):
+        _run("bankgate.server:app_from_environment", {**options, "factory": True, "workers": workers},
+             admin_port=settings.admin_port)
+
+
+_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def metrics_directory(*, enabled: bool) -> Iterator[Path | None]:
+    """The directory the workers keep their metrics in, set as `PROMETHEUS_MULTIPROC_DIR` before they start: the
+    operator's (created 0700 if missing, emptied of an earlier run's files: a new server starts its counts at
+    zero), else a fresh 0700 temporary one, removed when the server stops."""
+    if not enabled:
+        yield None
+        return
+    given = os.environ.get(_MULTIPROC_DIR)
+    if given:
+        directory = Path(given)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        yield directory
+        return
+    directory = Path(tempfile.mkdtemp(prefix="bankgate-metrics-"))
+    os.environ[_MULTIPROC_DIR] = str(directory)
+    try:
+        yield directory
+    finally:
+        os.environ.pop(_MULTIPROC_DIR, None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _run(app: Any, options: dict[str, Any], *, admin_port: int | None) -> None:

@@ -151,6 +151,9 @@ def serve(
     admin_port: Annotated[int | None, typer.Option("--admin-port", help="Also listen on this port for /admin and "
                                                    "/console only; the main port then answers 404 there [env: "
                                                    "BANKGATE_ADMIN_PORT]", show_default=False)] = None,
+    metrics: Annotated[str | None, typer.Option("--metrics", help="Prometheus metrics at GET /metrics: off, on, or "
+                                                "admin (on the --admin-port listener only) [env: BANKGATE_METRICS, "
+                                                "default off]", show_default=False)] = None,
 ) -> None:
     """Run the HTTP server (uvicorn). Initialises the data directory first if needed."""
     from bankgate.server import HTTP_IMPLEMENTATIONS, check_operator_tls, plain_http_warning
@@ -173,7 +176,7 @@ def serve(
                             client_cert_header_name=client_cert_header_name, max_header_bytes=max_header_bytes,
                             max_headers=max_headers, header_timeout=header_timeout, body_timeout=body_timeout,
                             keep_alive_timeout=keep_alive_timeout, shutdown_timeout=shutdown_timeout,
-                            admin_port=admin_port)
+                            admin_port=admin_port, metrics=metrics)
 
     async def prepare(services: Services) -> tuple[InitReport, IssuerChoice]:
         report = await services.init()
