@@ -5,9 +5,11 @@ nothing loaded when off, and one real `bankgate serve --workers 2` whose workers
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -299,9 +301,31 @@ def test_serve_with_two_workers_adds_up_the_workers_counts(server_factory: Any, 
             break
     assert len(workers) >= 2, "every request went to one worker"
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    for _ in range(4):  # whichever worker answers the scrape, it reports every worker's tokens
+    # Each worker folds its counts in every few seconds (the one answering a scrape, at once): whichever worker
+    # answers, every worker's tokens are soon reported, never more.
+    seen: list[float] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and seen[-4:] != [issued] * 4:
         with httpx.Client(base_url=server.base_url, timeout=10) as http:
             text = http.get("/metrics").text
         samples = {(s.name, frozenset(s.labels.items())): s.value
                    for family in text_string_to_metric_families(text) for s in family.samples}
-        assert value(samples, "bankgate_tokens_issued_total", style="api_key") == issued
+        seen.append(value(samples, "bankgate_tokens_issued_total", style="api_key"))
+        assert seen[-1] <= issued, seen
+        time.sleep(0.5)
+    assert seen[-4:] == [issued] * 4, seen
+
+    # A worker killed outright never marks itself dead: the next scrape forgets its live gauges, and its counts
+    # stay in the totals.
+    victim = int(sorted(workers)[0].removesuffix(".db"))
+    assert (directory / f"gauge_livemax_{victim}.db").exists()
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (directory / f"gauge_livemax_{victim}.db").exists():
+        with contextlib.suppress(httpx.TransportError), httpx.Client(base_url=server.base_url, timeout=10) as http:
+            text = http.get("/metrics").text
+        time.sleep(0.5)
+    assert not (directory / f"gauge_livemax_{victim}.db").exists()
+    samples = {(s.name, frozenset(s.labels.items())): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert value(samples, "bankgate_tokens_issued_total", style="api_key") == issued
