@@ -29,13 +29,16 @@ target. Usage:
     python benchmarks/guard.py --duration 20 --rounds 3 --connections 32 --json results.json
     python benchmarks/guard.py --only guard           # or --only idempotency
     python benchmarks/guard.py --only server-guard --compare-src /tmp/old/src   # in process, see below
+    python benchmarks/guard.py --only server-guard --metrics --rounds 5        # metrics on against off
 
 `--only server-guard` measures, in process and without wrk, the per-request cost of `bankgate serve`'s own guard
 (`Runtime.guard.authenticate`, the one in front of `/api/v1/whoami` and the sandbox payments) with a reused token,
 while the deny lists hold 100 revoked clients: microseconds per call of the fastest of 50 batches of 1,000 calls (the
 batch least disturbed by other processes), best and median over `--rounds` (default 2, use more) rounds, each in a
 fresh process. With `--compare-src` the code at that `src` directory
-(e.g. a worktree of an older commit) is measured in alternation with this one, so both see the same machine.
+(e.g. a worktree of an older commit) is measured in alternation with this one, so both see the same machine. With
+`--metrics`, this code is also measured with Prometheus metrics on (`BANKGATE_METRICS=on`: every verdict counted),
+in alternation with metrics off, and the ratio of the medians printed.
 
 Needs `wrk` and `taskset` (Debian: apt-get install wrk util-linux) and two cores. Every process it starts is
 stopped on the way out, also on Ctrl-C or failure.
@@ -529,13 +532,16 @@ def server_guard_round(revoked: int = 100) -> float:
 
 def server_guard(args: argparse.Namespace) -> dict[str, Any]:
     """Rounds of `server_guard_round`, each in a fresh process, this code and `--compare-src` in alternation."""
-    sources = {"this code": None}
+    sources: dict[str, str | None] = {"this code": None}
     if args.compare_src:
         sources = {"compared": str(args.compare_src), "this code": None}
+    if args.metrics:
+        sources["this code, metrics on"] = None
     figures: dict[str, list[float]] = {name: [] for name in sources}
     for _ in range(args.rounds):
         for name, src in sources.items():
             env = {**os.environ, "PYTHONPATH": src} if src else dict(os.environ)
+            env["BANKGATE_METRICS"] = "on" if name.endswith("metrics on") else "off"
             out = subprocess.run([sys.executable, __file__, "--server-guard-round"], env=env, check=True,
                                  capture_output=True, text=True).stdout
             figures[name].append(float(out.strip().splitlines()[-1]))
@@ -548,6 +554,10 @@ def server_guard(args: argparse.Namespace) -> dict[str, Any]:
         delta = results["this code"]["median"] - results["compared"]["median"]
         print(f"server guard: this code minus compared: {delta:+.2f} us per call (median), "
               f"{results['this code']['best'] - results['compared']['best']:+.2f} us (best)")
+    if args.metrics:
+        on, off = results["this code, metrics on"], results["this code"]
+        print(f"server guard, metrics on/off: {on['median'] / off['median']:.3f} (median), "
+              f"{on['best'] / off['best']:.3f} (best); {on['median'] - off['median']:+.2f} us per call (median)")
     return results
 
 
@@ -560,6 +570,7 @@ def main() -> None:
     parser.add_argument("--client-core", type=int, default=1)
     parser.add_argument("--only", choices=["guard", "idempotency", "server-guard"], help="measure one pair only")
     parser.add_argument("--compare-src", type=Path, help="server-guard: also measure the code in this src directory")
+    parser.add_argument("--metrics", action="store_true", help="server-guard: also measure with Prometheus metrics on")
     parser.add_argument("--server-guard-round", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis store even if Redis answers")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")

@@ -5,10 +5,14 @@ In the same run it measures the two yardsticks on the server's core:
 * a bare Starlette + PyJWT endpoint (benchmarks/baseline_app.py) that signs the same kind of token with no
   authentication, storage or audit: the cost of the HTTP stack alone.
 
-Prints tokens/s, p99 latency and the ratios. Usage:
+Prints tokens/s, p99 latency and the ratios. With `--metrics`, each algorithm is also measured with Prometheus
+metrics on (`BANKGATE_METRICS=on`): two servers, metrics off and on, measured in alternation (off on, on off, ...)
+for `--rounds` rounds, on `POST /oauth/token` and on `GET /api/v1/whoami` with a token (the server's guard in front
+of a route), and each ratio on/off printed. Usage:
 
     python benchmarks/token_endpoint.py                 # RS256 and ES256, 10 s each
     python benchmarks/token_endpoint.py --alg ES256 --duration 20 --json results.json
+    python benchmarks/token_endpoint.py --alg RS256 --no-baseline --metrics --duration 3 --rounds 2
 
 Needs `wrk` and `taskset` (Debian: apt-get install wrk util-linux) and two cores.
 """
@@ -74,14 +78,20 @@ def _seconds(text: str) -> float:
     return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
 
 
-def run_wrk(url: str, authorization: str, *, core: int, duration: int, connections: int) -> dict[str, float]:
+def run_wrk(
+    url: str, authorization: str, *, core: int, duration: int, connections: int, get: bool = False
+) -> dict[str, float]:
+    """POST a token request to `url` (or with `get`, a GET with `authorization` alone) for `duration` seconds."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(
-            'wrk.method = "POST"\n'
-            'wrk.body = "grant_type=client_credentials&scope=app_1"\n'
-            'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n'
-            f'wrk.headers["Authorization"] = "{authorization}"\n'
-        )
+        if get:
+            script.write(f'wrk.headers["Authorization"] = "{authorization}"\n')
+        else:
+            script.write(
+                'wrk.method = "POST"\n'
+                'wrk.body = "grant_type=client_credentials&scope=app_1"\n'
+                'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n'
+                f'wrk.headers["Authorization"] = "{authorization}"\n'
+            )
     try:
         out = subprocess.run(
             pinned(core, ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name, url]),
@@ -97,7 +107,14 @@ def run_wrk(url: str, authorization: str, *, core: int, duration: int, connectio
     socket_errors = re.search(r"Socket errors: (.*)", out)
     if errors or socket_errors:
         raise SystemExit(f"wrk saw failures; not a valid measurement:\n{out}")
-    return {"tokens_per_second": rps, "p99_ms": p99 * 1000}
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return {"tokens_per_second": rps, "p99_ms": p99 * 1000, "requests": requests}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def openssl_rsa_signs(core: int, seconds: int) -> float:
@@ -114,14 +131,19 @@ def openssl_rsa_signs(core: int, seconds: int) -> float:
     return float(match.group(1))
 
 
-def measure_bankgate(alg: str, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
-    data_dir = workdir / f"data-{alg}"
+def start_bankgate(
+    alg: str, args: argparse.Namespace, workdir: Path, *, metrics: str = "off"
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """A `bankgate serve` on the server's core with a fresh data directory and one client: (process, token URL,
+    the client's Authorization header), once it answers."""
+    data_dir = workdir / f"data-{alg}-metrics-{metrics}"
     env = {
         **os.environ,
         "BANKGATE_DATA_DIR": str(data_dir),
         "BANKGATE_SIGNING_ALG": alg,
         "BANKGATE_ENVIRONMENT": "sandbox",
         "BANKGATE_ISSUANCE_RATE_LIMIT": "0",  # one client asking thousands of times a second is the point here
+        "BANKGATE_METRICS": metrics,
     }
     bankgate = [sys.executable, "-m", "bankgate"]
     subprocess.run([*bankgate, "init"], env=env, check=True, capture_output=True)
@@ -136,17 +158,73 @@ def measure_bankgate(alg: str, args: argparse.Namespace, workdir: Path) -> dict[
     )
     authorization = "Basic " + base64.b64encode(f"{created['api_key']}:{created['secret_key']}".encode()).decode()
     port = free_port()
-    log = (workdir / f"server-{alg}.log").open("wb")
+    log = (workdir / f"server-{alg}-metrics-{metrics}.log").open("wb")
     server = subprocess.Popen(
         pinned(args.server_core, [*bankgate, "serve", "--port", str(port)]), env=env, stdout=log, stderr=log
     )
     url = f"http://127.0.0.1:{port}/oauth/token"
     try:
         wait_healthy(url, server)
+    except BaseException:
+        stop(server)
+        raise
+    return server, url, authorization
+
+
+def measure_bankgate(alg: str, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
+    server, url, authorization = start_bankgate(alg, args, workdir)
+    try:
         run_wrk(url, authorization, core=args.client_core, duration=2, connections=args.connections)  # warm-up
         return run_wrk(url, authorization, core=args.client_core, duration=args.duration, connections=args.connections)
     finally:
         stop(server)
+
+
+def measure_metrics(alg: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Metrics off and on, two servers measured in alternation (off on, on off, ...), so a change in the machine's
+    speed weighs on both: `POST /oauth/token`, and `GET /api/v1/whoami` with a token (the server's guard in front
+    of a route). Requests/s of each (mean over the rounds), the server's CPU time per request (read from /proc: on a
+    shared machine other processes take turns on the server's core, which lowers req/s but not the CPU a request
+    costs) and the ratios on/off."""
+    servers = {metrics: start_bankgate(alg, args, workdir, metrics=metrics) for metrics in ("off", "on")}
+    results: dict[str, Any] = {}
+    try:
+        bearers = {}
+        for metrics, (_, url, authorization) in servers.items():
+            answer = httpx.post(url, data={"grant_type": "client_credentials"},
+                                headers={"Authorization": authorization})
+            bearers[metrics] = "Bearer " + answer.json()["access_token"]
+        for endpoint in ("token", "whoami"):
+            runs: dict[str, list[float]] = {"off": [], "on": []}
+            cpu: dict[str, list[float]] = {"off": [], "on": []}
+
+            def run(metrics: str, duration: int, endpoint: str = endpoint) -> tuple[float, float]:
+                server, url, authorization = servers[metrics]
+                if endpoint == "whoami":
+                    url, authorization = url.replace("/oauth/token", "/api/v1/whoami"), bearers[metrics]
+                before = cpu_seconds(server.pid)
+                figures = run_wrk(url, authorization, core=args.client_core, duration=duration,
+                                  connections=args.connections, get=endpoint == "whoami")
+                used = cpu_seconds(server.pid) - before
+                return figures["tokens_per_second"], used / max(figures["requests"], 1) * 1e6
+
+            for metrics in servers:
+                run(metrics, 2)  # warm-up
+            for turn in range(args.rounds):
+                for metrics in ("off", "on") if turn % 2 == 0 else ("on", "off"):
+                    rate, cpu_us = run(metrics, args.duration)
+                    runs[metrics].append(rate)
+                    cpu[metrics].append(cpu_us)
+            off, on = sum(runs["off"]) / len(runs["off"]), sum(runs["on"]) / len(runs["on"])
+            cpu_off, cpu_on = sum(cpu["off"]) / len(cpu["off"]), sum(cpu["on"]) / len(cpu["on"])
+            results[endpoint] = {"metrics_off_per_second": off, "metrics_on_per_second": on, "ratio": on / off,
+                                 "ratio_by_round": [b / a for a, b in zip(runs["off"], runs["on"], strict=True)],
+                                 "cpu_us_per_request_off": cpu_off, "cpu_us_per_request_on": cpu_on,
+                                 "cpu_ratio": cpu_on / cpu_off}
+    finally:
+        for server, _, _ in servers.values():
+            stop(server)
+    return results
 
 
 def measure_baseline(alg: str, args: argparse.Namespace) -> dict[str, float]:
@@ -177,6 +255,9 @@ def main() -> None:
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--client-core", type=int, default=1)
     parser.add_argument("--no-baseline", action="store_true", help="skip the bare Starlette baseline")
+    parser.add_argument("--metrics", action="store_true", help="also measure with Prometheus metrics on against "
+                        "off, in alternation, and print the ratio")
+    parser.add_argument("--rounds", type=int, default=2, help="--metrics: measured runs of each server (default 2)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     for tool in ("wrk", "taskset", "openssl"):
@@ -194,6 +275,8 @@ def main() -> None:
                 figures["baseline_tokens_per_second"] = baseline["tokens_per_second"]
                 figures["ratio_to_baseline"] = figures["tokens_per_second"] / baseline["tokens_per_second"]
             results["algorithms"][alg] = figures
+            if args.metrics:
+                results.setdefault("metrics", {})[alg] = measure_metrics(alg, args, Path(tmp))
     # openssl again at the end, so a drift in the machine's speed during the run shows.
     results["openssl_rsa2048_signs_per_second_after"] = openssl_rsa_signs(args.server_core, 3)
 
@@ -212,6 +295,13 @@ def main() -> None:
             f"{alg:<6} {f['tokens_per_second']:>10,.0f} {f['p99_ms']:>8.1f} {f['ratio_to_openssl']:>9.2f} "
             f"{baseline:>10,.0f} {f.get('ratio_to_baseline', float('nan')):>10.2f}  {verdict}"
         )
+    for alg, endpoints in results.get("metrics", {}).items():
+        for endpoint, f in endpoints.items():
+            spread = ", ".join(f"{ratio:.3f}" for ratio in f["ratio_by_round"])
+            print(f"{alg} {endpoint:<6} metrics off {f['metrics_off_per_second']:>8,.0f} req/s, on "
+                  f"{f['metrics_on_per_second']:>8,.0f} req/s, ratio on/off {f['ratio']:.3f} (by round: {spread}); "
+                  f"server CPU per request off {f['cpu_us_per_request_off']:,.0f} us, on "
+                  f"{f['cpu_us_per_request_on']:,.0f} us, ratio {f['cpu_ratio']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
