@@ -71,6 +71,7 @@ GUARD_REASONS = frozenset({
 THROTTLE_SCOPES = frozenset({"ip", "account_ip", "account"})
 SERVICES = {"database": "database", "Redis": "redis"}
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_STATUSES: dict[object, str] = {status: str(status) for status in range(100, 600)}
 #: Distinct routes counted at most; the `http.request` event names route templates, so a server has a few dozen.
 MAX_ROUTES = 200
 _ROUTE = re.compile(r"/[A-Za-z0-9_./{}*-]{0,127}|unmatched")
@@ -218,12 +219,15 @@ class MetricsSink:
 
     def _http_request(self, event: AuditEvent) -> None:
         detail = event.detail
-        route = self._route(detail.get("route"))
+        route = detail.get("route")
+        if route not in self._routes:
+            route = self._route(route)
         method = detail.get("method")
-        method = method if method in METHODS else "OTHER"
-        status = detail.get("status")
-        self._count(self._requests, route, method,
-                    str(status) if isinstance(status, int) and 100 <= status <= 599 else OTHER)
+        if method not in METHODS:
+            method = "OTHER"
+        key = (self._requests, (route, method, _STATUSES.get(detail.get("status"), OTHER)))
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + 1
         duration = detail.get("duration")
         if isinstance(duration, (int, float)) and duration >= 0:
             observed = self._observed.get((route, method))
@@ -236,8 +240,6 @@ class MetricsSink:
         """The route template, if it looks like one and the routes counted so far are few enough; else `other`."""
         if not isinstance(route, str):
             return OTHER
-        if route in self._routes:
-            return route
         if len(self._routes) >= MAX_ROUTES or not _ROUTE.fullmatch(route):
             return OTHER
         self._routes.add(route)
