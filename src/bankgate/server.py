@@ -237,14 +237,14 @@ def serve(
         files = (prepare_operator_tls(settings, tls_cert, tls_key) if tls_cert and tls_key
                  else prepare_tls(settings, hostnames))
         options.update(tls_options(files, http, limits_from(settings)))
-    if workers <= 1:
-        _run(create_app(settings, issuer=issuer), options, admin_port=settings.admin_port)
-        return
-    dumped = settings.model_dump(mode="json")
-    if settings.master_key is not None:
-        dumped["master_key"] = settings.master_key.get_secret_value()
-    os.environ[_WORKER_SETTINGS] = json.dumps({"settings": dumped, "issuer": issuer})
-    with metrics_directory(enabled=settings.metrics != "off"):
+    with metrics_directory(enabled=settings.metrics != "off", workers=workers):
+        if workers <= 1:
+            _run(create_app(settings, issuer=issuer), options, admin_port=settings.admin_port)
+            return
+        dumped = settings.model_dump(mode="json")
+        if settings.master_key is not None:
+            dumped["master_key"] = settings.master_key.get_secret_value()
+        os.environ[_WORKER_SETTINGS] = json.dumps({"settings": dumped, "issuer": issuer})
         _run("bankgate.server:app_from_environment", {**options, "factory": True, "workers": workers},
              admin_port=settings.admin_port)
 
@@ -253,10 +253,11 @@ _MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @contextlib.contextmanager
-def metrics_directory(*, enabled: bool) -> Iterator[Path | None]:
-    """The directory the workers keep their metrics in, set as `PROMETHEUS_MULTIPROC_DIR` before they start: the
-    operator's (created 0700 if missing, emptied of an earlier run's files: a new server starts its counts at
-    zero), else a fresh 0700 temporary one, removed when the server stops."""
+def metrics_directory(*, enabled: bool, workers: int) -> Iterator[Path | None]:
+    """The directory the server's processes keep their metrics in, `PROMETHEUS_MULTIPROC_DIR`, ready before the
+    workers start: the operator's (created 0700 if missing, emptied of an earlier run's files: a new server starts
+    its counts at zero), else for several workers a fresh 0700 temporary one, removed when the server stops; one
+    process without it keeps its metrics in memory."""
     if not enabled:
         yield None
         return
@@ -267,6 +268,9 @@ def metrics_directory(*, enabled: bool) -> Iterator[Path | None]:
         for stale in directory.glob("*.db"):
             stale.unlink()
         yield directory
+        return
+    if workers <= 1:
+        yield None
         return
     directory = Path(tempfile.mkdtemp(prefix="bankgate-metrics-"))
     os.environ[_MULTIPROC_DIR] = str(directory)
