@@ -205,6 +205,21 @@ def test_admin_mode_serves_metrics_on_the_admin_listener_only(server_factory: An
     assert server.http.get(f"http://127.0.0.1:{admin_port}/healthz").status_code == 404
 
 
+def test_admin_mode_in_production_answers_only_the_admin_allowed_addresses(server_factory: Any) -> None:
+    production = {"BANKGATE_ENVIRONMENT": "production", "BANKGATE_METRICS": "admin"}
+    admin_port = free_port()
+    closed = server_factory({**production, "BANKGATE_ADMIN_PORT": str(admin_port)})
+    refused = closed.http.get(f"http://127.0.0.1:{admin_port}/metrics")
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "access_denied"
+    assert "BANKGATE_ADMIN_ALLOWED_IPS" in refused.json()["error_description"]
+    admin_port = free_port()
+    allowed = server_factory({**production, "BANKGATE_ADMIN_PORT": str(admin_port),
+                              "BANKGATE_ADMIN_ALLOWED_IPS": "127.0.0.1/32"})
+    samples, _ = scrape(allowed, f"http://127.0.0.1:{admin_port}/metrics")
+    assert ("bankgate_revocation_sync_age_seconds", frozenset()) in samples
+
+
 def test_on_mode_serves_the_main_port_and_admin_mode_needs_an_admin_port(server_factory: Any, tmp_path: Path) -> None:
     from conftest import run_cli
 

@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bankgate.events import AuditEvent
@@ -368,8 +368,18 @@ def forget_dead_workers(directory: str) -> None:
 
 
 async def _metrics_endpoint(request: Request) -> Response:
-    """`GET /metrics`: the Prometheus text exposition format."""
-    metrics: ServerMetrics = request.app.state.runtime.metrics
+    """`GET /metrics`: the Prometheus text exposition format. On the admin listener (`BANKGATE_METRICS=admin`) only
+    for the addresses the admin API answers (`BANKGATE_ADMIN_ALLOWED_IPS`; in production none until set)."""
+    runtime: Runtime = request.app.state.runtime
+    if runtime.settings.metrics == "admin":
+        source_ip = runtime.proxies.client_ip(request.scope)
+        if not runtime.admin_api.networks.allows(source_ip):
+            description = (f"/metrics does not answer {source_ip or 'this address'}: it answers the addresses in "
+                           "BANKGATE_ADMIN_ALLOWED_IPS, as the admin API does")
+            return JSONResponse({"error": "access_denied", "error_description": description}, 403,
+                                headers={"Cache-Control": "no-store"})
+    metrics = runtime.metrics
+    assert metrics is not None  # the route exists only when metrics are on
     return Response(await metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST,
                                                          "Cache-Control": "no-store"})
 

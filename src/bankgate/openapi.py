@@ -505,10 +505,10 @@ def openapi_document(server_url: str, *, token_status: int = 201) -> dict[str, A
                                                       "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}}},
             "/metrics": {"get": {
                 "summary": "Prometheus metrics (text exposition format): with BANKGATE_METRICS=on here, with admin "
-                           "on the --admin-port listener only",
+                           "on the --admin-port listener only, for the addresses in BANKGATE_ADMIN_ALLOWED_IPS",
                 "responses": {"200": {"description": "the metrics of every worker of this server",
                                       "content": {"text/plain": {"schema": {"type": "string"}}}},
-                              **_oauth_errors("404"), **_plain_errors()}}},
+                              **_oauth_errors("403", "404"), **_plain_errors()}}},
             "/docs": {"get": {"summary": "This document as an interactive page (Swagger UI, served by bankgate)",
                               "responses": {"200": _page("the page"), **_plain_errors()}}},
             "/docs/static/{name}": {
