@@ -3,8 +3,9 @@
 For POST, PUT, PATCH and DELETE carrying an `Idempotency-Key`, the first request runs and its response is kept;
 a retry with the same key and the same request gets that response again (`Idempotent-Replayed: true`) without
 running the handler - once the first has finished, from one read of the store (`IdempotencyStore.lookup`: no
-write transaction, no lock), on every kind of route; the same key with a different request is refused (422, section 2.7), and while the first
-one still runs, a retry gets 409 with `Retry-After`. Keys are scoped per principal, never global.
+write transaction, no lock), on every kind of route; the same key with a different request is refused (422,
+section 2.7), and while the first one still runs, a retry gets 409 with `Retry-After`. Keys are scoped per
+principal, never global.
 
 Place it behind the guard, which sets `scope["state"]["principal"]`: without a principal, keys fall back to the
 client address ("anonymous:<host>"), which every client behind one proxy shares.
