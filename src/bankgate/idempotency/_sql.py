@@ -7,11 +7,10 @@ The claim is one atomic statement, shared by every process on the database:
 
 A row comes back (is counted) when the key was free: inserted, or taken over from a `started` row whose lease has
 passed or a `completed` row past its retention (the compare-and-set happens inside the upsert, under the row lock).
-Otherwise the live row is read and judged: mismatch, in progress or completed. A retry of a finished request is
-answered before that, by `lookup`: the read alone, outside any write transaction (on a SQLite file, at once on the
-event loop's thread, without waiting for a group's commit). Each statement is atomic on its own,
+Otherwise the live row is read and judged: mismatch, in progress or completed. Each statement is atomic on its own,
 so no transaction has to span them: a row that changes between the two is simply read in its newer state (or, gone,
-claimed again).
+claimed again). A retry of a finished request is answered before all this, by `lookup`: the read alone, outside
+any write transaction (on a SQLite file at once on the event loop's thread, without waiting for a group's commit).
 
 `commit` (the `AtomicStore` side, for handlers writing to this same database) upserts the key straight into
 `completed`, with its response, and runs the handler's writes in the same transaction: both or neither are kept.
