@@ -1189,3 +1189,37 @@ async def test_a_replay_from_redis_is_one_get(shop: Shop, redis_url: str, redis_
     assert_problem(mismatch, 422, "different request")
     assert client.commands == ["GET"]
     assert shop.runs["payments"] == 1
+
+
+async def test_first_requests_and_retries_over_two_connections_make_one_payment(till_database: str) -> None:
+    """Two processes' worth of stores on one database: retries that find the key completed are answered by the
+    read, those that race the first request by the commit; either way one payment and one first answer."""
+    databases = [Store(till_database), Store(till_database)]
+    await databases[0].migrate()
+    stores = [SqlIdempotencyStore(database) for database in databases]
+    tills = [Till(database) for database in databases]
+    key = idem()
+    try:
+        async with client_for(tills[0].app(stores[0])) as one, client_for(tills[1].app(stores[1])) as other:
+            for http in (one, other):  # each opens its connections with a payment of its own
+                assert (await http.post("/pay", json=PAYMENT, headers=idem())).status_code == 201
+            first_wave = await asyncio.gather(*(
+                (one, other)[n % 2].post("/pay", json=PAYMENT, headers=key) for n in range(40)
+            ))
+            ran = sum(till.runs for till in tills)
+            second_wave = await asyncio.gather(*(
+                (one, other)[n % 2].post("/pay", json=PAYMENT, headers=key) for n in range(40)
+            ))
+        payments = await tills[0].payments()
+    finally:
+        for store, database in zip(stores, databases, strict=True):
+            await store.close()
+            await database.close()
+
+    answers = first_wave + second_wave
+    assert [answer.status_code for answer in answers] == [201] * 80
+    assert sum("idempotent-replayed" not in answer.headers for answer in answers) == 1
+    assert len({answer.json()["id"] for answer in answers}) == 1
+    assert all(answer.headers["idempotent-replayed"] == "true" for answer in second_wave)
+    assert payments == 3  # the two warm-ups and the one keyed payment
+    assert sum(till.runs for till in tills) == ran  # the second wave never reached a handler
