@@ -12,9 +12,11 @@ during the run weighs on both.
    behind `IdempotencyMiddleware(SqlIdempotencyStore)` on the same database, once with a unique
    `Idempotency-Key` per request and once with none (the middleware passes such requests through); each on a
    server and SQLite file of its own. The keyed route is `atomic`, as in the sandbox: the payment commits with its
-   key. Target: with keys >= 0.80 of without. A third server claims each key before the handler runs (the way
-   for any handler, `BENCH_ATOMIC=0`), and if Redis answers on 127.0.0.1:6379 a fourth with
-   `RedisIdempotencyStore` joins the rotation (their figures are printed, no target).
+   key. Target: with keys >= 0.80 of without, and the layer adds <= 40 us of server CPU to a keyed request. A
+   third server claims each key before the handler runs (the way for any handler, `BENCH_ATOMIC=0`), a fourth
+   (atomic) is sent the same 64 keys over and over, so that after the warm-up every request is a replay (target:
+   <= 0.5 of a first request's server CPU), and if Redis answers on 127.0.0.1:6379 a fifth with
+   `RedisIdempotencyStore` joins the rotation (no target).
 
 Before measuring, it checks that the protected app answers 200 with the token and 401 without or with a forged
 one, and that a repeated key is answered with `Idempotent-Replayed: true`; any non-2xx answer or socket error during
@@ -30,6 +32,14 @@ target. Usage:
     python benchmarks/guard.py --only guard           # or --only idempotency
     python benchmarks/guard.py --only server-guard --compare-src /tmp/old/src   # in process, see below
     python benchmarks/guard.py --only server-guard --metrics --rounds 5        # metrics on against off
+    python benchmarks/guard.py --only layer --rounds 5 --compare-src /tmp/old/src  # in process, see below
+
+`--only layer` measures the Idempotency-Key layer in process, without wrk or HTTP: the payments app of
+`guard_app.py` on a SQLite file (atomic route, then claimed first) called directly, 16 requests at a time, CPU time
+(`time.process_time`) per request of interleaved batches without a key, with unique keys, and of the same keys
+again (replays); it prints what the layer adds to a keyed request (keyed minus no key) and a replay against a
+first request, beside their targets (<= 40 us, <= 0.5). Each round runs in a fresh process; `--compare-src` as
+below. On a shared host the figures move by a third from round to round: use several rounds.
 
 `--only server-guard` measures, in process and without wrk, the per-request cost of `bankgate serve`'s own guard
 (`Runtime.guard.authenticate`, the one in front of `/api/v1/whoami` and the sandbox payments) with a reused token,
@@ -235,10 +245,16 @@ def get_lua(token: str) -> str:
     return f'wrk.method = "GET"\nwrk.headers["Authorization"] = "Bearer {token}"\n'
 
 
-def post_lua(with_keys: bool) -> str:
+REPLAY_KEYS = 64  # per wrk thread: the keys a replay run sends over and over
+
+
+def post_lua(with_keys: bool, replay_prefix: str | None = None) -> str:
     """POST /payments; with `with_keys`, an Idempotency-Key unique to this script (a fresh one per wrk run), wrk
-    thread and request."""
+    thread and request; with `replay_prefix`, one of `REPLAY_KEYS` keys per thread, the same in every run (after
+    the warm-up every request is a replay)."""
     key = 'wrk.headers["Idempotency-Key"] = prefix .. counter\n' if with_keys else ""
+    if replay_prefix is not None:
+        key = f'wrk.headers["Idempotency-Key"] = "{replay_prefix}-" .. tid .. "-" .. (counter % {REPLAY_KEYS})\n'
     return (
         'wrk.method = "POST"\n'
         f"wrk.body = '{PAYMENT}'\n"
@@ -411,10 +427,20 @@ def check_recorded(name: str, figures: dict[str, Any], db: Path, *, with_keys: b
     figures["payments_recorded"] = payments
 
 
+def check_replayed(figures: dict[str, Any], db: Path) -> None:
+    """A replay run made no payment beyond the first request of each of its keys (and the replay check's two)."""
+    figures.pop("requests_sent")
+    payments = count_rows(db, "payments") - 2
+    if payments > REPLAY_KEYS:  # wrk runs one thread
+        raise SystemExit(f"replay: {payments} payments were recorded for {REPLAY_KEYS} keys; replays ran again")
+    figures["payments_recorded"] = payments
+
+
 def idempotency_pair(procs: Processes, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """One server per kind of run, each on a fresh SQLite file of its own, all measured in alternation."""
     prefix = f"bankgate-bench:{secrets.token_hex(6)}:"
-    kinds = {"sqlite_keyed": ("sql", True), "no_key": ("sql", False), "sqlite_claim_first": ("claim", True)}
+    kinds = {"sqlite_keyed": ("sql", True), "no_key": ("sql", False), "sqlite_claim_first": ("claim", True),
+             "sqlite_replay": ("sql", True)}
     if not args.no_redis and redis_reachable():
         kinds["redis_keyed"] = (REDIS_URL, True)
     try:
@@ -430,9 +456,13 @@ def idempotency_pair(procs: Processes, args: argparse.Namespace, workdir: Path) 
                      "BENCH_ATOMIC": "0" if store == "claim" else "1", "BENCH_REDIS_PREFIX": prefix},
                 ))
                 check_replay(base)
-                targets[name] = Target(base + "/payments", functools.partial(post_lua, with_keys), pid)
+                replaying = secrets.token_hex(8) if name == "sqlite_replay" else None
+                targets[name] = Target(base + "/payments", functools.partial(post_lua, with_keys, replaying), pid)
             runs = alternate("idempotency", targets, args)
         for name, (store, with_keys) in kinds.items():
+            if name == "sqlite_replay":
+                check_replayed(runs[name], workdir / f"{name}.db")
+                continue
             check_recorded(name, runs[name], workdir / f"{name}.db", with_keys=with_keys,
                            prefix=prefix if store == REDIS_URL else None)
     finally:
@@ -440,6 +470,8 @@ def idempotency_pair(procs: Processes, args: argparse.Namespace, workdir: Path) 
             redis_keys(prefix, delete=True)
     result: dict[str, Any] = {**runs, **compare(runs["sqlite_keyed"], runs["no_key"], IDEMPOTENCY_TARGET)}
     result["claim_first"] = compare(runs["sqlite_claim_first"], runs["no_key"], None)
+    first, replay = runs["sqlite_keyed"], runs["sqlite_replay"]
+    result["replay_ratio"] = replay["server_cpu_us_per_request"] / first["server_cpu_us_per_request"]
     if "redis_keyed" in runs:
         result["redis"] = compare(runs["redis_keyed"], runs["no_key"], None)
     return result
@@ -480,6 +512,11 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         print(_line("unique key, atomic, SQL store", idem["sqlite_keyed"]))
         print(_line("no key (passed through)", idem["no_key"]))
         print(_ratio(idem))
+        print(f"  layer adds {idem['added_cpu_us']:,.0f} us CPU per keyed request "
+              f"(target <= {LAYER_TARGET_US:.0f}: {'met' if idem['added_cpu_us'] <= LAYER_TARGET_US else 'NOT met'})")
+        print(_line("same keys again (replays), atomic", idem["sqlite_replay"]))
+        print(f"  replay / first request by server CPU: {idem['replay_ratio']:.2f} "
+              f"(target <= {REPLAY_TARGET}: {'met' if idem['replay_ratio'] <= REPLAY_TARGET else 'NOT met'})")
         print(_line("unique key, claimed first, SQL", idem["sqlite_claim_first"]))
         print(_ratio(idem["claim_first"]) + "   (claimed before the handler, against no key; no target)")
         if "redis" in idem:
@@ -561,6 +598,152 @@ def server_guard(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+# -- 3. the Idempotency-Key layer in process: CPU per request -------------------------------------------------
+
+LAYER_TARGET_US = 40.0  # server CPU the layer may add to a keyed request
+REPLAY_TARGET = 0.5  # a replay's CPU against a first request's
+LAYER_BATCH = 800  # requests per measured batch, 16 at a time
+LAYER_CYCLES = 7  # batches of each kind per round, interleaved
+LAYER_CONCURRENCY = 16
+LAYER_KINDS = ("no_key", "keyed", "replay")
+
+
+async def _layer_round(workdir: Path) -> dict[str, dict[str, float]]:
+    """The payments app of `guard_app` (atomic route, and claimed first) driven in process, without HTTP:
+    CPU per request (`time.process_time`) of batches without a key, with a unique key, and of replays of the
+    previous keyed batch, interleaved; the median batch of each kind."""
+    sys.path.insert(0, str(HERE))
+    os.environ["BENCH_APP"] = "bare"  # the module's own app: not used here
+    import guard_app
+
+    results: dict[str, dict[str, float]] = {}
+    for route, atomic in (("atomic", "1"), ("claim_first", "0")):
+        database = workdir / f"{route}.db"
+        await _migrated(database)
+        os.environ.update(BENCH_DB=str(database), BENCH_IDEMPOTENCY_STORE="sql", BENCH_ATOMIC=atomic)
+        results[route] = await _layer_route(guard_app.payments_app(), route)
+    return results
+
+
+async def _layer_route(app: Any, route: str) -> dict[str, float]:
+    body = PAYMENT.encode()
+    statuses: dict[int, int] = {}
+    replayed = 0
+
+    async def one(key: bytes | None) -> None:
+        headers = [(b"host", b"bench"), (b"content-type", b"application/json"),
+                   (b"content-length", str(len(body)).encode())]
+        if key is not None:
+            headers.append((b"idempotency-key", key))
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/payments", "raw_path": b"/payments", "query_string": b"",
+                 "root_path": "", "headers": headers, "client": ("127.0.0.1", 50000),
+                 "server": ("127.0.0.1", 8000), "state": {}}
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal replayed
+            if message["type"] == "http.response.start":
+                statuses[message["status"]] = statuses.get(message["status"], 0) + 1
+                replayed += (b"idempotent-replayed", b"true") in message["headers"]
+
+        await app(scope, receive, send)
+
+    async def caller(part: list[bytes | None]) -> None:
+        for key in part:
+            await one(key)
+
+    async def batch(keys: list[bytes | None]) -> float:
+        share = len(keys) // LAYER_CONCURRENCY
+        started = time.process_time()
+        await asyncio.gather(*(caller(keys[n * share:(n + 1) * share]) for n in range(LAYER_CONCURRENCY)))
+        return (time.process_time() - started) / len(keys) * 1e6
+
+    lifespan_in: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    lifespan_out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await lifespan_in.put({"type": "lifespan.startup"})
+    lifespan = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                                       lifespan_in.get, lifespan_out.put))
+    await lifespan_out.get()
+    figures: dict[str, list[float]] = {kind: [] for kind in LAYER_KINDS}
+    no_keys: list[bytes | None] = [None] * LAYER_BATCH
+    warm: list[bytes | None] = [f"warm-{n}".encode() for n in range(LAYER_BATCH)]
+    for keys in (no_keys, warm, warm):
+        await batch(keys)
+    replayed = 0
+    for cycle in range(LAYER_CYCLES):
+        keys: list[bytes | None] = [f"{cycle}-{n}".encode() for n in range(LAYER_BATCH)]
+        figures["no_key"].append(await batch(no_keys))
+        figures["keyed"].append(await batch(keys))
+        figures["replay"].append(await batch(keys))
+    await lifespan_in.put({"type": "lifespan.shutdown"})
+    await lifespan_out.get()
+    await lifespan
+    if set(statuses) != {201} or replayed != LAYER_CYCLES * LAYER_BATCH:
+        raise SystemExit(f"{route}: the app answered {statuses} with {replayed} replays; the figures would be "
+                         "of something else")
+    return {kind: statistics.median(values) for kind, values in figures.items()}
+
+
+async def _migrated(path: Path) -> None:
+    from bankgate.store import Store
+
+    store = Store(f"sqlite+aiosqlite:///{path}")
+    try:
+        await store.migrate()
+    finally:
+        await store.close()
+
+
+def layer_round() -> dict[str, dict[str, float]]:
+    import uvloop
+
+    with tempfile.TemporaryDirectory(prefix="bankgate-layer-") as tmp:
+        return uvloop.run(_layer_round(Path(tmp)))
+
+
+def layer_cpu(args: argparse.Namespace) -> dict[str, Any]:
+    """Rounds of `layer_round`, each in a fresh process, this code and `--compare-src` in alternation."""
+    sources: dict[str, str | None] = {"this code": None}
+    if args.compare_src:
+        sources = {"compared": str(args.compare_src), "this code": None}
+    rounds: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in sources}
+    for _ in range(args.rounds):
+        for name, src in sources.items():
+            env = {**os.environ, "PYTHONPATH": src} if src else dict(os.environ)
+            out = subprocess.run([sys.executable, __file__, "--layer-round"], env=env, check=True,
+                                 capture_output=True, text=True).stdout
+            rounds[name].append(json.loads(out.strip().splitlines()[-1]))
+    print(f"\n3. Idempotency-Key layer in process (no HTTP): POST /payments on SQLite, {LAYER_CONCURRENCY} at a "
+          f"time; CPU per request (time.process_time), median of {LAYER_CYCLES} interleaved batches of "
+          f"{LAYER_BATCH}; {args.rounds} rounds, each in a fresh process")
+    results: dict[str, Any] = {}
+    for name, measured in rounds.items():
+        results[name] = {}
+        for route in ("atomic", "claim_first"):
+            figures = {kind: statistics.median(r[route][kind] for r in measured) for kind in LAYER_KINDS}
+            added = figures["keyed"] - figures["no_key"]
+            replay = figures["replay"] / figures["keyed"]
+            results[name][route] = {**figures, "added_us": added, "replay_ratio": replay,
+                                    "rounds": [r[route] for r in measured]}
+            label = "atomic route" if route == "atomic" else "claimed first"
+            print(f"  {name:<10} {label:<14} no key {figures['no_key']:6.1f} us   first (unique key) "
+                  f"{figures['keyed']:6.1f} us   replay {figures['replay']:6.1f} us")
+            added_verdict = f"target <= {LAYER_TARGET_US:.0f}: {'met' if added <= LAYER_TARGET_US else 'NOT met'}"
+            replay_verdict = f"target <= {REPLAY_TARGET}: {'met' if replay <= REPLAY_TARGET else 'NOT met'}"
+            print(f"  {'':<10} {'':<14} layer adds {added:5.1f} us CPU per keyed request ({added_verdict}); "
+                  f"replay / first {replay:.2f} ({replay_verdict})")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per measured run")
@@ -568,15 +751,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="measured runs per app, alternating (default 2)")
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--client-core", type=int, default=1)
-    parser.add_argument("--only", choices=["guard", "idempotency", "server-guard"], help="measure one pair only")
+    parser.add_argument("--only", choices=["guard", "idempotency", "server-guard", "layer"],
+                        help="measure one part only")
     parser.add_argument("--compare-src", type=Path, help="server-guard: also measure the code in this src directory")
     parser.add_argument("--metrics", action="store_true", help="server-guard: also measure with Prometheus metrics on")
     parser.add_argument("--server-guard-round", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--layer-round", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis store even if Redis answers")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     if args.server_guard_round:
         print(f"{server_guard_round():.4f}")
+        return
+    if args.layer_round:
+        print(json.dumps(layer_round()))
+        return
+    if args.only == "layer":
+        results = layer_cpu(args)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
         return
     if args.only == "server-guard":
         results = server_guard(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio
 import sqlalchemy
 import uvicorn
 from fastapi import FastAPI
@@ -983,7 +985,7 @@ async def test_an_atomic_route_records_the_payment_with_its_key_and_replays_it(
 
     assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
     assert again.json() == first.json() and again.headers["location"] == first.headers["location"]
-    assert shop.runs == 2 and await shop.payments() == 1  # the handler ran again, its write was not made
+    assert shop.runs == 1 and await shop.payments() == 1  # answered from the key's record, before the handler
     mismatch = await http.post("/pay", json={**PAYMENT, "amount": "99.00"}, headers=key)
     assert_problem(mismatch, 422, "different request")
     assert await shop.payments() == 1
@@ -1069,3 +1071,155 @@ async def test_routes_outside_atomic_still_claim_first(tmp_path: Path, shop: Sho
     assert 409 in {r.status_code for r in responses}  # claimed before the handler: the others are told to wait
     await store.close()
     await database.close()
+
+
+# -- a replay is one read: no handler, no write transaction ------------------------------------------------------
+
+# A write, or SQLite's write lock. (A plain BEGIN ... ROLLBACK around `;` is the pool's liveness ping on PostgreSQL.)
+_WRITING = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE|SAVEPOINT|BEGIN\s+(IMMEDIATE|EXCLUSIVE))\b", re.IGNORECASE)
+
+
+class Statements:
+    """Every statement a `Store`'s database is sent, however it is sent: through SQLAlchemy (engine events), on
+    asyncpg's own connection (its query logger, on each connection checked out of the pool), or on a SQLite file's
+    inline connection (SQLite's trace callback, once that connection is open)."""
+
+    def __init__(self, database: Store) -> None:
+        self.database = database
+        self.seen: list[str] = []
+        engine = database.engine.sync_engine
+        sqlalchemy.event.listen(engine, "before_cursor_execute", self._cursor)
+        if database.dialect == "postgresql":
+            sqlalchemy.event.listen(engine, "checkout", self._checkout)
+
+    def _cursor(self, connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.seen.append(statement)
+
+    def _checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        dbapi_connection.driver_connection.add_query_logger(self._logged)
+
+    def _logged(self, record: Any) -> None:
+        self.seen.append(record.query)
+
+    def _traced(self, statement: str) -> None:
+        self.seen.append(statement)
+
+    def follow_inline(self) -> None:
+        inline = self.database.inline
+        if inline is not None:
+            assert inline._inline is not None, "the inline connection opens with the first write"
+            inline._inline.set_trace_callback(self._traced)
+
+    async def taken(self) -> list[str]:
+        """What was sent since the last call (asyncpg tells its loggers on the next turns of the loop)."""
+        for _ in range(3):
+            await asyncio.sleep(0)
+        taken, self.seen = self.seen, []
+        return taken
+
+
+def _writes(statements: list[str]) -> list[str]:
+    return [statement for statement in statements if _WRITING.match(statement)]
+
+
+@pytest.mark.parametrize("atomic", [False, True], ids=["claimed-first", "atomic"])
+async def test_a_replay_runs_no_handler_and_opens_no_write_transaction(till_database: str, atomic: bool) -> None:
+    database = Store(till_database)
+    await database.migrate()
+    store = SqlIdempotencyStore(database)
+    statements = Statements(database)
+    shop, till = Shop(), Till(database)
+    app, path = (till.app(store), "/pay") if atomic else (shop.app(store), "/payments")
+    key = idem()
+    try:
+        async with client_for(app) as http:
+            assert (await http.post(path, json=PAYMENT, headers=idem())).status_code == 201  # opens the connections
+            statements.follow_inline()
+            await statements.taken()
+
+            first = await http.post(path, json=PAYMENT, headers=key)
+            assert first.status_code == 201
+            assert _writes(await statements.taken())  # what a first request does is seen
+
+            replay = await http.post(path, json=PAYMENT, headers=key)
+            sent = await statements.taken()
+            mismatch = await http.post(path, json={**PAYMENT, "amount": "99.00"}, headers=key)
+            sent_on_mismatch = await statements.taken()
+    finally:
+        await store.close()
+        await database.close()
+
+    assert replay.status_code == 201 and replay.headers["idempotent-replayed"] == "true"
+    assert replay.content == first.content
+    assert_problem(mismatch, 422, "different request")
+    assert (till.runs if atomic else shop.runs["payments"]) == 2  # the warm-up and the first request
+    assert any(statement.lstrip().upper().startswith("SELECT") for statement in sent), sent  # one read ...
+    assert _writes(sent) == [] and _writes(sent_on_mismatch) == []  # ... and nothing else
+
+
+class CommandLog(redis.asyncio.Redis):
+    """A Redis client that notes the name of every command it sends."""
+
+    commands: list[str]
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.commands.append(str(args[0]).upper())
+        return await super().execute_command(*args, **options)
+
+
+async def test_a_replay_from_redis_is_one_get(shop: Shop, redis_url: str, redis_prefix: str) -> None:
+    client = CommandLog.from_url(redis_url)
+    client.commands = []
+    store = RedisIdempotencyStore(client, prefix=redis_prefix)
+    key = idem()
+    try:
+        async with client_for(shop.app(store)) as http:
+            first = await http.post("/payments", json=PAYMENT, headers=key)
+            assert "EVALSHA" in client.commands  # the first request claims and completes by script
+            client.commands.clear()
+            replay = await http.post("/payments", json=PAYMENT, headers=key)
+            on_replay = list(client.commands)
+            client.commands.clear()
+            mismatch = await http.post("/payments", json={**PAYMENT, "amount": "99.00"}, headers=key)
+    finally:
+        await client.aclose()
+
+    assert replay.headers["idempotent-replayed"] == "true" and replay.content == first.content
+    assert on_replay == ["GET"]
+    assert_problem(mismatch, 422, "different request")
+    assert client.commands == ["GET"]
+    assert shop.runs["payments"] == 1
+
+
+async def test_first_requests_and_retries_over_two_connections_make_one_payment(till_database: str) -> None:
+    """Two processes' worth of stores on one database: retries that find the key completed are answered by the
+    read, those that race the first request by the commit; either way one payment and one first answer."""
+    databases = [Store(till_database), Store(till_database)]
+    await databases[0].migrate()
+    stores = [SqlIdempotencyStore(database) for database in databases]
+    tills = [Till(database) for database in databases]
+    key = idem()
+    try:
+        async with client_for(tills[0].app(stores[0])) as one, client_for(tills[1].app(stores[1])) as other:
+            for http in (one, other):  # each opens its connections with a payment of its own
+                assert (await http.post("/pay", json=PAYMENT, headers=idem())).status_code == 201
+            first_wave = await asyncio.gather(*(
+                (one, other)[n % 2].post("/pay", json=PAYMENT, headers=key) for n in range(40)
+            ))
+            ran = sum(till.runs for till in tills)
+            second_wave = await asyncio.gather(*(
+                (one, other)[n % 2].post("/pay", json=PAYMENT, headers=key) for n in range(40)
+            ))
+        payments = await tills[0].payments()
+    finally:
+        for store, database in zip(stores, databases, strict=True):
+            await store.close()
+            await database.close()
+
+    answers = first_wave + second_wave
+    assert [answer.status_code for answer in answers] == [201] * 80
+    assert sum("idempotent-replayed" not in answer.headers for answer in answers) == 1
+    assert len({answer.json()["id"] for answer in answers}) == 1
+    assert all(answer.headers["idempotent-replayed"] == "true" for answer in second_wave)
+    assert payments == 3  # the two warm-ups and the one keyed payment
+    assert sum(till.runs for till in tills) == ran  # the second wave never reached a handler

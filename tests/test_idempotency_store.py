@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +23,7 @@ from bankgate.idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
     RedisIdempotencyStore,
+    SealedStore,
     SqlIdempotencyStore,
     StoredResponse,
     Write,
@@ -30,6 +32,7 @@ from bankgate.idempotency import (
 )
 from bankgate.idempotency._sql import decode_headers, encode_headers
 from bankgate.store import Store, schema
+from bankgate.vault import Vault
 
 FP = fingerprint("POST", "/api/v1/payments", b"", b'{"amount": "10.00"}')
 OTHER_FP = fingerprint("POST", "/api/v1/payments", b"", b'{"amount": "99.00"}')
@@ -188,6 +191,58 @@ async def test_completing_twice_keeps_the_first_response(store: IdempotencyStore
     await store.release("client:a", "k-1", owner)
 
     assert (await store.claim("client:a", "k-1", FP, lease=30, retention=DAY)).response == RESPONSE
+
+
+# -- lookup: a retry of a finished request, answered by a read ------------------------------------------------
+
+
+async def test_lookup_answers_for_a_completed_key_only(store: IdempotencyStore) -> None:
+    assert await store.lookup("client:a", "k-1", FP, retention=DAY) is None  # absent
+    owner = await claimed(store)
+    assert await store.lookup("client:a", "k-1", FP, retention=DAY) is None  # started: the claim says 409
+    assert await store.lookup("client:a", "k-1", OTHER_FP, retention=DAY) is None
+
+    assert await store.complete("client:a", "k-1", owner, RESPONSE, retention=DAY)
+
+    assert await store.lookup("client:a", "k-1", FP, retention=DAY) == Claim("completed", response=RESPONSE)
+    assert await store.lookup("client:a", "k-1", OTHER_FP, retention=DAY) == Claim("mismatch")
+    assert await store.lookup("client:b", "k-1", FP, retention=DAY) is None  # keys are per principal
+    assert await store.lookup("client:a", "k-2", FP, retention=DAY) is None
+
+
+async def test_lookup_finds_a_key_completed_through_another_connection(backend: Backend) -> None:
+    writer, reader = await backend.open(), await backend.open()
+    await claimed(reader, key="k-0")  # the reader has written before (a SQLite file's reader opens with its writes)
+    owner = await claimed(writer)
+    assert await writer.complete("client:a", "k-1", owner, RESPONSE, retention=DAY)
+
+    assert await reader.lookup("client:a", "k-1", FP, retention=DAY) == Claim("completed", response=RESPONSE)
+
+
+async def test_lookup_ignores_a_completed_key_past_its_retention_or_the_askers(store: IdempotencyStore) -> None:
+    short = await claimed(store, key="short")
+    assert await store.complete("client:a", "short", short, RESPONSE, retention=0.3)
+    long = await claimed(store, key="long")
+    assert await store.complete("client:a", "long", long, RESPONSE, retention=DAY)
+    assert (await store.lookup("client:a", "short", FP, retention=DAY)) == Claim("completed", response=RESPONSE)
+
+    await asyncio.sleep(0.45)
+
+    assert await store.lookup("client:a", "short", FP, retention=DAY) is None
+    assert await store.lookup("client:a", "long", FP, retention=0.3) is None
+    assert await store.lookup("client:a", "long", FP, retention=DAY) == Claim("completed", response=RESPONSE)
+
+
+async def test_a_sealed_store_looks_up_the_response_in_clear_while_it_rests_sealed(store: IdempotencyStore) -> None:
+    sealed = SealedStore(store, Vault(secrets.token_bytes(32)))
+    owner = await claimed(sealed)
+    assert await sealed.complete("client:a", "k-1", owner, RESPONSE, retention=DAY)
+
+    assert await sealed.lookup("client:a", "k-1", FP, retention=DAY) == Claim("completed", response=RESPONSE)
+    resting = await store.lookup("client:a", "k-1", FP, retention=DAY)
+    assert resting is not None and resting.response is not None
+    assert resting.response.status == RESPONSE.status and RESPONSE.body not in resting.response.body
+    assert await sealed.lookup("client:a", "k-1", OTHER_FP, retention=DAY) == Claim("mismatch")
 
 
 # -- leases: a crash never wedges a key -----------------------------------------------------------------------

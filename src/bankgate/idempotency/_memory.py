@@ -51,6 +51,15 @@ class MemoryIdempotencyStore:
         self._records[(principal, key)] = _Record(fingerprint, STARTED, owner, now + lease, now + lease, now)
         return Claim("claimed", owner=owner)
 
+    async def lookup(self, principal: str, key: str, fingerprint: str, *, retention: float) -> Claim | None:
+        now = time.time()
+        record = self._records.get((principal, key))
+        if record is None or record.state != COMPLETED or not self._live(record, now, now - retention):
+            return None
+        if record.fingerprint != fingerprint:
+            return Claim("mismatch")
+        return Claim("completed", response=record.response)
+
     def _running(self, principal: str, key: str, owner: str) -> _Record | None:
         record = self._records.get((principal, key))
         if record is None or record.state != STARTED or record.owner != owner:

@@ -2,8 +2,10 @@
 
 For POST, PUT, PATCH and DELETE carrying an `Idempotency-Key`, the first request runs and its response is kept;
 a retry with the same key and the same request gets that response again (`Idempotent-Replayed: true`) without
-running the handler; the same key with a different request is refused (422, section 2.7), and while the first
-one still runs, a retry gets 409 with `Retry-After`. Keys are scoped per principal, never global.
+running the handler - once the first has finished, from one read of the store (`IdempotencyStore.lookup`: no
+write transaction, no lock), on every kind of route; the same key with a different request is refused (422,
+section 2.7), and while the first one still runs, a retry gets 409 with `Retry-After`. Keys are scoped per
+principal, never global.
 
 Place it behind the guard, which sets `scope["state"]["principal"]`: without a principal, keys fall back to the
 client address ("anonymous:<host>"), which every client behind one proxy shares.
@@ -507,6 +509,18 @@ class IdempotencyMiddleware:
 
         principal = self.principal_of(scope) or _anonymous(scope)
         request_fingerprint = fingerprint(scope["method"], scope["path"], scope.get("query_string", b""), body)
+        try:
+            # A retry of a finished request is answered from one read: no write transaction, no handler.
+            known = await self._watch.call(
+                self.store.lookup(principal, key, request_fingerprint, retention=self.retention)
+            )
+        except Exception as exc:
+            await self._unavailable(scope, send, exc)
+            return
+        if known is not None:
+            self.outages.reachable(self._service)
+            await self._answer(scope, send, known)
+            return
         if self.atomic is not None and self.atomic(scope):
             await self._run_atomic(scope, receive, send, body, AtomicKey(self, principal, key, request_fingerprint))
             return

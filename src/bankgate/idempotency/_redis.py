@@ -4,6 +4,7 @@ A record is `<state> <created_at> <owner> <fingerprint> <status>\\n<headers JSON
 lives `lease` milliseconds (PX), renewed by `extend`; a `completed` one lives `retention` milliseconds. Each
 operation is one Lua script, so the read and the write are one atomic step on the server:
 
+* lookup (a retry of a finished request): a plain GET, which writes nothing;
 * claim: GET; a live record is returned with its PTTL (the lease left); otherwise `SET value PX lease`.
 * extend / complete / release: only when the record is still `started` under the caller's owner token.
 
@@ -17,7 +18,7 @@ import json
 import time
 from typing import Any
 
-from bankgate.idempotency._types import STARTED, Claim, StoredResponse, new_owner
+from bankgate.idempotency._types import COMPLETED, STARTED, Claim, StoredResponse, new_owner
 
 __all__ = ["RedisIdempotencyStore"]
 
@@ -55,6 +56,9 @@ _RELEASE = _RUNNING + """
 redis.call('DEL', KEYS[1])
 return 1
 """
+
+
+_COMPLETED_HEAD = f"{COMPLETED} ".encode("ascii")
 
 
 def _milliseconds(seconds: float) -> int:
@@ -124,6 +128,15 @@ class RedisIdempotencyStore:
         if found is None:
             return Claim("claimed", owner=owner)
         return _parse(found[0], int(found[1]), fingerprint)
+
+    async def lookup(self, principal: str, key: str, fingerprint: str, *, retention: float) -> Claim | None:
+        """One GET: a `started` record, or one created before the asker's retention, is left to `claim`."""
+        value = await self._client.get(self._name(principal, key))
+        if value is None or not value.startswith(_COMPLETED_HEAD):
+            return None
+        if float(value.split(b" ", 2)[1]) <= time.time() - retention:
+            return None
+        return _parse(value, 0, fingerprint)
 
     async def extend(self, principal: str, key: str, owner: str, *, lease: float) -> bool:
         return bool(await self._extend(keys=[self._name(principal, key)], args=[owner, _milliseconds(lease)]))

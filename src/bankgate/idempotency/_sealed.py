@@ -29,13 +29,20 @@ class SealedStore:
     def _context(principal: str, key: str) -> bytes:
         return b"bankgate/idempotency-response/" + principal.encode() + b"\x00" + key.encode()
 
-    async def claim(self, principal: str, key: str, fingerprint: str, *, lease: float, retention: float) -> Claim:
-        found = await self._store.claim(principal, key, fingerprint, lease=lease, retention=retention)
+    def _opened(self, principal: str, key: str, found: Claim) -> Claim:
         if found.response is None:
             return found
         kept = found.response
         body = self._vault.decrypt(kept.body, context=self._context(principal, key))
         return Claim(found.outcome, found.owner, StoredResponse(kept.status, kept.headers, body), found.retry_after)
+
+    async def claim(self, principal: str, key: str, fingerprint: str, *, lease: float, retention: float) -> Claim:
+        found = await self._store.claim(principal, key, fingerprint, lease=lease, retention=retention)
+        return self._opened(principal, key, found)
+
+    async def lookup(self, principal: str, key: str, fingerprint: str, *, retention: float) -> Claim | None:
+        found = await self._store.lookup(principal, key, fingerprint, retention=retention)
+        return None if found is None else self._opened(principal, key, found)
 
     async def extend(self, principal: str, key: str, owner: str, *, lease: float) -> bool:
         return await self._store.extend(principal, key, owner, lease=lease)

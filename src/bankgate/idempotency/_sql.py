@@ -9,7 +9,8 @@ A row comes back (is counted) when the key was free: inserted, or taken over fro
 passed or a `completed` row past its retention (the compare-and-set happens inside the upsert, under the row lock).
 Otherwise the live row is read and judged: mismatch, in progress or completed. Each statement is atomic on its own,
 so no transaction has to span them: a row that changes between the two is simply read in its newer state (or, gone,
-claimed again).
+claimed again). A retry of a finished request is answered before all this, by `lookup`: the read alone, outside
+any write transaction (on a SQLite file at once on the event loop's thread, without waiting for a group's commit).
 
 `commit` (the `AtomicStore` side, for handlers writing to this same database) upserts the key straight into
 `completed`, with its response, and runs the handler's writes in the same transaction: both or neither are kept.
@@ -168,6 +169,11 @@ class _Driver(Protocol):
         """Run one writing statement; the number of rows it changed."""
         ...
 
+    def read(self, params: dict[str, Any]) -> Awaitable[Sequence[Any] | None]:
+        """The key's row, read outside any write transaction and without a lock; None if there is none (or the
+        database cannot tell this instant: the caller then takes its write path)."""
+        ...
+
     def commit(
         self, params: dict[str, Any], writes: Sequence[Write]
     ) -> Awaitable[tuple[bool, Sequence[Any] | None]]:
@@ -245,6 +251,10 @@ class _SqliteFile:
     def claim(self, params: dict[str, Any]) -> Awaitable[tuple[bool, Sequence[Any] | None]]:
         return self._writer.submit(self._claim, params)
 
+    async def read(self, params: dict[str, Any]) -> Sequence[Any] | None:
+        read = self._sql["read"]
+        return self._writer.read(_fetch_one, read.sql, read.args(params))
+
     def execute(self, name: str, params: dict[str, Any]) -> Awaitable[int]:
         if name == "purge" or len(params.get("p_body") or b"") > _INLINE_BODY_BYTES:
             return self._writer.run_in_thread(self._execute, name, params)
@@ -252,6 +262,11 @@ class _SqliteFile:
 
     async def close(self) -> None:
         """The writer belongs to the `Store`."""
+
+
+def _fetch_one(connection: sqlite3.Connection, sql: str, args: Sequence[Any]) -> Sequence[Any] | None:
+    row: Sequence[Any] | None = connection.execute(sql, args).fetchone()
+    return row
 
 
 _INLINE_BODY_BYTES = 64 * 1024
@@ -289,6 +304,15 @@ class _Asyncpg:
 
         return await self._run(work)
 
+    async def read(self, params: dict[str, Any]) -> Sequence[Any] | None:
+        read = self._sql["read"]
+
+        async def work(driver: Any) -> Sequence[Any] | None:
+            row: Sequence[Any] | None = await driver.fetchrow(read.sql, *read.args(params))
+            return row
+
+        return await self._run(work)
+
     async def execute(self, name: str, params: dict[str, Any]) -> int:
         compiled = self._sql[name]
 
@@ -321,6 +345,10 @@ class _Engine:
             if (result.rowcount == 1) if self._engine.dialect.name == "sqlite" else (result.first() is not None):
                 return True, None
             return False, (await conn.execute(self._sql["read"], params)).first()
+
+    async def read(self, params: dict[str, Any]) -> Sequence[Any] | None:
+        async with self._engine.connect() as conn:
+            return (await conn.execute(self._sql["read"], params)).first()
 
     async def execute(self, name: str, params: dict[str, Any]) -> int:
         async with self._engine.begin() as conn:
@@ -390,6 +418,13 @@ class SqlIdempotencyStore:
                 return judged
             # The row went away (released or purged) or ended between the two statements: ask again.
         raise RuntimeError(f"the claim of an idempotency key did not settle after {_ATTEMPTS} attempts")
+
+    async def lookup(self, principal: str, key: str, fingerprint: str, *, retention: float) -> Claim | None:
+        row = await self._driver.read({"p_principal": bounded(principal, _PRINCIPAL_LENGTH), "p_key": key})
+        if row is None or row[1] != COMPLETED:
+            return None
+        now = time.time()
+        return _judge(row, fingerprint, now, now - retention)
 
     async def extend(self, principal: str, key: str, owner: str, *, lease: float) -> bool:
         params = {

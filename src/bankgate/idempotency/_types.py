@@ -76,6 +76,13 @@ class IdempotencyStore(Protocol):
         seconds ago counts as absent even if its own retention was longer."""
         ...
 
+    async def lookup(self, principal: str, key: str, fingerprint: str, *, retention: float) -> Claim | None:
+        """What a retry of a finished request gets, found by one read that writes and locks nothing: `completed`
+        (with the response) or `mismatch` when the key's record is `completed` and live, else None (absent,
+        `started`, ended): the caller then asks `claim` (or `AtomicStore.commit`), which decides. A record that
+        is completed stays completed until it ends, so a read can answer for it without the claim's lock."""
+        ...
+
     async def extend(self, principal: str, key: str, owner: str, *, lease: float) -> bool:
         """Renew the lease of a running claim to `lease` seconds from now; False if it is no longer ours."""
         ...

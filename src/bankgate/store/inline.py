@@ -96,7 +96,7 @@ class _Group:
 
 class InlineSqlite:
     """One SQLite file's inline writer: `run(work, ...)` (or `submit`, its frameless form) on the loop,
-    `run_in_thread(work, ...)` off it.
+    `run_in_thread(work, ...)` off it, and `read(work, ...)` for a read at once, outside any group.
 
     `work` receives a `sqlite3.Connection` inside the group's transaction and must not await. A unit of one
     writing statement needs nothing more; several statements that must stand or fall together go in
@@ -156,6 +156,22 @@ class InlineSqlite:
             loop.call_soon(self._flush, loop)
         group.units.append((work, args, future))
         return future
+
+    def read(self, work: Callable[..., T], *args: Any) -> T | None:
+        """Run a reading `work(connection, *args)` now, on the caller's thread, outside any transaction: for a read
+        that should not wait for the next group. A WAL reader sees every committed write and holds up no writer.
+        None when there is nothing to read on yet (no write has opened the connection) or SQLite cannot serve a
+        reader this instant (busy: a recovery or a WAL reset under way): the caller then takes its write path."""
+        connection = self._inline
+        if connection is None:
+            return None
+        with self._lock:
+            try:
+                return work(connection, *args)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    return None
+                raise
 
     async def _open_then_run(self, work: Callable[..., T], args: tuple[Any, ...]) -> T:
         opened = await asyncio.get_running_loop().run_in_executor(self._thread, self._open_inline)
