@@ -27,9 +27,10 @@ __all__ = ["AuditEvent", "AuditLog", "AuditQuery", "EventSink", "Outcome", "subj
 
 log = logging.getLogger("bankgate.audit")
 
-#: Events said at every request, for metrics and tracing; not kept in the audit trail (they would double its rows
-#: with verdicts that the OAuth and user events already record where they matter).
-VERDICT_PREFIXES = ("guard.", "idempotency.")
+#: Events said at every request, for logs, metrics and tracing; not kept in the audit trail (they would double its
+#: rows with verdicts that the OAuth and user events already record where they matter, or, for `http.request`,
+#: flood it).
+VERDICT_PREFIXES = ("guard.", "idempotency.", "http.")
 
 
 #: The detail keys that name what an event is about: a client (its id, else its API key: a query for either name
