@@ -17,7 +17,7 @@ principal the guard or the admin authentication put in `scope["state"]`, else "-
 
 from __future__ import annotations
 
-import os
+import random
 import re
 import time
 from collections.abc import Iterable
@@ -39,6 +39,7 @@ UNMATCHED = "unmatched"
 #: Nothing was sent: the client went away before an answer (nginx's convention).
 CLIENT_CLOSED = 499
 
+_random_bits = random.getrandbits
 _SANE_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
@@ -61,8 +62,9 @@ def actor_of(scope: Scope) -> str:
 
 
 def new_request_id() -> str:
-    """64 random bits, hex: unique enough to find one request's lines among a day's, cheap to make."""
-    return os.urandom(8).hex()
+    """64 random bits, hex: unique enough to find one request's lines among a day's, and cheap (a request id is
+    no secret: `random`, reseeded in every forked or spawned process, rather than a system call per request)."""
+    return "%016x" % _random_bits(64)  # noqa: UP031 - the fastest spelling on the hot path
 
 
 class RouteTemplates:
