@@ -321,11 +321,15 @@ def test_a_burst_of_defects_that_stopped_is_counted_by_the_flush_and_a_quiet_one
     clock.advance(60)  # quiet for a minute: the next one is logged in full again
     fail(1)
     assert len(caplog.records) == 3 and caplog.records[2].exc_info is not None
+    clock.advance(600)  # once, then never again within the minute: no count to tell; the next is in full again
+    defects.flush()
+    fail(1)
+    assert len(caplog.records) == 4 and caplog.records[3].exc_info is not None
     try:
         raise ValueError("another kind")
     except ValueError as exc:
         defects.failed(exc, "GET /y failed")
-    assert len(caplog.records) == 4 and caplog.records[3].exc_info is not None
+    assert len(caplog.records) == 5 and caplog.records[4].exc_info is not None
 
 
 # -- no secret in any line -----------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -92,8 +92,8 @@ def describe(exc: BaseException) -> str:
 
 @dataclass(slots=True)
 class Run:
-    """One run of a recurring failure: when it began, what it is called, how often it happened since it was last
-    told (the occurrence told included)."""
+    """One run of a recurring failure: when it began, what it is called, how often it happened in all, since it
+    was last told (`untold`: the first occurrence, told at once, included) and after that (`repeats`)."""
 
     since: float
     told_at: float
@@ -101,6 +101,7 @@ class Run:
     label: str = ""
     total: int = 0
     untold: int = 0
+    repeats: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +137,14 @@ class Runs(Generic[K]):
     def __contains__(self, key: object) -> bool:
         return key in self._runs
 
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._runs)
+
     def note(self, key: K, count: int = 1, label: str = "") -> Tell | None:
         """`count` more occurrences of `key` (0: a failure that refused nothing): what to log now, if anything."""
         now = self._clock()
         run = self._runs.get(key)
-        if run is None or (self._quiet_ends and run.untold == 0 and now - run.seen_at >= self.interval):
+        if run is None or (self._quiet_ends and not run.repeats and now - run.seen_at >= self.interval):
             if run is None and len(self._runs) >= self._limit:
                 self._forget_quiet(now)
             run = self._runs[key] = Run(now, now, now, label, count, count)
@@ -148,15 +152,16 @@ class Runs(Generic[K]):
         run.seen_at = now
         run.total += count
         run.untold += count
+        run.repeats += 1
         return self._due(run, now)
 
     def due(self) -> list[tuple[K, Tell]]:
-        """The counts due now (runs with untold occurrences, last told `interval` or more ago): for a periodic
+        """The counts due now (runs repeated since they were last told, `interval` or more ago): for a periodic
         flush, so the count of a burst that stopped is told too."""
         now = self._clock()
         told = []
         for key, run in self._runs.items():
-            if run.untold and (tell := self._due(run, now)) is not None:
+            if run.repeats and (tell := self._due(run, now)) is not None:
                 told.append((key, tell))
         return told
 
@@ -169,11 +174,11 @@ class Runs(Generic[K]):
             return None
         tell = Tell(False, run.untold, now - run.told_at, run)
         run.told_at = now
-        run.untold = 0
+        run.untold = run.repeats = 0
         return tell
 
     def _forget_quiet(self, now: float) -> None:
-        for key in [k for k, run in self._runs.items() if not run.untold and now - run.seen_at >= self.interval]:
+        for key in [k for k, run in self._runs.items() if not run.repeats and now - run.seen_at >= self.interval]:
             del self._runs[key]
 
 
@@ -192,7 +197,7 @@ class OutageLog:
         self._down: Runs[str] = Runs(interval, clock)
 
     def __repr__(self) -> str:
-        return f"OutageLog(down={sorted(self._down._runs)})"
+        return f"OutageLog(down={sorted(self._down)})"
 
     def down(self, service: str) -> bool:
         return service in self._down
