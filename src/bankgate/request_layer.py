@@ -152,7 +152,7 @@ class RequestLayer:
     def _request_id(self, scope: Scope) -> str:
         """A trusted proxy's sane `X-Request-Id`, else a new one."""
         if self._proxies.networks:
-            for name, value in scope["headers"]:
+            for name, value in scope.get("headers", ()):
                 if name == b"x-request-id":
                     client = scope.get("client")
                     if _SANE_ID.fullmatch(value) and self._proxies.trusts(client[0] if client else None):
