@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from bankgate.app import create_app
 from bankgate.config import load_settings
-from bankgate.outage import OutageLog, StoreUnavailable, unavailable_service
+from bankgate.outage import DefectLog, OutageLog, StoreUnavailable, unavailable_service
 from bankgate.services import Services
 from conftest import basic
 
@@ -306,7 +306,8 @@ async def test_background_jobs_report_an_outage_once_and_a_defect_in_full(caplog
 
     caplog.set_level(logging.WARNING, logger="bankgate")
     runs: list[int] = []
-    fake = SimpleNamespace(outages=OutageLog(logging.getLogger("bankgate")))
+    logger = logging.getLogger("bankgate")
+    fake = SimpleNamespace(outages=OutageLog(logger), defects=DefectLog(logger))
 
     async def sync() -> None:
         runs.append(1)

@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from bankgate.apidocs import routes as api_docs_routes
 from bankgate.boundary import ErrorBoundary, defer_to_boundary
@@ -25,7 +25,8 @@ from bankgate.oauth.revocation_feed import RevocationFeedEndpoint
 from bankgate.oauth.revoke import RevocationEndpoint
 from bankgate.oauth.token import TokenEndpoint
 from bankgate.oauth.whoami import WhoAmIEndpoint
-from bankgate.outage import OutageLog
+from bankgate.outage import DefectLog, OutageLog
+from bankgate.request_layer import RequestLayer, RouteTemplates
 from bankgate.runtime import Runtime
 from bankgate.web.asgi import ASGIApp, Receive, Scope, Send
 
@@ -91,10 +92,10 @@ MIDDLEWARE: list[Middleware] = []
 
 
 class BankgateApp:
-    """One list of outer ASGI middleware that every request passes, the `ErrorBoundary` first (outages answered
-    503, defects 500, duplicate Authorization and secrets in URLs 400), then `MIDDLEWARE`, then those given to
-    `create_app`; inside them, requests to the token endpoints and the sandbox are sent to them directly, all
-    others to Starlette.
+    """One list of outer ASGI middleware that every request passes: the `RequestLayer` first (request id, the
+    `http.request` event), the `ErrorBoundary` (outages answered 503, defects 500, duplicate Authorization and
+    secrets in URLs 400), then `MIDDLEWARE`, then those given to `create_app`; inside them, requests to the token
+    endpoints and the sandbox are sent to them directly, all others to Starlette.
 
     The token endpoints are plain ASGI apps and also registered as Starlette routes (so other methods get a
     405 and the routing stays in one list); the direct dispatch only skips the framework layers on the hot paths,
@@ -109,6 +110,7 @@ class BankgateApp:
         *,
         admin_port: int | None = None,
         admin_surface: tuple[str, ...] = _ADMIN_SURFACE,
+        routes: RouteTemplates | None = None,
     ) -> None:
         self.starlette = starlette
         self.state = starlette.state
@@ -116,8 +118,10 @@ class BankgateApp:
         app: ASGIApp = self._dispatch
         for wrap in reversed([*MIDDLEWARE, *middleware]):
             app = wrap(app)
-        self._boundary = ErrorBoundary(app, self._outages)
         self._idle_outages = OutageLog()  # only until the runtime exists
+        self._idle_defects = DefectLog()
+        self._outer = RequestLayer(ErrorBoundary(app, self._outages, self._defects), self.state,
+                                   routes or RouteTemplates(getattr(r, "path", "") for r in starlette.routes))
         self._admin_port = admin_port
         self._admin_surface = admin_surface
 
@@ -137,8 +141,12 @@ class BankgateApp:
         runtime = getattr(self.state, "runtime", None)
         return runtime.outages if runtime is not None else self._idle_outages
 
+    def _defects(self) -> DefectLog:
+        runtime = getattr(self.state, "runtime", None)
+        return runtime.defects if runtime is not None else self._idle_defects
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._boundary(scope, receive, send)
+        await self._outer(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -215,4 +223,19 @@ def create_app(
         starlette.router.routes.append(metrics_route())
         if settings.metrics == "admin":
             admin_surface = (*_ADMIN_SURFACE, _METRICS_PATH)
-    return BankgateApp(starlette, direct, middleware, admin_port=settings.admin_port, admin_surface=admin_surface)
+    return BankgateApp(starlette, direct, middleware, admin_port=settings.admin_port, admin_surface=admin_surface,
+                       routes=_route_templates(starlette, sandbox=settings.environment == "sandbox"))
+
+
+def _route_templates(starlette: Starlette, *, sandbox: bool) -> RouteTemplates:
+    """Every route the server serves, as the `http.request` event names it: Starlette's routes (the console, a
+    mount of many pages, as `/console/...`), the admin API's and, in the sandbox, the payments API's."""
+    from bankgate.adminapi.routes import OPERATIONS, PREFIX
+    from bankgate.sandbox.api import PATHS
+
+    paths = [route.path for route in starlette.routes if isinstance(route, Route)]
+    paths += dict.fromkeys(PREFIX + path for _, path, _, _ in OPERATIONS)
+    if sandbox:
+        paths += PATHS
+    mounts = [route.path for route in starlette.routes if isinstance(route, Mount)]
+    return RouteTemplates(paths, mounts)

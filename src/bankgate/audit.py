@@ -27,9 +27,10 @@ __all__ = ["AuditEvent", "AuditLog", "AuditQuery", "EventSink", "Outcome", "subj
 
 log = logging.getLogger("bankgate.audit")
 
-#: Events said at every request, for metrics and tracing; not kept in the audit trail (they would double its rows
-#: with verdicts that the OAuth and user events already record where they matter). Nor are the operational events:
-#: throttle blocks (the refusals they cause are audited) and backing-service errors (the outage log has them).
+#: Events said at every request, for logs, metrics and tracing; not kept in the audit trail (they would double its
+#: rows with verdicts that the OAuth and user events already record where they matter, or, for `http.request`,
+#: flood it). Nor are the operational events: throttle blocks (the refusals they cause are audited) and
+#: backing-service errors (the outage log has them).
 VERDICT_PREFIXES = ("guard.", "idempotency.", "http.", "throttle.", "outage.")
 
 

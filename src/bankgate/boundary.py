@@ -15,7 +15,6 @@ guard's RFC 6750 JSON on `/api/v1/whoami`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -25,16 +24,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from bankgate.guard.core import GuardError
+from bankgate.logs import REQUEST_ID
 from bankgate.oauth.errors import OAuthError
 from bankgate.oauth.userauth import UserAuthError
-from bankgate.outage import OutageLog, unavailable_service
+from bankgate.outage import DefectLog, OutageLog, unavailable_service
 from bankgate.web.asgi import Message, Receive, Scope, Send
 from bankgate.web.errors import OAUTH, PROBLEM, HttpError, send_error
 from bankgate.web.headers import DuplicateHeader, single_header
 
 __all__ = ["QUERY_SECRETS", "ErrorBoundary"]
-
-log = logging.getLogger("bankgate")
 
 RETRY_AFTER = 2
 _BASIC = "the Authorization header: Basic base64(api_key:secret_key)"
@@ -81,11 +79,15 @@ async def defer_to_boundary(request: Request, exc: Exception) -> Response:
 
 
 class ErrorBoundary:
-    """Wraps `app` (see the module's docstring). `outages` is a callable returning the running server's log."""
+    """Wraps `app` (see the module's docstring). `outages` and `defects` are callables returning the running
+    server's logs: an outage is one line and a count, a defect its traceback once and then a count."""
 
-    def __init__(self, app: Callable[..., Any], outages: Callable[[], OutageLog]) -> None:
+    def __init__(
+        self, app: Callable[..., Any], outages: Callable[[], OutageLog], defects: Callable[[], DefectLog]
+    ) -> None:
         self.app = app
         self._outages = outages
+        self._defects = defects
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -129,7 +131,9 @@ class ErrorBoundary:
                 return  # a response cut short: the client sees the connection end, the log has the outage
             if started:
                 raise
-            log.exception("%s %s failed", scope.get("method"), scope.get("path"))  # the path, never the query
+            # The path, never the query string; the request id finds the request's other lines.
+            self._defects().failed(exc, f"{scope.get('method')} {scope.get('path')} failed (request "
+                                        f"{REQUEST_ID.get() or '-'})")
             await _answer(scope, send, 500, "the server failed to handle this request; retry later")
 
 

@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from bankgate.logs import LogFormat
+
 __all__ = ["Algorithm", "Environment", "Settings", "UnknownSettingError", "listen_url", "load_settings"]
 
 Environment = Literal["sandbox", "production"]
@@ -209,6 +211,11 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         default=10.0, ge=0, le=3600, description="Seconds a stopping server (SIGTERM, SIGINT) lets running "
         "requests finish before it cancels them and exits."
+    )
+    log_format: LogFormat = Field(
+        default="text", description="`text` (uvicorn's lines) or `json`: one JSON object per line on stderr, with "
+        "time, level, logger, message and the request id; with `--access-log`, one line per request (route, "
+        "status, duration, request id, actor)."
     )
 
     @field_validator("trusted_proxies", "admin_allowed_ips", mode="before")

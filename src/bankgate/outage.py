@@ -1,6 +1,7 @@
 """What counts as an outage of a backing service (the database, Redis), and its log: one line when it starts,
 a count at most once a minute while it lasts, one line when the service answers again. A down database refuses
-thousands of requests a minute; a traceback for each would bury the one line an operator needs.
+thousands of requests a minute; a traceback for each would bury the one line an operator needs. Defects (500s,
+background jobs' bugs) follow the same rule (`Runs`): the first in full, the same one again as a count.
 """
 
 from __future__ import annotations
@@ -8,17 +9,19 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from sqlalchemy import exc as sa_exc
 
 from bankgate.events import Channel, Events
 
-__all__ = ["OutageLog", "StoreUnavailable", "describe", "unavailable_service"]
+__all__ = ["DefectLog", "OutageLog", "Runs", "StoreUnavailable", "defect_place", "describe", "unavailable_service"]
 
 DATABASE = "database"
 REDIS = "Redis"
+K = TypeVar("K")
 
 
 class StoreUnavailable(TimeoutError):
@@ -90,11 +93,95 @@ def describe(exc: BaseException) -> str:
 
 
 @dataclass(slots=True)
-class _Outage:
+class Run:
+    """One run of a recurring failure: when it began, what it is called, how often it happened in all, since it
+    was last told (`untold`: the first occurrence, told at once, included) and after that (`repeats`)."""
+
     since: float
-    reported_at: float
-    refused: int = 0
-    refused_since_report: int = 0
+    told_at: float
+    seen_at: float
+    label: str = ""
+    total: int = 0
+    untold: int = 0
+    repeats: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Tell:
+    """What to log now about a run: its first occurrence (`first`), or `count` occurrences in `seconds`."""
+
+    first: bool
+    count: int
+    seconds: float
+    run: Run
+
+
+class Runs(Generic[K]):
+    """Runs of recurring failures, by key: the first occurrence of a run is told at once, the next ones are counted
+    and told at most once per `interval`. A run ends when `end` says so (an outage: the service answers again)
+    or, with `quiet_ends`, after `interval` without an occurrence (a defect that stopped happening). The one rule
+    behind the outage log and the defect log: a failure repeated a thousand times is one line and a count."""
+
+    def __init__(self, interval: float, clock: Callable[[], float], *, quiet_ends: bool = False,
+                 limit: int = 1024) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._quiet_ends = quiet_ends
+        self._limit = limit
+        self._runs: dict[K, Run] = {}
+
+    def __repr__(self) -> str:
+        return f"Runs({len(self._runs)} running, interval={self.interval})"
+
+    def __bool__(self) -> bool:
+        return bool(self._runs)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._runs
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._runs)
+
+    def note(self, key: K, count: int = 1, label: str = "") -> Tell | None:
+        """`count` more occurrences of `key` (0: a failure that refused nothing): what to log now, if anything."""
+        now = self._clock()
+        run = self._runs.get(key)
+        if run is None or (self._quiet_ends and not run.repeats and now - run.seen_at >= self.interval):
+            if run is None and len(self._runs) >= self._limit:
+                self._forget_quiet(now)
+            run = self._runs[key] = Run(now, now, now, label, count, count)
+            return Tell(True, count, 0.0, run)
+        run.seen_at = now
+        run.total += count
+        run.untold += count
+        run.repeats += 1
+        return self._due(run, now)
+
+    def due(self) -> list[tuple[K, Tell]]:
+        """The counts due now (runs repeated since they were last told, `interval` or more ago): for a periodic
+        flush, so the count of a burst that stopped is told too."""
+        now = self._clock()
+        told = []
+        for key, run in self._runs.items():
+            if run.repeats and (tell := self._due(run, now)) is not None:
+                told.append((key, tell))
+        return told
+
+    def end(self, key: K) -> Run | None:
+        """End the run of `key`, if any; returns it."""
+        return self._runs.pop(key, None) if self._runs else None
+
+    def _due(self, run: Run, now: float) -> Tell | None:
+        if now - run.told_at < self.interval:
+            return None
+        tell = Tell(False, run.untold, now - run.told_at, run)
+        run.told_at = now
+        run.untold = run.repeats = 0
+        return tell
+
+    def _forget_quiet(self, now: float) -> None:
+        for key in [k for k, run in self._runs.items() if not run.repeats and now - run.seen_at >= self.interval]:
+            del self._runs[key]
 
 
 class OutageLog:
@@ -108,9 +195,8 @@ class OutageLog:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._log = logger or logging.getLogger("bankgate")
-        self._interval = interval
         self._clock = clock
-        self._down: dict[str, _Outage] = {}
+        self._down: Runs[str] = Runs(interval, clock)
         self._errors = Channel("outage.error", ())
 
     def tell(self, events: Events) -> None:
@@ -135,23 +221,69 @@ class OutageLog:
     def _failed(self, service: str, exc: BaseException, refused: int) -> None:
         if self._errors.sinks:
             self._errors.emit("-", "failure", None, {"service": service, "refused": bool(refused)})
-        now = self._clock()
-        outage = self._down.get(service)
-        if outage is None:
-            self._down[service] = _Outage(now, now, refused, refused)
-            self._log.error("%s unavailable: %s; refusing requests that need it with 503", service, describe(exc))
+        tell = self._down.note(service, refused)
+        if tell is None:
             return
-        outage.refused += refused
-        outage.refused_since_report += refused
-        if now - outage.reported_at >= self._interval:
+        if tell.first:
+            self._log.error("%s unavailable: %s; refusing requests that need it with 503", service, describe(exc))
+        else:
             self._log.error("%s still unavailable (%s): %d requests refused in the last %d s", service,
-                            describe(exc), outage.refused_since_report, round(now - outage.reported_at))
-            outage.reported_at = now
-            outage.refused_since_report = 0
+                            describe(exc), tell.count, round(tell.seconds))
 
     def reachable(self, service: str = DATABASE) -> None:
         """`service` answered: ends its outage, if any. Cheap enough for every database statement."""
-        if self._down and service in self._down:
-            outage = self._down.pop(service)
-            self._log.warning("%s reachable again after %d refused requests (%d s)", service, outage.refused,
+        if self._down and (outage := self._down.end(service)) is not None:
+            self._log.warning("%s reachable again after %d refused requests (%d s)", service, outage.total,
                               round(self._clock() - outage.since))
+
+
+def defect_place(exc: BaseException) -> tuple[str, str, int]:
+    """What makes two defects "the same": the exception's type and the line that raised it."""
+    tb = exc.__traceback__
+    if tb is None:
+        return type(exc).__qualname__, "", 0
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return type(exc).__qualname__, tb.tb_frame.f_code.co_filename, tb.tb_lineno
+
+
+class DefectLog:
+    """Defects (a request answered 500, a background job's bug), for one server process: the first of a kind is
+    logged in full, with its traceback (and, through the log's context, the request id); the same kind again (same
+    exception type raised on the same line) is only counted, and told at most once per `interval` as one line
+    "… repeated N times in the last M s". A kind quiet for `interval` starts again with a full record. `flush`
+    tells counts that are due although the failure stopped (the runtime calls it periodically)."""
+
+    def __init__(
+        self,
+        logger: logging.Logger | None = None,
+        *,
+        interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger or logging.getLogger("bankgate")
+        self._runs: Runs[tuple[str, str, int]] = Runs(interval, clock, quiet_ends=True)
+
+    def __repr__(self) -> str:
+        return f"DefectLog({self._runs!r})"
+
+    def failed(self, exc: BaseException, what: str) -> None:
+        """`exc` escaped `what` (e.g. `POST /oauth/token failed`): log it, or count it."""
+        place = defect_place(exc)
+        tell = self._runs.note(place, 1, what)
+        if tell is None:
+            return
+        if tell.first:
+            self._log.error("%s", what, exc_info=exc)
+        else:
+            self._repeated(place, tell)
+
+    def flush(self) -> None:
+        """Tell the counts that are due (see the class's docstring)."""
+        for place, tell in self._runs.due():
+            self._repeated(place, tell)
+
+    def _repeated(self, place: tuple[str, str, int], tell: Tell) -> None:
+        kind, filename, line = place
+        self._log.error("%s: %s (%s:%d) repeated %d times in the last %d s", tell.run.label, kind,
+                        filename.rpartition("/")[2], line, tell.count, round(tell.seconds))

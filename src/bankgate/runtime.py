@@ -18,8 +18,9 @@ from bankgate.credentials.authenticate import ClientAuthentication
 from bankgate.events import Events, Outcome
 from bankgate.health import Readiness
 from bankgate.idempotency import open_store
+from bankgate.logs import AccessLogSink
 from bankgate.net import TrustedProxies
-from bankgate.outage import DATABASE, OutageLog, unavailable_service
+from bankgate.outage import DATABASE, DefectLog, OutageLog, unavailable_service
 from bankgate.resource import server_guard
 from bankgate.services import Services
 from bankgate.tokens.issuer import TokenIssuer
@@ -33,6 +34,8 @@ __all__ = ["Runtime"]
 log = logging.getLogger("bankgate")
 
 REVOCATION_PURGE_INTERVAL = 3600.0
+#: How often counts of repeated defects that stopped are told (a count is due at most once a minute).
+DEFECT_FLUSH_INTERVAL = 10.0
 IDEMPOTENCY_PURGE_INTERVAL = 300.0
 
 
@@ -45,8 +48,11 @@ class Runtime:
         #: Outages of the database and Redis, logged once each with a count (requests, background jobs, audit).
         self.outages = OutageLog(log)
         services.audit.outages = self.outages
-        #: Where the server's events go: the audit writer first; `events.add(sink)` for metrics or tracing.
-        self.events = Events([services.audit])
+        #: Defects (500s, background jobs' bugs): a traceback once, then a count a minute while they repeat.
+        self.defects = DefectLog(log, clock=services.clock.monotonic)
+        #: Where the server's events go: the audit writer first, the JSON access log (when `serve` turns it on),
+        #: the metrics; `events.add(sink)` for tracing.
+        self.events = Events([services.audit, AccessLogSink()])
         self.outages.tell(self.events)
         services.throttle.tell(self.events)
         #: Prometheus metrics (`BANKGATE_METRICS`), a sink of the events; None when off: nothing imported, no sink.
@@ -118,12 +124,16 @@ class Runtime:
             # Blocks and issuance counts shared with the other server processes (each also purges its old rows).
             asyncio.create_task(runtime._every(settings.throttle_sync_interval, services.throttle.sync)),
             asyncio.create_task(runtime._every(settings.rate_limit_sync_interval, services.limiter.sync)),
+            asyncio.create_task(runtime._every(DEFECT_FLUSH_INTERVAL, runtime._flush_defects)),
         ]
         if runtime.metrics is not None:
             from bankgate.metrics import REFRESH_INTERVAL
 
             runtime._tasks.append(asyncio.create_task(runtime._every(REFRESH_INTERVAL, runtime.metrics.refresh)))
         return runtime
+
+    async def _flush_defects(self) -> None:
+        self.defects.flush()
 
     def _statement_ran(self, *_: Any) -> None:
         self.outages.reachable(DATABASE)
@@ -137,6 +147,7 @@ class Runtime:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.defects.flush()
         await self.services.audit.stop()
         await self.idempotency.close()
         await self.services.close()
@@ -171,7 +182,7 @@ class Runtime:
         except Exception as exc:
             failing = unavailable_service(exc)
             if failing is None:
-                log.exception("reloading the signing keys after a retirement failed; will retry")
+                self.defects.failed(exc, "reloading the signing keys after a retirement failed; will retry")
             else:
                 self.outages.failed(failing, exc)
 
@@ -186,7 +197,7 @@ class Runtime:
             except Exception as exc:
                 failing = unavailable_service(exc)
                 if failing is None:
-                    log.exception("background job %s failed; will retry", getattr(job, "__name__", job))
+                    self.defects.failed(exc, f"background job {getattr(job, '__name__', job)} failed; will retry")
                 else:
                     self.outages.failed(failing, exc)
             else:

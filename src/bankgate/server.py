@@ -42,6 +42,7 @@ from uvicorn.supervisors import Multiprocess
 from bankgate.app import create_app
 from bankgate.config import Settings
 from bankgate.http11 import Limits, http_protocol
+from bankgate.logs import ACCESS_LOGGER, LogFormat
 from bankgate.uvicorn_range import check_uvicorn
 
 __all__ = [
@@ -190,11 +191,20 @@ def tls_options(files: TLSFiles, http: str, limits: Limits | None = None) -> dic
     }
 
 
-def log_config() -> dict[str, Any]:
-    """uvicorn's logging configuration plus the access log's redaction (applied in every worker too)."""
+def log_config(log_format: LogFormat = "text", *, access_log: bool = False) -> dict[str, Any]:
+    """uvicorn's logging configuration plus the access log's redaction (applied in every worker too). In `json`,
+    every record (uvicorn's, bankgate's, any library's) is one JSON object per line on stderr, and the access log
+    is bankgate's own (`bankgate.logs.AccessLogSink`, on when `access_log`) instead of uvicorn's text line."""
     config = copy.deepcopy(LOGGING_CONFIG)
     config.setdefault("filters", {})["redact_query_secrets"] = {"()": "bankgate.accesslog.RedactQuerySecrets"}
     config["loggers"]["uvicorn.access"]["filters"] = ["redact_query_secrets"]
+    if log_format == "json":
+        formatter = {"()": "bankgate.logs.JsonFormatter"}
+        config["formatters"] = {"default": formatter, "access": formatter}
+        config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+        config["root"] = {"handlers": ["default"], "level": "WARNING"}
+        config["loggers"][ACCESS_LOGGER] = {"handlers": ["default"], "level": "INFO" if access_log else "WARNING",
+                                            "propagate": False}
     return config
 
 
@@ -225,13 +235,13 @@ def serve(
         # the client address from X-Forwarded-For on its own.
         "proxy_headers": False,
         "server_header": False,
-        "access_log": access_log,
+        "access_log": access_log and settings.log_format == "text",  # in json: bankgate's own access log
         "log_level": "info",
         "lifespan": "on",
         "http": http_protocol(http, limits_from(settings)),
         "timeout_keep_alive": settings.keep_alive_timeout,
         "timeout_graceful_shutdown": settings.shutdown_timeout,
-        "log_config": log_config(),
+        "log_config": log_config(settings.log_format, access_log=access_log),
     }
     if tls:
         files = (prepare_operator_tls(settings, tls_cert, tls_key) if tls_cert and tls_key

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import logging.config
 import shlex
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -154,6 +157,10 @@ def serve(
     metrics: Annotated[str | None, typer.Option("--metrics", help="Prometheus metrics at GET /metrics: off, on, or "
                                                 "admin (on the --admin-port listener only) [env: BANKGATE_METRICS, "
                                                 "default off]", show_default=False)] = None,
+    log_format: Annotated[str | None, typer.Option("--log-format", help="text, or json: one JSON object per line "
+                                                   "on stderr (with --access-log: one per request, with route, "
+                                                   "status, duration, request id) [env: BANKGATE_LOG_FORMAT, "
+                                                   "default text]", show_default=False)] = None,
 ) -> None:
     """Run the HTTP server (uvicorn). Initialises the data directory first if needed."""
     from bankgate.server import HTTP_IMPLEMENTATIONS, check_operator_tls, plain_http_warning
@@ -176,21 +183,36 @@ def serve(
                             client_cert_header_name=client_cert_header_name, max_header_bytes=max_header_bytes,
                             max_headers=max_headers, header_timeout=header_timeout, body_timeout=body_timeout,
                             keep_alive_timeout=keep_alive_timeout, shutdown_timeout=shutdown_timeout,
-                            admin_port=admin_port, metrics=metrics)
+                            admin_port=admin_port, metrics=metrics, log_format=log_format)
+    say = _startup_lines(settings.log_format)
 
     async def prepare(services: Services) -> tuple[InitReport, IssuerChoice]:
         report = await services.init()
         return report, await services.resolve_issuer(listen_url(settings.host, settings.port, tls=tls))
 
     report, chosen = cli.run(prepare, settings=settings, initialise=True)
-    errors.print(f"bankgate {report.environment}: {chosen.describe()}; signing key {report.signing_key.alg} "
-                 f"{report.signing_key.kid}", highlight=False, markup=False, soft_wrap=True)
+    say(logging.INFO, f"bankgate {report.environment}: {chosen.describe()}; signing key "
+        f"{report.signing_key.alg} {report.signing_key.kid}")
     warning = plain_http_warning(settings, tls=tls)
     if warning:
-        errors.print(warning, style="yellow", highlight=False, markup=False, soft_wrap=True)
+        say(logging.WARNING, warning)
     settings = settings.model_copy(update={"issuer": chosen.url})
     run_server(settings, workers=workers, access_log=access_log, tls=tls, hostnames=hostname or [], http=http,
                tls_cert=tls_cert, tls_key=tls_key)
+
+
+def _startup_lines(log_format: str) -> Callable[[int, str], None]:
+    """How `serve` says what it starts with: a plain line on stderr, or in `json` a log record like every other
+    line the server writes."""
+    if log_format != "json":
+        return lambda level, text: errors.print(text, style="yellow" if level >= logging.WARNING else None,
+                                                highlight=False, markup=False, soft_wrap=True)
+    from bankgate.server import log_config
+
+    logging.config.dictConfig(log_config("json"))
+    logger = logging.getLogger("bankgate.serve")
+    logger.setLevel(logging.INFO)
+    return logger.log
 
 
 def _require_tested_uvicorn() -> None:

@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from bankgate.console.sessions import ConsoleSession, ConsoleSessions
+from bankgate.request_layer import tell_actor
 from bankgate.runtime import Runtime
 from bankgate.web.asgi import ASGIApp, Message, Receive, Scope, Send
 
@@ -225,6 +226,7 @@ async def require_session(request: Request, kind: str) -> tuple[str, ConsoleSess
     if session_id:
         session = await console_of(request).sessions.find(session_id)
         if session is not None and session.principal_kind == kind:
+            tell_actor(request.scope, f"{kind}:{session.principal_id}")
             return session_id, session
         raise SessionEnded(f"{area.sign_in}?ended=1")
     raise SessionEnded(area.sign_in)

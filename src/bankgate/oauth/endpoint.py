@@ -14,6 +14,7 @@ from bankgate.oauth.errors import OAuthError
 from bankgate.oauth.http import Receive, Scope, Send, header
 from bankgate.oauth.registry import KeyFamilyRegistry
 from bankgate.oauth.request import Params, client_credentials, read_params
+from bankgate.request_layer import tell_actor
 from bankgate.runtime import Runtime
 from bankgate.web.errors import OAUTH, send_error
 
@@ -42,10 +43,12 @@ class OAuthEndpoint:
             actor = credentials.actor
             if self.families is not None and (family := self.families.match(credentials.api_key)) is not None:
                 await family.handle(runtime, credentials, params, source_ip, send)
+                tell_actor(scope, credentials.actor)  # it authenticated: a refusal raises
                 return
             client = await self.authenticate(runtime, credentials.api_key, credentials.secret, source_ip,
                                              allow_revoked=self.accepts_revoked)
             actor = client.api_key
+            tell_actor(scope, actor)
             if not await runtime.services.allowlist.allows("client", client.id, source_ip):
                 raise OAuthError(
                     "access_denied",

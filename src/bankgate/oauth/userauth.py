@@ -17,6 +17,7 @@ from typing import Any
 from bankgate.cache import TtlCache
 from bankgate.credentials.users import USERNAME, UserRecord
 from bankgate.oauth.http import Scope, header
+from bankgate.request_layer import tell_actor
 from bankgate.runtime import Runtime
 from bankgate.throttle import keys_for
 from bankgate.web.basic import MalformedBasic, NotBasic, parse_basic
@@ -202,13 +203,15 @@ async def authenticate_user(
         credentials = parse_user_basic(header(scope, b"authorization"))
     context: dict[str, Any] = {"certificate": None}
     try:
-        return await _authenticate(runtime, scope, source_ip, credentials, require_certificate, context)
+        authenticated = await _authenticate(runtime, scope, source_ip, credentials, require_certificate, context)
     except UserAuthError as err:
         # The claimed name only if it could be a username: never a password typed into the wrong field.
         err.actor = credentials.username if USERNAME.fullmatch(credentials.username) else "anonymous"
         certificate = context["certificate"]
         err.thumbprint = certificate.thumbprint if certificate is not None else None
         raise
+    tell_actor(scope, authenticated.user.username)
+    return authenticated
 
 
 def _eligible(runtime: Runtime, user: UserRecord | None, certificate: Any) -> bool:

@@ -9,6 +9,7 @@ import json
 
 from bankgate.guard.core import GuardError
 from bankgate.oauth.http import Receive, Scope, Send, respond
+from bankgate.request_layer import tell_actor
 from bankgate.runtime import Runtime
 from bankgate.web.errors import OAUTH, send_error
 from bankgate.web.headers import JSON_NO_STORE
@@ -28,5 +29,6 @@ class WhoAmIEndpoint:
         except GuardError as err:
             await send_error(send, err.for_realm(guard.realm, basic=guard.accepts_basic), OAUTH)
             return
+        tell_actor(scope, principal.key)
         body = {**principal.as_json(), "source_ip": runtime.proxies.client_ip(scope)}
         await respond(send, 200, json.dumps(body).encode(), JSON_NO_STORE)

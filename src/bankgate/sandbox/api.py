@@ -25,10 +25,13 @@ from bankgate.idempotency import AtomicStore, IdempotencyMiddleware, atomic_key
 from bankgate.sandbox.payments import DUPLICATE, FieldError, KeyReused, PaymentBook, PaymentRecord, validate_order
 from bankgate.web.errors import OAUTH, PROBLEM, ErrorFormat, HttpError, render_error
 
-__all__ = ["PAYMENTS_PATH", "account_for", "error_response", "sandbox_app"]
+__all__ = ["PATHS", "PAYMENTS_PATH", "account_for", "error_response", "sandbox_app"]
 
 PAYMENTS_PATH = "/api/v1/payments"
 ACCOUNTS_PATH = "/api/v1/accounts"
+PAYMENT_PATH = PAYMENTS_PATH + "/{payment_id}"
+#: The sandbox API's routes (also the route templates of its requests in the logs and metrics).
+PATHS = (ACCOUNTS_PATH, PAYMENTS_PATH, PAYMENT_PATH)
 
 
 def error_response(error: HttpError, route_format: ErrorFormat = PROBLEM) -> Response:
@@ -132,7 +135,7 @@ def sandbox_app(runtime: Any) -> Any:
     router = Router(routes=[
         Route(ACCOUNTS_PATH, accounts, methods=["GET"]),
         Route(PAYMENTS_PATH, api.create_payment, methods=["POST"]),
-        Route(PAYMENTS_PATH + "/{payment_id}", api.get_payment, methods=["GET"]),
+        Route(PAYMENT_PATH, api.get_payment, methods=["GET"]),
     ])
 
     def required(scope: Scope) -> bool:

@@ -1,0 +1,90 @@
+"""The server's logs: the request id of the request being served (a context variable every log record made while
+serving it can read), the formatter of `--log-format json` (one JSON object per line) and the access log's sink on
+the `http.request` event.
+
+Standard library only: uvicorn workers import it while configuring logging, before they answer the supervisor.
+What a record says is the caller's business; no caller logs a secret (the query string, credentials and tokens stay
+out of messages; SQL parameters are hidden by the engine; outages are described by `outage.describe`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from bankgate.events import AuditEvent
+
+__all__ = ["ACCESS_LOGGER", "HTTP_REQUEST", "LOG_FORMATS", "REQUEST_ID", "AccessLogSink", "JsonFormatter",
+           "LogFormat"]
+
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
+
+#: The id of the request being served (`X-Request-Id`), set by the outer request layer for the whole request.
+REQUEST_ID: ContextVar[str | None] = ContextVar("bankgate_request_id", default=None)
+
+#: The event every HTTP request produces once, after its response (see `bankgate.request_layer`).
+HTTP_REQUEST = "http.request"
+#: The logger of the per-request lines of `serve --access-log --log-format json`.
+ACCESS_LOGGER = "bankgate.access"
+
+#: Attributes every `LogRecord` has: anything else on a record came from `extra=` and goes into the JSON object.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message",
+                                                                   "taskName"}
+
+
+def _iso(created: float) -> str:
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: `time` (ISO 8601, UTC), `level`, `logger`, `message`, the `request_id` of the
+    request being served (if any), the record's `extra` fields (`event`, `route`, `status`, `duration`, `actor`,
+    ...) and, for an exception, its traceback as `exception`. Non-ASCII is escaped, so a line is always one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": _iso(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            entry["request_id"] = request_id
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRIBUTES:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str)
+
+
+class AccessLogSink:
+    """The access log of `serve --access-log --log-format json`: one INFO record on `bankgate.access` per
+    `http.request` event, with method, route template, status, duration, request id, actor and source address
+    (never the raw path or query string). It wants the event only when that logger's own level is INFO or lower
+    (`serve` sets it), so by default no event is built for it."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._log = logger or logging.getLogger(ACCESS_LOGGER)
+
+    def __repr__(self) -> str:
+        return f"AccessLogSink({self._log.name!r})"
+
+    def wants(self, event: str) -> bool:
+        return event == HTTP_REQUEST and logging.NOTSET < self._log.level <= logging.INFO
+
+    def record(self, event: AuditEvent) -> None:
+        detail = event.detail
+        self._log.info(
+            "%s %s %d %.1f ms", detail["method"], detail["route"], detail["status"], detail["duration"] * 1000,
+            extra={"event": event.event, "request_id": detail["request_id"], "method": detail["method"],
+                   "route": detail["route"], "status": detail["status"], "duration": round(detail["duration"], 6),
+                   "actor": event.actor, "source_ip": event.source_ip, "outcome": event.outcome},
+        )
