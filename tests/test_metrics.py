@@ -116,7 +116,11 @@ def test_counters_move_by_exactly_what_the_server_did_with_bounded_labels(server
     secrets = {client["api_key"], client["secret_key"], admin["api_key"], admin["secret_key"], *tokens, key,
                "127.0.0.1", admin_token.json()["access_token"]}
     assert not [secret for secret in secrets if secret in text]
-    labels = label_values(text)
+    # the request metrics (told by every request's `http.request`) are labelled by route template, method, status
+    # and histogram bucket; every other label comes from the bounded vocabularies below
+    requests = {"/oauth/token", "/api/v1/whoami", "/api/v1/payments", "/metrics", "GET", "POST", "200", "201",
+                "400", "401", "422", "429"}
+    labels = label_values(re.sub(r'le="[^"]*"', "", text)) - requests
     assert labels <= {"api_key", "certificate", "admin", "allowed", "denied", "none", "fresh", "replayed",
                       "mismatch", "ip", "account_ip", "account", "clients", "ip_allow_list", "verified_tokens",
                       "invalid_scope", "no_credentials", "wrong_secret", "throttled", "invalid_token",
@@ -148,6 +152,27 @@ def test_request_durations_per_route_come_from_the_http_request_event(server_fac
     assert moved(before, after, "bankgate_http_requests_total", route="other", method="OTHER", status="404") == 1
     assert moved(before, after, "bankgate_http_requests_total", route="other", method="OTHER", status="other") == 1
     assert "passwd" not in text and "203.0.113.9" not in text and "bk_test_secret" not in text
+
+
+def test_every_request_is_timed_under_its_route_template_fast_paths_and_unknown_paths_included(
+    server_factory: Any,
+) -> None:
+    server = server_factory(METRICS_ON)
+    client = server.create_client("app_1")
+    before, _ = scrape(server)
+    assert server.token(client).status_code == 201  # the token endpoint: a fast path around Starlette
+    for _ in range(2):
+        assert server.http.get("/api/v1/whoami").status_code == 401
+    assert server.http.get("/oauth/authorize-me/bk_test_not_a_route").status_code == 404
+    after, text = scrape(server)
+    token = {"route": "/oauth/token", "method": "POST"}
+    assert moved(before, after, "bankgate_http_requests_total", **token, status="201") == 1
+    assert moved(before, after, "bankgate_http_request_duration_seconds_count", **token) == 1
+    whoami = {"route": "/api/v1/whoami", "method": "GET"}
+    assert moved(before, after, "bankgate_http_requests_total", **whoami, status="401") == 2
+    assert moved(before, after, "bankgate_http_request_duration_seconds_count", **whoami) == 2
+    assert moved(before, after, "bankgate_http_requests_total", route="unmatched", method="GET", status="404") == 1
+    assert "authorize-me" not in text and "bk_test_not_a_route" not in text
 
 
 def test_database_and_redis_errors_and_store_unavailable_are_counted(server_factory: Any) -> None:
@@ -243,7 +268,8 @@ async def main():
     async with app.starlette.router.lifespan_context(app.starlette):
         runtime = app.state.runtime
         assert runtime.metrics is None
-        assert [type(sink).__name__ for sink in runtime.events.sinks] == ["AuditLog"], runtime.events.sinks
+        sinks = [type(sink).__name__ for sink in runtime.events.sinks]
+        assert sinks == ["AuditLog", "AccessLogSink"], sinks
         assert not runtime.events.channel("guard.allowed").sinks
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
