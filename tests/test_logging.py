@@ -155,6 +155,14 @@ async def test_every_answer_carries_a_generated_request_id_and_the_event_names_i
     assert [e.detail["request_id"] for e in bankgate.sink.events] == ids
 
 
+async def test_the_document_declares_the_request_id_on_every_answer(bankgate: Bankgate) -> None:
+    document = (await bankgate.stranger.get("/openapi.json")).json()
+    answers = [(path, status, answer) for path, item in document["paths"].items() for operation in item.values()
+               for status, answer in operation["responses"].items()]
+    assert len(answers) > 100
+    assert [(path, status) for path, status, answer in answers if "X-Request-Id" not in answer.get("headers", {})] == []
+
+
 async def test_a_trusted_proxys_request_id_is_kept_an_untrusted_peers_replaced(bankgate: Bankgate) -> None:
     sent = "edge-7f3a9c01-4b2e"
     from_proxy = await bankgate.http.get("/healthz", headers={"X-Request-Id": sent})

@@ -331,8 +331,25 @@ _PAYMENT = {
 }
 
 
+#: Every answer carries the request's id (bankgate.request_layer): a trusted proxy's, else one made here.
+_REQUEST_ID_HEADER = {"description": "the request's id, as logged: the one a trusted proxy sent, else one made here",
+                      "schema": {"type": "string"}}
+
+
 def openapi_document(server_url: str, *, token_status: int = 201) -> dict[str, Any]:
     """The OpenAPI 3.1 document; `token_status` is the configured success status of POST /oauth/token."""
+    document = _document(server_url, token_status=token_status)
+    for item in document["paths"].values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                operation["responses"] = {
+                    status: {**answer, "headers": {**answer.get("headers", {}), "X-Request-Id": _REQUEST_ID_HEADER}}
+                    for status, answer in operation["responses"].items()
+                }
+    return document
+
+
+def _document(server_url: str, *, token_status: int) -> dict[str, Any]:
     api_auth: list[dict[str, list[str]]] = [{"bearer": []}, {"clientBasic": []}]
     idempotency_key = {"name": "Idempotency-Key", "in": "header", "required": True,
                        "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
