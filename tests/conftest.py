@@ -6,7 +6,6 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ import sqlalchemy as sa
 
 from bankgate.clock import SYSTEM, Clock, ManualClock
 from bankgate.config import Settings, listen_url, load_settings
+from bankgate.runtime import Runtime
 from bankgate.services import Services
 from bankgate.store import Store
 
@@ -41,6 +41,10 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 os.environ.setdefault("BANKGATE_PASSWORD_HASH_MEMORY_KIB", "19456")
 os.environ.setdefault("BANKGATE_PASSWORD_HASH_TIME_COST", "2")
 os.environ.setdefault("BANKGATE_PASSWORD_HASH_PARALLELISM", "1")
+
+# A test process starts hundreds of runtimes (in-process servers): none freezes the heap after a full collection
+# of it, which costs ~0.15 s each in a test process (`bankgate serve` processes still do it).
+Runtime.freeze_heap = False
 
 
 def _service_unavailable(what: str, why: str) -> None:
@@ -70,15 +74,165 @@ def postgres_server_url() -> str:
 
 
 @pytest.fixture
-def postgres_url(postgres_server_url: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    name = f"bankgate_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
-    base, _, _ = postgres_server_url.rpartition("/")
+def postgres_url(postgres_databases: PostgresDatabases) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (a database of this test process's pool, emptied after
+    its last test: see `PostgresDatabases`)."""
+    name = postgres_databases.take_empty()
     try:
-        yield f"{base}/{name}"
+        yield postgres_databases.url(name)
     finally:
-        asyncio.run(_pg_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        postgres_databases.give_back_empty(name)
+
+
+#: What a migrated database's schema is made of (tables, columns, constraints, indexes, sequences, functions,
+#: triggers, views) and its alembic revision: a database whose fingerprint is the template's is the template's
+#: schema, whatever a test did with its rows.
+_SCHEMA_FINGERPRINT = """
+SELECT md5(coalesce(string_agg(item, E'\\n' ORDER BY item), '')) FROM (
+    SELECT format('column %s.%s %s %s %s', table_name, column_name, data_type, is_nullable, column_default) AS item
+      FROM information_schema.columns WHERE table_schema = 'public'
+    UNION ALL SELECT format('constraint %s %s', conname, pg_get_constraintdef(oid))
+      FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+    UNION ALL SELECT format('index %s', indexdef) FROM pg_indexes WHERE schemaname = 'public'
+    UNION ALL SELECT format('relation %s %s', relname, relkind) FROM pg_class
+      WHERE relnamespace = 'public'::regnamespace
+    UNION ALL SELECT format('function %s', oid::regprocedure) FROM pg_proc WHERE pronamespace = 'public'::regnamespace
+    UNION ALL SELECT format('trigger %s', pg_get_triggerdef(oid)) FROM pg_trigger WHERE NOT tgisinternal
+    UNION ALL SELECT format('schema %s', nspname) FROM pg_namespace
+      WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
+    UNION ALL SELECT format('extension %s', extname) FROM pg_extension
+    UNION ALL SELECT format('revision %s', version_num) FROM public.alembic_version
+) AS items
+"""
+
+
+class PostgresDatabases:
+    """The PostgreSQL databases of one test process, each reused by its next tests.
+
+    Creating a database (from a template or not) and dropping it cost the server most of a second each, as it
+    writes and syncs the new database's files: for hundreds of tests, minutes. Instead, once a test is done with
+    its database, any connection still open to it is closed and the database is returned to its state when new:
+    an empty one gets its `public` schema (and any other) dropped and created again; a migrated one has every row
+    deleted and its sequences restarted, once its schema is found to be the template's still (else it is dropped
+    and the next test gets a new copy). A database that cannot be reset (a test dropped it, say) is dropped and
+    forgotten. The pool's databases are dropped at the end of the run.
+    """
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self._base = server_url.rpartition("/")[0]
+        self._empty: list[str] = []
+        self._migrated: list[str] = []
+        self._fingerprints: dict[str, str] = {}  # of the templates
+        self._all: set[str] = set()
+
+    def url(self, name: str) -> str:
+        return f"{self._base}/{name}"
+
+    def take_empty(self) -> str:
+        if self._empty:
+            return self._empty.pop()
+        return self._create('CREATE DATABASE "{name}"')
+
+    def take_migrated(self, template: str) -> str:
+        if self._migrated:
+            return self._migrated.pop()
+        return self._create(f'CREATE DATABASE "{{name}}" TEMPLATE "{template}"')
+
+    def give_back_empty(self, name: str) -> None:
+        if self._reset(name, _empty_database, name):
+            self._empty.append(name)
+
+    def give_back_migrated(self, name: str, template: str) -> None:
+        if template not in self._fingerprints:
+            self._fingerprints[template] = asyncio.run(_on_database(self.url(template), _fingerprint))
+        if self._reset(name, _delete_rows, self._fingerprints[template]):
+            self._migrated.append(name)
+
+    def close(self) -> None:
+        for name in sorted(self._all):
+            self._drop(name)
+
+    def _create(self, statement: str) -> str:
+        name = f"bankgate_test_{uuid.uuid4().hex[:12]}"
+        asyncio.run(_pg_admin(self.server_url, statement.format(name=name)))
+        self._all.add(name)
+        return name
+
+    def _reset(self, name: str, reset: Any, *args: Any) -> bool:
+        """Close every other connection to `name`, then `reset(connection, *args)`: whether the database is as
+        new (else it is dropped)."""
+        try:
+            asyncio.run(_on_database(self.server_url, _disconnect_others, name))
+            if asyncio.run(_on_database(self.url(name), reset, *args)):
+                return True
+        except Exception:  # noqa: S110 - whatever keeps it from being reset, a new database replaces it
+            pass
+        self._drop(name)
+        return False
+
+    def _drop(self, name: str) -> None:
+        self._all.discard(name)
+        asyncio.run(_pg_admin(self.server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _on_database(url: str, job: Any, *args: Any) -> Any:
+    import asyncpg
+
+    conn = await asyncpg.connect(url, timeout=5)
+    try:
+        return await job(conn, *args)
+    finally:
+        await conn.close()
+
+
+async def _disconnect_others(conn: Any, name: str) -> None:
+    await conn.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                       "WHERE datname = $1 AND pid <> pg_backend_pid()", name)
+
+
+async def _fingerprint(conn: Any) -> str:
+    return str(await conn.fetchval(_SCHEMA_FINGERPRINT))
+
+
+async def _empty_database(conn: Any, name: str) -> bool:
+    schemas = await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+                               "AND nspname NOT IN ('information_schema', 'public')")
+    async with conn.transaction():
+        for row in schemas:
+            await conn.execute(f'DROP SCHEMA "{row[0]}" CASCADE')
+        await conn.execute("DROP SCHEMA public CASCADE")
+        await conn.execute("CREATE SCHEMA public AUTHORIZATION pg_database_owner")
+        await conn.execute("COMMENT ON SCHEMA public IS 'standard public schema'")
+        await conn.execute("GRANT USAGE ON SCHEMA public TO PUBLIC")
+        await conn.execute(f'ALTER DATABASE "{name}" RESET ALL')
+    return True
+
+
+async def _delete_rows(conn: Any, fingerprint: str) -> bool:
+    if await _fingerprint(conn) != fingerprint:
+        return False
+    tables = [row[0] for row in await conn.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")]
+    sequences = [row[0] for row in await conn.fetch(
+        "SELECT sequencename FROM pg_sequences WHERE schemaname = 'public'")]
+    async with conn.transaction():
+        await conn.execute("SET LOCAL session_replication_role = replica")  # no foreign-key order to follow
+        for table in tables:
+            await conn.execute(f'DELETE FROM public."{table}"')  # noqa: S608 - a name from the catalog
+        for sequence in sequences:
+            await conn.execute(f'ALTER SEQUENCE public."{sequence}" RESTART')
+    return True
+
+
+@pytest.fixture(scope="session")
+def postgres_databases(postgres_server_url: str) -> Iterator[PostgresDatabases]:
+    """This test process's reusable PostgreSQL databases (see `PostgresDatabases`)."""
+    databases = PostgresDatabases(postgres_server_url)
+    try:
+        yield databases
+    finally:
+        databases.close()
 
 
 async def _migrate(url: str) -> None:
@@ -104,16 +258,15 @@ def postgres_template(postgres_server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def migrated_postgres_url(postgres_server_url: str, postgres_template: str) -> Iterator[str]:
+def migrated_postgres_url(postgres_databases: PostgresDatabases, postgres_template: str) -> Iterator[str]:
     """A fresh PostgreSQL database for one test, already migrated to the head revision (and nothing more: no
-    master key, no signing key), dropped afterwards."""
-    name = f"bankgate_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_admin(postgres_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"'))
-    base, _, _ = postgres_server_url.rpartition("/")
+    master key, no signing key): a copy of `postgres_template`, reused by the next test once emptied (see
+    `PostgresDatabases`)."""
+    name = postgres_databases.take_migrated(postgres_template)
     try:
-        yield f"{base}/{name}"
+        yield postgres_databases.url(name)
     finally:
-        asyncio.run(_pg_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        postgres_databases.give_back_migrated(name, postgres_template)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -366,7 +519,6 @@ class InProcessServer(Server):
                     warnings.warn(f"the in-process server at {self.base_url} did not stop within 30 s", stacklevel=2)
         finally:
             logging.getLogger().removeHandler(self._log)
-            gc.unfreeze()  # the runtime freezes what it loaded; a test process starts many
 
 
 class _LogCapture(logging.Handler):

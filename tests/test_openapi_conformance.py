@@ -16,6 +16,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
 from bankgate.app import create_app
@@ -46,15 +47,58 @@ async def _prepare(settings: Settings) -> dict[str, str]:
     }
 
 
-def _from_loopback(app: Any) -> Any:
-    """The app as a loopback client reaches it (the ASGI test transports name the client `testclient`)."""
+class _SharedApp:
+    """The app as a loopback client reaches it (the ASGI test transports name the client `testclient`), started
+    once for the whole module: its lifespan (the runtime: database, keys, background jobs) starts with the first
+    request, on the loop the requests run on, and ends in `close`. Each generated case is a request to the same
+    running server, as in production, instead of a server started and stopped around every operation."""
 
-    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            scope = {**scope, "client": ("127.0.0.1", 50000)}
-        await app(scope, receive, send)
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._stopping: asyncio.Event | None = None
+        self._lifespan: asyncio.Task[None] | None = None
 
-    return asgi
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":  # a client's own lifespan (loading the schema): the app's is ours
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await self._start()
+        await self.app({**scope, "client": ("127.0.0.1", 50000)}, receive, send)
+
+    async def _start(self) -> None:
+        if self._started is None:
+            self._loop = asyncio.get_running_loop()
+            self._started = self._loop.create_future()
+            self._stopping = asyncio.Event()
+            self._lifespan = self._loop.create_task(self._run(self._started, self._stopping))
+        await asyncio.shield(self._started)
+
+    async def _run(self, started: asyncio.Future[None], stopping: asyncio.Event) -> None:
+        starlette = self.app.starlette
+        try:
+            async with starlette.router.lifespan_context(starlette):
+                started.set_result(None)
+                await stopping.wait()
+        except BaseException as exc:
+            if not started.done():
+                started.set_exception(exc)
+            raise
+
+    def close(self) -> None:
+        """End the lifespan (from another thread than the requests' loop), raising what its shutdown raised."""
+        if self._loop is None or self._lifespan is None or self._stopping is None:
+            return
+        stopping, lifespan = self._stopping, self._lifespan
+
+        async def stop() -> None:
+            stopping.set()
+            await lifespan
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=60)
 
 
 async def _token(app_settings: Settings, credentials: dict[str, str]) -> str:
@@ -78,17 +122,26 @@ def conformance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     app_settings = Settings(data_dir=data_dir, issuer=ISSUER, audit_flush_interval=0.05, metrics="on")
     credentials = asyncio.run(_prepare(app_settings))
     token = asyncio.run(_token(app_settings, credentials))
-    app = _from_loopback(create_app(app_settings))
-    yield {
-        "schema": schemathesis.openapi.from_asgi("/openapi.json", app),
-        "bearer": f"Bearer {token}",
-        "client_basic": "Basic " + base64.b64encode(
-            f"{credentials['api_key']}:{credentials['secret_key']}".encode()).decode(),
-        "api_basic": "Basic " + base64.b64encode(
-            f"{credentials['basic_api_key']}:{credentials['basic_secret_key']}".encode()).decode(),
-        "admin_basic": "Basic " + base64.b64encode(
-            f"{credentials['admin_api_key']}:{credentials['admin_secret_key']}".encode()).decode(),
-    }
+    app = _SharedApp(create_app(app_settings))
+    # Requests go through this session: schemathesis then leaves the app's lifespan to `_SharedApp`, and the
+    # session ignores the environment's proxy and netrc settings (nothing to look up for an in-process app).
+    session = asgi.get_client(app)
+    session.trust_env = False
+    try:
+        yield {
+            "schema": schemathesis.openapi.from_asgi("/openapi.json", app),
+            "session": session,
+            "bearer": f"Bearer {token}",
+            "client_basic": "Basic " + base64.b64encode(
+                f"{credentials['api_key']}:{credentials['secret_key']}".encode()).decode(),
+            "api_basic": "Basic " + base64.b64encode(
+                f"{credentials['basic_api_key']}:{credentials['basic_secret_key']}".encode()).decode(),
+            "admin_basic": "Basic " + base64.b64encode(
+                f"{credentials['admin_api_key']}:{credentials['admin_secret_key']}".encode()).decode(),
+        }
+    finally:
+        session.close()
+        app.close()
 
 
 def _valid_authorization(path: str, conformance: dict[str, Any]) -> str | None:
@@ -115,14 +168,15 @@ OPERATIONS = [
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 def test_every_answer_is_documented(method: str, path: str, conformance: dict[str, Any]) -> None:
     operation = conformance["schema"][path][method]
+    session = conformance["session"]
     authorization = _valid_authorization(path, conformance)
 
     @given(case=operation.as_strategy())
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     def call(case: Any) -> None:
-        case.call_and_validate(checks=CHECKS)
+        case.call_and_validate(session=session, checks=CHECKS)
         if authorization is not None:
-            case.call_and_validate(headers={"Authorization": authorization}, checks=CHECKS)
+            case.call_and_validate(session=session, headers={"Authorization": authorization}, checks=CHECKS)
 
     call()

@@ -40,6 +40,11 @@ IDEMPOTENCY_PURGE_INTERVAL = 300.0
 
 
 class Runtime:
+    #: Whether `start` ends with a full collection and moves everything loaded so far out of the cyclic
+    #: collector's reach (`gc.freeze`): right for a server process, which starts one runtime and keeps it. A process
+    #: that starts many (the test suite) turns it off: each full collection walks its whole heap again.
+    freeze_heap = True
+
     def __init__(self, services: Services, keys: KeyRing, issuer_url: str) -> None:
         self.services = services
         self.settings: Settings = services.settings
@@ -113,8 +118,9 @@ class Runtime:
         event.listen(services.store.engine.sync_engine, "after_cursor_execute", runtime._statement_ran)
         # Everything loaded so far lives as long as the server: keep it out of the cyclic collector's scans,
         # which otherwise walk these objects again and again under load.
-        gc.collect()
-        gc.freeze()
+        if cls.freeze_heap:
+            gc.collect()
+            gc.freeze()
         runtime._tasks = [
             asyncio.create_task(runtime._every(settings.key_refresh_interval, runtime.refresh_keys)),
             asyncio.create_task(runtime._every(REVOCATION_PURGE_INTERVAL, services.revocations.purge)),
