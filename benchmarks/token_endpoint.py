@@ -8,11 +8,13 @@ In the same run it measures the two yardsticks on the server's core:
 Prints tokens/s, p99 latency and the ratios. With `--metrics`, each algorithm is also measured with Prometheus
 metrics on (`BANKGATE_METRICS=on`): two servers, metrics off and on, measured in alternation (off on, on off, ...)
 for `--rounds` rounds, on `POST /oauth/token` and on `GET /api/v1/whoami` with a token (the server's guard in front
-of a route), and each ratio on/off printed. Usage:
+of a route), and each ratio on/off printed; `--with-logs` adds the JSON access log (`--log-format json
+--access-log`) to the server with metrics on, so the ratio is of metrics and logging against neither. Usage:
 
     python benchmarks/token_endpoint.py                 # RS256 and ES256, 10 s each
     python benchmarks/token_endpoint.py --alg ES256 --duration 20 --json results.json
     python benchmarks/token_endpoint.py --alg RS256 --no-baseline --metrics --duration 3 --rounds 2
+    python benchmarks/token_endpoint.py --alg RS256 --no-baseline --metrics --with-logs --duration 3 --rounds 4
 
 Needs `wrk` and `taskset` (Debian: apt-get install wrk util-linux) and two cores.
 """
@@ -159,8 +161,10 @@ def start_bankgate(
     authorization = "Basic " + base64.b64encode(f"{created['api_key']}:{created['secret_key']}".encode()).decode()
     port = free_port()
     log = (workdir / f"server-{alg}-metrics-{metrics}.log").open("wb")
+    # --with-logs: the server with metrics on also writes the JSON access log (a line per request, to a file)
+    logs = ["--log-format", "json", "--access-log"] if metrics == "on" and getattr(args, "with_logs", False) else []
     server = subprocess.Popen(
-        pinned(args.server_core, [*bankgate, "serve", "--port", str(port)]), env=env, stdout=log, stderr=log
+        pinned(args.server_core, [*bankgate, "serve", "--port", str(port), *logs]), env=env, stdout=log, stderr=log
     )
     url = f"http://127.0.0.1:{port}/oauth/token"
     try:
@@ -257,6 +261,9 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip the bare Starlette baseline")
     parser.add_argument("--metrics", action="store_true", help="also measure with Prometheus metrics on against "
                         "off, in alternation, and print the ratio")
+    parser.add_argument("--with-logs", action="store_true", help="--metrics: the server with metrics on also "
+                        "writes the JSON access log (--log-format json --access-log): metrics and logging against "
+                        "neither")
     parser.add_argument("--rounds", type=int, default=2, help="--metrics: measured runs of each server (default 2)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
