@@ -22,6 +22,7 @@ from bankgate.idempotency import (
     Claim,
     IdempotencyStore,
     MemoryIdempotencyStore,
+    Ready,
     RedisIdempotencyStore,
     SealedStore,
     SqlIdempotencyStore,
@@ -208,6 +209,23 @@ async def test_lookup_answers_for_a_completed_key_only(store: IdempotencyStore) 
     assert await store.lookup("client:a", "k-1", OTHER_FP, retention=DAY) == Claim("mismatch")
     assert await store.lookup("client:b", "k-1", FP, retention=DAY) is None  # keys are per principal
     assert await store.lookup("client:a", "k-2", FP, retention=DAY) is None
+
+
+async def test_lookup_on_a_sqlite_file_or_in_memory_answers_at_once(backend: Backend) -> None:
+    store = await backend.open()
+    owner = await claimed(store)  # a SQLite file's reads go on the connection its first write opened
+    assert await store.complete("client:a", "k-1", owner, RESPONSE, retention=DAY)
+
+    found = store.lookup("client:a", "k-1", FP, retention=DAY)
+    missing = store.lookup("client:a", "k-2", FP, retention=DAY)
+    if backend.kind in ("sqlite", "memory"):
+        # Nothing to wait for: the answer is there without an await, and the middleware takes it as it is.
+        assert isinstance(found, Ready) and isinstance(missing, Ready)
+        assert found.value == Claim("completed", response=RESPONSE) and missing.value is None
+    else:
+        assert not isinstance(found, Ready)
+    assert await found == Claim("completed", response=RESPONSE)
+    assert await missing is None
 
 
 async def test_lookup_finds_a_key_completed_through_another_connection(backend: Backend) -> None:

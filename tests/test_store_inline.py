@@ -179,6 +179,39 @@ async def test_submit_queues_the_unit_when_called_and_its_future_is_what_callers
     assert ran[-1] == "after" and "dropped" not in ran
 
 
+def _count_meta(connection: sqlite3.Connection, key: str) -> int:
+    return int(connection.execute("SELECT count(*) FROM bankgate_meta WHERE key = ?", (key,)).fetchone()[0])
+
+
+async def test_reads_of_one_turn_share_a_snapshot_and_the_next_turn_sees_newer_commits(store: Store) -> None:
+    assert store.inline is not None
+    path = store.engine.url.database
+    await store.inline.run(lambda connection: None)  # opened
+    other = sqlite3.connect(path, isolation_level=None)  # another process
+    try:
+        assert store.inline.read(_count_meta, "other") == 0
+        other.execute("INSERT INTO bankgate_meta (key, value) VALUES ('other', '1')")
+        # Within the turn, the reads share the snapshot of the first (and so skip SQLite's per-read locking) ...
+        assert store.inline.read(_count_meta, "other") == 0
+        # ... which holds up no writer: another connection commits meanwhile, and so does the writer's own group.
+        other.execute("INSERT INTO bankgate_meta (key, value) VALUES ('other-2', '1')")
+
+        def write(connection: sqlite3.Connection) -> int:
+            connection.execute("INSERT INTO bankgate_meta (key, value) VALUES ('own', '1')")
+            return _count_meta(connection, "other")
+
+        assert await store.inline.run(write) == 1  # the group began after the read's transaction ended
+        assert store.inline.read(_count_meta, "own") == 1  # a later turn: a fresh snapshot
+        assert store.inline.read(_count_meta, "other-2") == 1
+        await asyncio.sleep(0)  # the turn ends: so does its read transaction
+        other.execute("INSERT INTO bankgate_meta (key, value) VALUES ('other-3', '1')")
+        assert store.inline.read(_count_meta, "other-3") == 1
+        await asyncio.sleep(0)
+        assert other.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0] == 0  # no reader left behind
+    finally:
+        other.close()
+
+
 async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
     store = Store(f"sqlite+aiosqlite:///{tmp_path / 'bankgate.db'}")
     await store.migrate()

@@ -22,7 +22,15 @@ from bankgate.idempotency._middleware import OUTCOMES, AtomicKey, IdempotencyMid
 from bankgate.idempotency._redis import RedisIdempotencyStore
 from bankgate.idempotency._sealed import SealedStore
 from bankgate.idempotency._sql import SqlIdempotencyStore
-from bankgate.idempotency._types import AtomicStore, Claim, IdempotencyStore, StoredResponse, Write, fingerprint
+from bankgate.idempotency._types import (
+    AtomicStore,
+    Claim,
+    IdempotencyStore,
+    Ready,
+    StoredResponse,
+    Write,
+    fingerprint,
+)
 
 if TYPE_CHECKING:
     from bankgate.store import Store
@@ -35,6 +43,7 @@ __all__ = [
     "IdempotencyMiddleware",
     "IdempotencyStore",
     "MemoryIdempotencyStore",
+    "Ready",
     "RedisIdempotencyStore",
     "SealedStore",
     "SqlIdempotencyStore",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from bankgate.idempotency._types import COMPLETED, STARTED, Claim, StoredResponse, new_owner
+from bankgate.idempotency._types import COMPLETED, STARTED, Claim, Ready, StoredResponse, new_owner
 
 __all__ = ["MemoryIdempotencyStore"]
 
@@ -51,14 +51,14 @@ class MemoryIdempotencyStore:
         self._records[(principal, key)] = _Record(fingerprint, STARTED, owner, now + lease, now + lease, now)
         return Claim("claimed", owner=owner)
 
-    async def lookup(self, principal: str, key: str, fingerprint: str, *, retention: float) -> Claim | None:
+    def lookup(self, principal: str, key: str, fingerprint: str, *, retention: float) -> Ready[Claim | None]:
         now = time.time()
         record = self._records.get((principal, key))
         if record is None or record.state != COMPLETED or not self._live(record, now, now - retention):
-            return None
+            return Ready(None)
         if record.fingerprint != fingerprint:
-            return Claim("mismatch")
-        return Claim("completed", response=record.response)
+            return Ready(Claim("mismatch"))
+        return Ready(Claim("completed", response=record.response))
 
     def _running(self, principal: str, key: str, owner: str) -> _Record | None:
         record = self._records.get((principal, key))

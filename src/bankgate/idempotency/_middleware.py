@@ -37,6 +37,7 @@ from bankgate.idempotency._types import (
     AtomicStore,
     Claim,
     IdempotencyStore,
+    Ready,
     StoredResponse,
     Write,
     fingerprint,
@@ -510,10 +511,10 @@ class IdempotencyMiddleware:
         principal = self.principal_of(scope) or _anonymous(scope)
         request_fingerprint = fingerprint(scope["method"], scope["path"], scope.get("query_string", b""), body)
         try:
-            # A retry of a finished request is answered from one read: no write transaction, no handler.
-            known = await self._watch.call(
-                self.store.lookup(principal, key, request_fingerprint, retention=self.retention)
-            )
+            # A retry of a finished request is answered from one read: no write transaction, no handler. A read
+            # answered at once (`Ready`) could not have waited, so it needs no deadline.
+            found = self.store.lookup(principal, key, request_fingerprint, retention=self.retention)
+            known = found.value if isinstance(found, Ready) else await self._watch.call(found)
         except Exception as exc:
             await self._unavailable(scope, send, exc)
             return

@@ -40,6 +40,7 @@ from bankgate.idempotency._types import (
     MAX_KEY_LENGTH,
     STARTED,
     Claim,
+    Ready,
     StoredResponse,
     Write,
     bounded,
@@ -251,9 +252,9 @@ class _SqliteFile:
     def claim(self, params: dict[str, Any]) -> Awaitable[tuple[bool, Sequence[Any] | None]]:
         return self._writer.submit(self._claim, params)
 
-    async def read(self, params: dict[str, Any]) -> Sequence[Any] | None:
+    def read(self, params: dict[str, Any]) -> Ready[Sequence[Any] | None]:
         read = self._sql["read"]
-        return self._writer.read(_fetch_one, read.sql, read.args(params))
+        return Ready(self._writer.read(_fetch_one, read.sql, read.args(params)))
 
     def execute(self, name: str, params: dict[str, Any]) -> Awaitable[int]:
         if name == "purge" or len(params.get("p_body") or b"") > _INLINE_BODY_BYTES:
@@ -419,12 +420,15 @@ class SqlIdempotencyStore:
             # The row went away (released or purged) or ended between the two statements: ask again.
         raise RuntimeError(f"the claim of an idempotency key did not settle after {_ATTEMPTS} attempts")
 
-    async def lookup(self, principal: str, key: str, fingerprint: str, *, retention: float) -> Claim | None:
-        row = await self._driver.read({"p_principal": bounded(principal, _PRINCIPAL_LENGTH), "p_key": key})
-        if row is None or row[1] != COMPLETED:
-            return None
-        now = time.time()
-        return _judge(row, fingerprint, now, now - retention)
+    def lookup(self, principal: str, key: str, fingerprint: str, *, retention: float) -> Awaitable[Claim | None]:
+        found = self._driver.read({"p_principal": bounded(principal, _PRINCIPAL_LENGTH), "p_key": key})
+        if isinstance(found, Ready):  # a SQLite file: read at once
+            return Ready(_judge_completed(found.value, fingerprint, retention))
+        return self._lookup(found, fingerprint, retention)
+
+    @staticmethod
+    async def _lookup(found: Awaitable[Sequence[Any] | None], fingerprint: str, retention: float) -> Claim | None:
+        return _judge_completed(await found, fingerprint, retention)
 
     async def extend(self, principal: str, key: str, owner: str, *, lease: float) -> bool:
         params = {
@@ -490,6 +494,14 @@ class SqlIdempotencyStore:
     async def close(self) -> None:
         """Close the store's own SQLite connection, if it has one; the `Store` stays open."""
         await self._driver.close()
+
+
+def _judge_completed(row: Sequence[Any] | None, fingerprint: str, retention: float) -> Claim | None:
+    """What `lookup` answers for the key's row: `_judge`'s outcome for a `completed` row, else None."""
+    if row is None or row[1] != COMPLETED:
+        return None
+    now = time.time()
+    return _judge(row, fingerprint, now, now - retention)
 
 
 def _judge(row: Sequence[Any], fingerprint: str, now: float, oldest: float) -> Claim | None:

@@ -12,9 +12,9 @@ import hashlib
 import itertools
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 __all__ = [
     "COMPLETED",
@@ -23,10 +23,13 @@ __all__ = [
     "AtomicStore",
     "Claim",
     "IdempotencyStore",
+    "Ready",
     "StoredResponse",
     "Write",
     "fingerprint",
 ]
+
+_T = TypeVar("_T")
 
 STARTED = "started"
 COMPLETED = "completed"
@@ -62,6 +65,20 @@ class Claim:
     retry_after: float | None = None
 
 
+class Ready(Generic[_T]):
+    """An answer a store had at once, without waiting: awaitable like any other, and `value` to take it without an
+    await (the middleware does, and skips the store-call deadline that a call that cannot wait does not need)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: _T) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, None, _T]:
+        return self.value
+        yield  # a generator that never suspends
+
+
 @runtime_checkable
 class IdempotencyStore(Protocol):
     """Where key records live. Every method is atomic on its own, across every process sharing the store.
@@ -76,11 +93,12 @@ class IdempotencyStore(Protocol):
         seconds ago counts as absent even if its own retention was longer."""
         ...
 
-    async def lookup(self, principal: str, key: str, fingerprint: str, *, retention: float) -> Claim | None:
+    def lookup(self, principal: str, key: str, fingerprint: str, *, retention: float) -> Awaitable[Claim | None]:
         """What a retry of a finished request gets, found by one read that writes and locks nothing: `completed`
         (with the response) or `mismatch` when the key's record is `completed` and live, else None (absent,
         `started`, ended): the caller then asks `claim` (or `AtomicStore.commit`), which decides. A record that
-        is completed stays completed until it ends, so a read can answer for it without the claim's lock."""
+        is completed stays completed until it ends, so a read can answer for it without the claim's lock. A store
+        that has the answer at once hands it back as `Ready`."""
         ...
 
     async def extend(self, principal: str, key: str, owner: str, *, lease: float) -> bool:

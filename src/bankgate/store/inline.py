@@ -114,6 +114,7 @@ class InlineSqlite:
         self._groups: dict[asyncio.AbstractEventLoop, _Group] = {}
         # One connection: loops of different threads (rare: a sync test client beside the server) take turns.
         self._lock = threading.Lock()
+        self._reading = False  # `read`'s transaction is open on the inline connection
 
     def __repr__(self) -> str:
         return f"InlineSqlite({self._path!r})"
@@ -158,20 +159,40 @@ class InlineSqlite:
         return future
 
     def read(self, work: Callable[..., T], *args: Any) -> T | None:
-        """Run a reading `work(connection, *args)` now, on the caller's thread, outside any transaction: for a read
-        that should not wait for the next group. A WAL reader sees every committed write and holds up no writer.
-        None when there is nothing to read on yet (no write has opened the connection) or SQLite cannot serve a
-        reader this instant (busy: a recovery or a WAL reset under way): the caller then takes its write path."""
+        """Run a reading `work(connection, *args)` now, on the caller's thread, outside any write transaction: for
+        a read that should not wait for the next group. A WAL reader sees every committed write and holds up no
+        writer. The reads of one turn of the event loop share one read transaction, ended before the turn's group
+        begins or at the next turn, whichever comes first: SQLite's locking of a read transaction's snapshot (on
+        its shared memory) would otherwise cost each read more than its statement. None when there is nothing to
+        read on yet (no write has opened the connection) or SQLite cannot serve a reader this instant (busy: a
+        recovery or a WAL reset under way): the caller then takes its write path."""
         connection = self._inline
         if connection is None:
             return None
         with self._lock:
             try:
+                if not self._reading:
+                    connection.execute("BEGIN")
+                    self._reading = True
+                    asyncio.get_running_loop().call_soon(self._end_read)
                 return work(connection, *args)
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                     return None
                 raise
+
+    def _end_read(self) -> None:
+        with self._lock:
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        """End the read transaction of `read`, if one is open (under `_lock`): before a write, or at the turn's end,
+        so that the next reads see a fresh snapshot and the WAL can be checkpointed."""
+        if self._reading:
+            self._reading = False
+            connection = self._inline
+            if connection is not None and connection.in_transaction:
+                connection.execute("COMMIT")
 
     async def _open_then_run(self, work: Callable[..., T], args: tuple[Any, ...]) -> T:
         opened = await asyncio.get_running_loop().run_in_executor(self._thread, self._open_inline)
@@ -196,6 +217,7 @@ class InlineSqlite:
             _settle([(future, None, RuntimeError("the SQLite writer is closed")) for _, _, future in group.units])
             return
         with self._lock:
+            self._stop_reading()
             try:
                 connection.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
@@ -275,6 +297,7 @@ class InlineSqlite:
         if loop in self._groups and self._inline is not None:
             group = self._groups.pop(loop)
             with self._lock:
+                self._stop_reading()
                 self._inline.execute("PRAGMA busy_timeout=2000")  # once, at the end: waiting is fine here
                 with contextlib.suppress(sqlite3.Error):
                     self._inline.execute("BEGIN IMMEDIATE")
@@ -283,8 +306,10 @@ class InlineSqlite:
                 ]
             _settle(done)
         if self._inline is not None:
-            self._inline.close()
-            self._inline = None
+            with self._lock:
+                self._stop_reading()
+                self._inline.close()
+                self._inline = None
         for group in self._groups.values():
             _settle([(future, None, RuntimeError("the SQLite writer is closed")) for _, _, future in group.units])
         self._groups.clear()
