@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bankgate import tracing
 from bankgate.apidocs import routes as api_docs_routes
 from bankgate.boundary import ErrorBoundary, defer_to_boundary
 from bankgate.clock import SYSTEM, Clock
@@ -204,4 +205,6 @@ def create_app(
             console_mount(state),
         ]
     )
-    return BankgateApp(starlette, direct, middleware, admin_port=settings.admin_port)
+    # Tracing's request span (none when BANKGATE_TRACING is off) around every layer given here.
+    layers = [*tracing.request_layers(settings, starlette.router.routes), *middleware]
+    return BankgateApp(starlette, direct, layers, admin_port=settings.admin_port)

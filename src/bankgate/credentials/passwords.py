@@ -1,5 +1,5 @@
 """argon2id (RFC 9106) for the passwords and passphrases of users and administrators: the one place that hashes
-and verifies them, in a worker thread off the event loop."""
+and verifies them, in a worker thread off the event loop, each one a span when tracing is on."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import secrets
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from bankgate import tracing
 
 __all__ = ["hash_secret", "verify_secret"]
 
@@ -20,7 +22,8 @@ def _parameters(hasher: PasswordHasher) -> tuple[object, ...]:
 
 async def hash_secret(hasher: PasswordHasher, secret: str) -> str:
     """The argon2id hash of `secret` with `hasher`'s parameters."""
-    return await asyncio.to_thread(hasher.hash, secret)
+    with tracing.span("bankgate.argon2.hash"):
+        return await asyncio.to_thread(hasher.hash, secret)
 
 
 async def _dummy_hash(hasher: PasswordHasher) -> str:
@@ -37,8 +40,9 @@ async def verify_secret(hasher: PasswordHasher, stored: str | None, candidate: s
     time it takes. The dummy is made by the first verification of any kind, so it costs all alike. Hashes made
     with other parameters still verify."""
     dummy = await _dummy_hash(hasher)
-    try:
-        matched: bool = await asyncio.to_thread(hasher.verify, stored if stored is not None else dummy, candidate)
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
-        matched = False
+    with tracing.span("bankgate.argon2.verify"):
+        try:
+            matched: bool = await asyncio.to_thread(hasher.verify, stored if stored is not None else dummy, candidate)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            matched = False
     return matched and stored is not None

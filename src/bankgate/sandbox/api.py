@@ -25,9 +25,10 @@ from bankgate.idempotency import AtomicStore, IdempotencyMiddleware, atomic_key
 from bankgate.sandbox.payments import DUPLICATE, FieldError, KeyReused, PaymentBook, PaymentRecord, validate_order
 from bankgate.web.errors import OAUTH, PROBLEM, ErrorFormat, HttpError, render_error
 
-__all__ = ["PAYMENTS_PATH", "account_for", "error_response", "sandbox_app"]
+__all__ = ["ACCOUNTS_PATH", "PAYMENTS_PATH", "PAYMENT_PATH", "account_for", "error_response", "sandbox_app"]
 
 PAYMENTS_PATH = "/api/v1/payments"
+PAYMENT_PATH = PAYMENTS_PATH + "/{payment_id}"
 ACCOUNTS_PATH = "/api/v1/accounts"
 
 
@@ -132,7 +133,7 @@ def sandbox_app(runtime: Any) -> Any:
     router = Router(routes=[
         Route(ACCOUNTS_PATH, accounts, methods=["GET"]),
         Route(PAYMENTS_PATH, api.create_payment, methods=["POST"]),
-        Route(PAYMENTS_PATH + "/{payment_id}", api.get_payment, methods=["GET"]),
+        Route(PAYMENT_PATH, api.get_payment, methods=["GET"]),
     ])
 
     def required(scope: Scope) -> bool:
