@@ -9,8 +9,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
+from bankgate import tracing
 from bankgate.apidocs import routes as api_docs_routes
 from bankgate.boundary import ErrorBoundary, defer_to_boundary
 from bankgate.clock import SYSTEM, Clock
@@ -26,7 +27,8 @@ from bankgate.oauth.revoke import RevocationEndpoint
 from bankgate.oauth.token import TokenEndpoint
 from bankgate.oauth.whoami import WhoAmIEndpoint
 from bankgate.outage import DefectLog, OutageLog
-from bankgate.request_layer import RequestLayer, RouteTemplates
+from bankgate.request_layer import RequestLayer
+from bankgate.routenames import RouteNames, route_names
 from bankgate.runtime import Runtime
 from bankgate.web.asgi import ASGIApp, Receive, Scope, Send
 
@@ -110,7 +112,7 @@ class BankgateApp:
         *,
         admin_port: int | None = None,
         admin_surface: tuple[str, ...] = _ADMIN_SURFACE,
-        routes: RouteTemplates | None = None,
+        routes: RouteNames | None = None,
     ) -> None:
         self.starlette = starlette
         self.state = starlette.state
@@ -121,7 +123,7 @@ class BankgateApp:
         self._idle_outages = OutageLog()  # only until the runtime exists
         self._idle_defects = DefectLog()
         self._outer = RequestLayer(ErrorBoundary(app, self._outages, self._defects), self.state,
-                                   routes or RouteTemplates(getattr(r, "path", "") for r in starlette.routes))
+                                   routes or route_names(starlette.routes))
         self._admin_port = admin_port
         self._admin_surface = admin_surface
 
@@ -223,19 +225,9 @@ def create_app(
         starlette.router.routes.append(metrics_route())
         if settings.metrics == "admin":
             admin_surface = (*_ADMIN_SURFACE, _METRICS_PATH)
-    return BankgateApp(starlette, direct, middleware, admin_port=settings.admin_port, admin_surface=admin_surface,
-                       routes=_route_templates(starlette, sandbox=settings.environment == "sandbox"))
-
-
-def _route_templates(starlette: Starlette, *, sandbox: bool) -> RouteTemplates:
-    """Every route the server serves, as the `http.request` event names it: Starlette's routes (the console, a
-    mount of many pages, as `/console/...`), the admin API's and, in the sandbox, the payments API's."""
-    from bankgate.adminapi.routes import OPERATIONS, PREFIX
-    from bankgate.sandbox.api import PATHS
-
-    paths = [route.path for route in starlette.routes if isinstance(route, Route)]
-    paths += dict.fromkeys(PREFIX + path for _, path, _, _ in OPERATIONS)
-    if sandbox:
-        paths += PATHS
-    mounts = [route.path for route in starlette.routes if isinstance(route, Mount)]
-    return RouteTemplates(paths, mounts)
+    # The bounded names of every route, for the `http.request` event (logs, metrics) and the spans.
+    names = route_names(starlette.router.routes, sandbox=settings.environment == "sandbox")
+    # Tracing's request span (none when BANKGATE_TRACING is off) around every layer given here.
+    layers = [*tracing.request_layers(settings, names), *middleware]
+    return BankgateApp(starlette, direct, layers, admin_port=settings.admin_port, admin_surface=admin_surface,
+                       routes=names)

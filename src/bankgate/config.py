@@ -183,6 +183,20 @@ class Settings(BaseSettings):
     console_session_lifetime: float = Field(
         default=8 * 3600.0, gt=0, le=7 * 86400, description="Seconds a web console session lasts at most, used or not."
     )
+    # -- OpenTelemetry (`pip install 'bankgate[otel]'`; bankgate.tracing) --
+    tracing: Literal["off", "otlp", "console"] = Field(
+        default="off", description="Trace every request: `otlp` exports over OTLP/HTTP as the standard "
+        "OTEL_EXPORTER_OTLP_* and OTEL_SERVICE_NAME variables say, `console` prints spans to stdout for a quick look; "
+        "`off` loads nothing of OpenTelemetry."
+    )
+    tracing_sample_ratio: float = Field(
+        default=1.0, ge=0, le=1, description="Share of requests that start a trace (a continued trace follows its "
+        "caller's decision)."
+    )
+    tracing_parent: Literal["trusted", "any"] = Field(
+        default="trusted", description="Whose W3C `traceparent` a request's span continues: `trusted` (peers in "
+        "`trusted_proxies` only; anyone else starts a new trace, linked to theirs) or `any`."
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     token_status: int = Field(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,14 +50,17 @@ try:
 except ImportError:  # pragma: no cover - the server extra installs it
     _PG_UNAVAILABLE = ()
 
-try:
-    from redis import exceptions as redis_exc
 
-    _REDIS_ERROR: tuple[type[BaseException], ...] = (redis_exc.RedisError,)
-    _REDIS_DEFECTS: tuple[type[BaseException], ...] = (redis_exc.DataError, redis_exc.ResponseError)
-    _REDIS_NOT_DEFECTS: tuple[type[BaseException], ...] = (redis_exc.ReadOnlyError, redis_exc.BusyLoadingError)
-except ImportError:  # pragma: no cover
-    _REDIS_ERROR = _REDIS_DEFECTS = _REDIS_NOT_DEFECTS = ()
+
+def _redis_unavailable(exc: BaseException) -> bool | None:
+    """For a Redis error: whether it says "Redis did not answer" (not "this command is wrong"); None for any other
+    exception. redis is not imported for this: an error of it exists only once something imported it (a server
+    without a Redis store never loads redis, nor what redis loads in turn, e.g. OpenTelemetry's metrics SDK)."""
+    redis_exc = sys.modules.get("redis.exceptions")
+    if redis_exc is None or not isinstance(exc, redis_exc.RedisError):
+        return None
+    defect = isinstance(exc, (redis_exc.DataError, redis_exc.ResponseError))
+    return not defect or isinstance(exc, (redis_exc.ReadOnlyError, redis_exc.BusyLoadingError))
 
 
 def unavailable_service(exc: BaseException) -> str | None:
@@ -73,10 +77,9 @@ def unavailable_service(exc: BaseException) -> str | None:
         return services.pop() if len(services) == 1 else None
     if isinstance(exc, _SQL_UNAVAILABLE):
         return None if isinstance(exc, _SQL_DEFECTS) else DATABASE
-    if _REDIS_ERROR and isinstance(exc, _REDIS_ERROR):
-        if isinstance(exc, _REDIS_DEFECTS) and not isinstance(exc, _REDIS_NOT_DEFECTS):
-            return None
-        return REDIS
+    redis_unavailable = _redis_unavailable(exc)
+    if redis_unavailable is not None:
+        return REDIS if redis_unavailable else None
     # A raw driver or socket error (asyncio.TimeoutError is TimeoutError): most likely the database's connection.
     if isinstance(exc, (*_PG_UNAVAILABLE, sqlite3.OperationalError, OSError, TimeoutError)):
         return DATABASE

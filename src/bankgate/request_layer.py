@@ -10,7 +10,7 @@ For each request it
   template, status, duration in seconds, request id) to the sinks that want it: the access log, metrics. With no
   such sink, nothing is built.
 
-The route is a bounded template (`RouteTemplates`), never the raw path, so a scanner cannot make new values.
+The route is a bounded template (`bankgate.routenames`), never the raw path, so a scanner cannot make new values.
 The actor is what an entrance names with `tell_actor` where it establishes the principal, else the key of the
 principal the guard or the admin authentication put in `scope["state"]`, else "-".
 """
@@ -20,22 +20,18 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Iterable
 from typing import Any
-
-from starlette.routing import compile_path
 
 from bankgate.events import Channel
 from bankgate.logs import HTTP_REQUEST, REQUEST_ID
 from bankgate.net import TrustedProxies
+from bankgate.routenames import RouteNames
 from bankgate.web.asgi import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ACTOR", "UNMATCHED", "RequestLayer", "RouteTemplates", "actor_of", "new_request_id", "tell_actor"]
+__all__ = ["ACTOR", "RequestLayer", "actor_of", "new_request_id", "tell_actor"]
 
 #: The scope key an entrance sets (through `tell_actor`) to the authenticated client, user or administrator.
 ACTOR = "bankgate.actor"
-#: The route of a path no route serves.
-UNMATCHED = "unmatched"
 #: Nothing was sent: the client went away before an answer (nginx's convention).
 CLIENT_CLOSED = 499
 
@@ -67,42 +63,11 @@ def new_request_id() -> str:
     return "%016x" % _random_bits(64)  # noqa: UP031 - the fastest spelling on the hot path
 
 
-class RouteTemplates:
-    """Path -> route template: exact paths by a dict lookup (the hot paths), templated ones (`/admin/v1/clients/
-    {api_key}`) by their patterns, paths under a mount of many pages as `<prefix>/...`; anything else is
-    `unmatched`. The set of answers is the routes' list: bounded whatever paths clients send."""
-
-    def __init__(self, templates: Iterable[str], prefixes: Iterable[str] = ()) -> None:
-        self._exact: dict[str, str] = {}
-        self._patterns: list[tuple[re.Pattern[str], str]] = []
-        for template in templates:
-            if "{" in template:
-                self._patterns.append((compile_path(template)[0], template))
-            else:
-                self._exact[template] = template
-        self._prefixes = tuple((prefix, prefix + "/") for prefix in prefixes)
-
-    def __repr__(self) -> str:
-        return f"RouteTemplates({len(self._exact) + len(self._patterns)} routes, prefixes={len(self._prefixes)})"
-
-    def __call__(self, path: str) -> str:
-        found = self._exact.get(path)
-        if found is not None:
-            return found
-        for pattern, template in self._patterns:
-            if pattern.match(path):
-                return template
-        for prefix, under in self._prefixes:
-            if path == prefix or path.startswith(under):
-                return under + "..."
-        return UNMATCHED
-
-
 class RequestLayer:
     """Wraps `app` (see the module's docstring). `state` is the app's: `state.runtime`, once started, holds the
     trusted proxies and the events."""
 
-    def __init__(self, app: ASGIApp, state: Any, routes: RouteTemplates) -> None:
+    def __init__(self, app: ASGIApp, state: Any, routes: RouteNames) -> None:
         self.app = app
         self.routes = routes
         self._state = state

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 
+from bankgate import tracing
 from bankgate.certheaders import ClientCertificateSource
 from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Settings
@@ -114,6 +115,7 @@ class Runtime:
             await services.close()
             raise
         services.audit.start()
+        tracing.start(runtime)  # nothing when BANKGATE_TRACING is off
         # Any statement that completes shows the database answers again: that ends an outage in the log.
         event.listen(services.store.engine.sync_engine, "after_cursor_execute", runtime._statement_ran)
         # Everything loaded so far lives as long as the server: keep it out of the cyclic collector's scans,
@@ -159,6 +161,7 @@ class Runtime:
         await self.services.close()
         if self.metrics is not None:
             self.metrics.close()
+        tracing.stop(self)
 
     async def sync_changes(self) -> None:
         """Revocations and changes made by other processes: what a cached token, record or answer may depend on."""

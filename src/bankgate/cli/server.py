@@ -161,10 +161,16 @@ def serve(
                                                    "on stderr (with --access-log: one per request, with route, "
                                                    "status, duration, request id) [env: BANKGATE_LOG_FORMAT, "
                                                    "default text]", show_default=False)] = None,
+    tracing: Annotated[str | None, typer.Option("--tracing", help="OpenTelemetry spans of every request: otlp "
+                                                "(OTEL_EXPORTER_OTLP_* says where), console or off; needs "
+                                                "`pip install 'bankgate[otel]'` [env: BANKGATE_TRACING, default "
+                                                "off]", show_default=False)] = None,
 ) -> None:
     """Run the HTTP server (uvicorn). Initialises the data directory first if needed."""
     from bankgate.server import HTTP_IMPLEMENTATIONS, check_operator_tls, plain_http_warning
     from bankgate.server import serve as run_server
+    from bankgate.tracing import TracingUnavailable
+    from bankgate.tracing import require as require_tracing
 
     if http not in HTTP_IMPLEMENTATIONS:
         raise CliError(f"--http {http} is not one of: {', '.join(HTTP_IMPLEMENTATIONS)}")
@@ -183,8 +189,12 @@ def serve(
                             client_cert_header_name=client_cert_header_name, max_header_bytes=max_header_bytes,
                             max_headers=max_headers, header_timeout=header_timeout, body_timeout=body_timeout,
                             keep_alive_timeout=keep_alive_timeout, shutdown_timeout=shutdown_timeout,
-                            admin_port=admin_port, metrics=metrics, log_format=log_format)
+                            admin_port=admin_port, metrics=metrics, log_format=log_format, tracing=tracing)
     say = _startup_lines(settings.log_format)
+    try:
+        require_tracing(settings)
+    except TracingUnavailable as exc:
+        raise CliError(str(exc)) from None
 
     async def prepare(services: Services) -> tuple[InitReport, IssuerChoice]:
         report = await services.init()

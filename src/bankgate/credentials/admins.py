@@ -5,7 +5,6 @@ once set, a console password (argon2id) with a TOTP second factor (RFC 6238, the
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hmac
 import secrets
@@ -17,13 +16,13 @@ from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import Row, RowMapping, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Environment
 from bankgate.credentials.keys import new_admin_key, new_admin_secret
+from bankgate.credentials.passwords import hash_secret, verify_secret
 from bankgate.credentials.users import USERNAME, check_password_strength
 from bankgate.credentials.versions import VersionConflict, bump, check_version
 from bankgate.store import Store, schema
@@ -172,7 +171,6 @@ def _check_name(name: str) -> str:
     return name
 
 
-_DUMMY_HASHES: dict[tuple[object, ...], str] = {}  # hasher parameters -> a hash of a random secret
 _DUMMY_TOTP = secrets.token_bytes(20)
 
 
@@ -307,7 +305,7 @@ class AdminDirectory:
         """Set the console password and enrol a new TOTP secret (the previous one, if any, stops working)."""
         before = await self._changeable(name)
         check_password_strength(password, username=name)
-        password_hash = await asyncio.to_thread(self._hasher.hash, password)
+        password_hash = await hash_secret(self._hasher, password)
         raw = secrets.token_bytes(20)  # 160 bits, as RFC 4226 §4 recommends
         encrypted = self._vault.encrypt(raw, context=self._totp_context(before.id))
         await self._write(before, {"password_hash": password_hash, "totp_secret": encrypted, "totp_last_step": None})
@@ -403,16 +401,7 @@ class AdminDirectory:
 
     async def _verify(self, stored: str | None, candidate: str) -> bool:
         """Exactly one argon2 verification, against a dummy hash of the same parameters when there is none."""
-        key = (self._hasher.type, self._hasher.time_cost, self._hasher.memory_cost, self._hasher.parallelism)
-        dummy = _DUMMY_HASHES.get(key)
-        if dummy is None:
-            dummy = _DUMMY_HASHES.setdefault(key, await asyncio.to_thread(self._hasher.hash,
-                                                                          secrets.token_urlsafe(32)))
-        try:
-            matched: bool = await asyncio.to_thread(self._hasher.verify, stored or dummy, candidate)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            matched = False
-        return matched and stored is not None
+        return await verify_secret(self._hasher, stored, candidate)
 
     # -- storage -----------------------------------------------------------------------------------------------
 

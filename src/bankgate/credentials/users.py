@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,6 +24,7 @@ from bankgate.changes import ChangeFeed
 from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Environment
 from bankgate.credentials._cutoff import cutoff, wait_past_cutoff
+from bankgate.credentials.passwords import hash_secret, verify_secret
 from bankgate.credentials.scopes import check_application_ids
 from bankgate.credentials.versions import VersionConflict, bump, check_version
 from bankgate.store import Store, schema
@@ -62,13 +62,6 @@ _PASSPHRASE_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # noqa: S105 - an alph
 #: One message for an unknown user and a wrong passphrase, so usernames cannot be probed.
 WRONG_PASSPHRASE = "the username or initial passphrase is wrong"  # noqa: S105 - a message, not a passphrase
 _COMMON = {"password", "passw0rd", "qwerty", "letmein", "welcome", "changeme", "administrator", "bankgate"}
-
-
-_DUMMY_HASHES: dict[tuple[object, ...], str] = {}  # hasher parameters -> a hash of a random secret
-
-
-def _parameters(hasher: PasswordHasher) -> tuple[object, ...]:
-    return (hasher.type, hasher.time_cost, hasher.memory_cost, hasher.parallelism, hasher.hash_len, hasher.salt_len)
 
 
 class UserNotFoundError(LookupError):
@@ -249,7 +242,7 @@ class UserDirectory:
                 f"username {username!r} must be 3 to 64 characters: lower-case letters, digits, '.', '_', '-'"
             )
         passphrase = new_passphrase()
-        passphrase_hash = await asyncio.to_thread(self._hasher.hash, passphrase)
+        passphrase_hash = await hash_secret(self._hasher, passphrase)
         now = self._now()
         candidates = [username] if username else [_slug(name)] + [f"{_slug(name)}-{n}" for n in range(2, 100)]
         for candidate in candidates:
@@ -298,7 +291,7 @@ class UserDirectory:
         """Issue a fresh initial passphrase (e.g. the first expired); the user must reset again."""
         user = await self.get(username)
         passphrase = new_passphrase()
-        passphrase_hash = await asyncio.to_thread(self._hasher.hash, passphrase)
+        passphrase_hash = await hash_secret(self._hasher, passphrase)
         expires = self._now() + self._passphrase_ttl
         async with self._store.begin() as conn:
             await self._apply(conn, user, {"passphrase_hash": passphrase_hash, "passphrase_expires_at": expires,
@@ -512,28 +505,12 @@ class UserDirectory:
 
     # -- passwords ---------------------------------------------------------------------------------------
 
-    async def _dummy_hash(self) -> str:
-        key = _parameters(self._hasher)
-        dummy = _DUMMY_HASHES.get(key)
-        if dummy is None:
-            dummy = _DUMMY_HASHES.setdefault(
-                key, await asyncio.to_thread(self._hasher.hash, secrets.token_urlsafe(32))
-            )
-        return dummy
-
     async def _verify(self, stored: str | None, candidate: str) -> bool:
-        """Exactly one argon2 verification, against a dummy hash of the same parameters when there is no hash
-        to check (unknown user, passphrase used, password not set yet): the caller cannot be told apart by
-        the time it takes. At most `max_verifications` run at once in this process, so a flood waits here
-        instead of filling the thread pool (each verification holds `memory_cost` KiB)."""
+        """Exactly one argon2 verification (`verify_secret`: a dummy hash when there is none, so the caller
+        cannot be told apart by the time it takes). At most `max_verifications` run at once in this process, so a
+        flood waits here instead of filling the thread pool (each verification holds `memory_cost` KiB)."""
         async with self._verifications:
-            dummy = await self._dummy_hash()  # made by the first verification of any kind: it costs all alike
-            target = stored if stored is not None else dummy
-            try:
-                matched: bool = await asyncio.to_thread(self._hasher.verify, target, candidate)
-            except (VerifyMismatchError, VerificationError, InvalidHashError):
-                matched = False
-        return matched and stored is not None
+            return await verify_secret(self._hasher, stored, candidate)
 
     async def verify_password(self, user: UserRecord | None, password: str) -> bool:
         """argon2id check of the user's password; False, after the same work, for no user or while the initial
@@ -575,7 +552,7 @@ class UserDirectory:
         """Store `new_password` for a user returned by `check_passphrase` with `passphrase`. The update applies
         only while the passphrase hash is still the one checked, so a passphrase is used once even when racing."""
         check_password_strength(new_password, username=user.username, passphrase=passphrase)
-        password_hash = await asyncio.to_thread(self._hasher.hash, new_password)
+        password_hash = await hash_secret(self._hasher, new_password)
         async with self._store.begin() as conn:
             result = await conn.execute(
                 update(schema.users)

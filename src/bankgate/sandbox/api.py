@@ -25,11 +25,11 @@ from bankgate.idempotency import AtomicStore, IdempotencyMiddleware, atomic_key
 from bankgate.sandbox.payments import DUPLICATE, FieldError, KeyReused, PaymentBook, PaymentRecord, validate_order
 from bankgate.web.errors import OAUTH, PROBLEM, ErrorFormat, HttpError, render_error
 
-__all__ = ["PATHS", "PAYMENTS_PATH", "account_for", "error_response", "sandbox_app"]
+__all__ = ["ACCOUNTS_PATH", "PATHS", "PAYMENTS_PATH", "PAYMENT_PATH", "account_for", "error_response", "sandbox_app"]
 
 PAYMENTS_PATH = "/api/v1/payments"
-ACCOUNTS_PATH = "/api/v1/accounts"
 PAYMENT_PATH = PAYMENTS_PATH + "/{payment_id}"
+ACCOUNTS_PATH = "/api/v1/accounts"
 #: The sandbox API's routes (also the route templates of its requests in the logs and metrics).
 PATHS = (ACCOUNTS_PATH, PAYMENTS_PATH, PAYMENT_PATH)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import jwt
 
+from bankgate import tracing
 from bankgate.clock import SYSTEM, Clock
 from bankgate.config import Environment
 from bankgate.tokens.jws import CompactSigner
@@ -91,7 +92,11 @@ class TokenIssuer:
             **claims,
             "environment": self.environment,
         }
-        return IssuedToken(signer.sign(payload), jti, key.kid, ttl, claims.get("scope", ""), now)
+        with tracing.span("bankgate.token.sign") as span:
+            if span is not None:
+                span.set_attributes({"bankgate.token.kid": key.kid, "bankgate.token.alg": key.alg})
+            token = signer.sign(payload)
+        return IssuedToken(token, jti, key.kid, ttl, claims.get("scope", ""), now)
 
     def issue(self, *, client_id: str, scope: tuple[str, ...], ttl: int) -> IssuedToken:
         """An OAuth2 client_credentials token (RFC 9068 profile): the client is its own subject."""
