@@ -23,7 +23,8 @@ from typing import Any
 
 from bankgate.events import AuditEvent, Events
 from bankgate.net import TrustedProxies
-from bankgate.request_layer import RequestLayer, RouteTemplates
+from bankgate.request_layer import RequestLayer
+from bankgate.routenames import RouteNames
 
 HEADERS = [(b"host", b"bankgate.test"), (b"authorization", b"Basic eDp5"), (b"content-type", b"application/json"),
            (b"content-length", b"29"), (b"user-agent", b"bench"), (b"accept", b"*/*")]
@@ -60,7 +61,7 @@ async def per_request(app: Any, requests: int) -> float:
 
 
 def configurations() -> dict[str, Any]:
-    routes = RouteTemplates(["/oauth/token", "/admin/v1/clients/{api_key}"])
+    routes = RouteNames(["/oauth/token", "/admin/v1/clients/{api_key}"])
     quiet = RequestLayer(endpoint, SimpleNamespace(runtime=SimpleNamespace(proxies=TrustedProxies(),
                                                                            events=Events())), routes)
     told = RequestLayer(endpoint, SimpleNamespace(runtime=SimpleNamespace(proxies=TrustedProxies(),
