@@ -579,6 +579,11 @@ def _server_env(data_dir: Path, env: dict[str, str] | None) -> dict[str, str]:
     }
 
 
+#: How long a `bankgate serve` process may take to answer /healthz: a deadline, met in about a second on a quiet
+#: machine, generous for a loaded one (several servers starting at once on two cores).
+START_TIMEOUT = 60
+
+
 def start_server(
     data_dir: Path, log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
 ) -> ProcessServer:
@@ -594,7 +599,7 @@ def start_server(
         env=full_env,
     )
     server = ProcessServer(f"{scheme}://127.0.0.1:{port}", data_dir, full_env, process, log_path)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"bankgate serve exited with {process.returncode}:\n{server.log()}")
@@ -605,7 +610,7 @@ def start_server(
         except httpx.TransportError:
             time.sleep(0.1)
     server.stop()
-    raise AssertionError(f"bankgate serve did not start within 30 s:\n{server.log()}")
+    raise AssertionError(f"bankgate serve did not start within {START_TIMEOUT} s:\n{server.log()}")
 
 
 def _wants_process(request: pytest.FixtureRequest) -> bool:

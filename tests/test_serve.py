@@ -20,7 +20,7 @@ from conftest import _pg_admin, basic, free_port, run_cli
 pytestmark = pytest.mark.real_server
 
 
-def _wait_for(url: str, process: subprocess.Popen[str], timeout: float = 30) -> None:
+def _wait_for(url: str, process: subprocess.Popen[str], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, "the server exited early"
