@@ -407,3 +407,14 @@ def test_the_log_format_comes_from_the_environment(tmp_path: Path, monkeypatch: 
     assert load_settings(data_dir=tmp_path).log_format == "json"
     assert load_settings(data_dir=tmp_path, log_format="text").log_format == "text"
 
+
+
+def test_the_time_field_is_what_datetime_writes_to_the_millisecond() -> None:
+    from datetime import UTC, datetime
+
+    from bankgate.logs import _iso
+
+    moments = [0.0, 1.9995, 1764720000.123, 1796289114.9999996, *(1.7e9 + n * 0.3337 for n in range(2000))]
+    for moment in moments:
+        expected = datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert _iso(moment) == expected, moment

@@ -36,19 +36,22 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "a
                                                                    "taskName"}
 
 
-_second: list[Any] = [None, ""]  # the last whole second formatted, and its text up to the seconds
+#: The last whole second formatted and its text up to the seconds: one tuple, replaced whole, so that a thread
+#: logging at the same time never pairs one second's number with another's text.
+_second: tuple[int, str] = (-1, "")
 
 
 def _iso(created: float) -> str:
     """`created` as ISO 8601 UTC with milliseconds; the date and time up to the second are formatted once a second."""
+    global _second
     whole = int(created)
     micro = round((created - whole) * 1_000_000)  # as datetime rounds a timestamp, before the milliseconds
     if micro >= 1_000_000:
         whole, micro = whole + 1, micro - 1_000_000
-    if _second[0] != whole:
-        _second[1] = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second[0] = whole
-    return f"{_second[1]}.{micro // 1000:03d}Z"
+    cached = _second
+    if cached[0] != whole:
+        cached = _second = (whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{micro // 1000:03d}Z"
 
 
 #: One encoder for every line (`json.dumps` with an option builds a new one per call).
