@@ -6,6 +6,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -25,12 +27,14 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from alembic.command import upgrade as _ALEMBIC_UPGRADE
 
 from bankgate.clock import SYSTEM, Clock, ManualClock
 from bankgate.config import Settings, listen_url, load_settings
 from bankgate.runtime import Runtime
 from bankgate.services import Services
 from bankgate.store import Store
+from server_process import ServeProcess
 
 POSTGRES_URL = os.environ.get("BANKGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BANKGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -45,6 +49,66 @@ os.environ.setdefault("BANKGATE_PASSWORD_HASH_PARALLELISM", "1")
 # A test process starts hundreds of runtimes (in-process servers): none freezes the heap after a full collection
 # of it, which costs ~0.15 s each in a test process (`bankgate serve` processes still do it).
 Runtime.freeze_heap = False
+
+
+class _SqliteSchemaReplay:
+    """Migrates an empty SQLite database by replaying what bankgate's migrations built on the first one.
+
+    The suite creates some 800 SQLite databases, and alembic takes ~50 ms of CPU to run every migration on each
+    (SQLite's batch mode copies tables). The first empty SQLite database of a test process is migrated for real;
+    the statements its schema is made of (`sqlite_master`, in creation order) and its revision are recorded and
+    executed as they are on every later empty one: the same schema, byte for byte, the way the PostgreSQL
+    databases are copies of one migrated template. Everything around it is bankgate's own: the lock, the pending
+    revisions it reports, the rest of `init`. A database that is not empty is migrated by alembic as always, and so
+    is every database of a test marked `real_migrations` (the tests of the migrations themselves).
+    """
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self.schema: tuple[list[str], str] | None = None
+
+    def upgrade(self, config: Any, revision: str) -> None:
+        connection = config.attributes.get("connection")
+        if not (self.enabled and revision == "head" and connection is not None
+                and connection.dialect.name == "sqlite"):
+            _ALEMBIC_UPGRADE(config, revision)
+            return
+        empty = not connection.exec_driver_sql("SELECT 1 FROM sqlite_master").first()
+        if not empty or self.schema is None:
+            _ALEMBIC_UPGRADE(config, revision)
+            if empty:
+                self.schema = self._record(connection)
+            return
+        statements, version = self.schema
+        for statement in statements:
+            connection.exec_driver_sql(statement)
+        connection.exec_driver_sql("INSERT INTO alembic_version (version_num) VALUES (?)", (version,))
+
+    @staticmethod
+    def _record(connection: Any) -> tuple[list[str], str]:
+        rows = connection.exec_driver_sql(
+            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND substr(name, 1, 7) <> 'sqlite_' ORDER BY rowid"
+        ).all()
+        version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
+        return [row[0] for row in rows], version
+
+
+def _install_schema_replay() -> _SqliteSchemaReplay:
+    from bankgate.store import migrate
+
+    replay = _SqliteSchemaReplay()
+    migrate.command = types.SimpleNamespace(upgrade=replay.upgrade)  # the one alembic command bankgate runs
+    return replay
+
+
+_SCHEMA_REPLAY = _install_schema_replay()
+
+
+@pytest.fixture(autouse=True)
+def _schema_replay(request: pytest.FixtureRequest) -> Iterator[None]:
+    _SCHEMA_REPLAY.enabled = request.node.get_closest_marker("real_migrations") is None
+    yield
+    _SCHEMA_REPLAY.enabled = True
 
 
 def _service_unavailable(what: str, why: str) -> None:
@@ -347,17 +411,30 @@ def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -
     return result
 
 
+@functools.cache
+def _cli_command() -> Any:
+    """The `bankgate` command as click builds it from the Typer app: what `main` runs, built once per test process
+    (building it walks every command's signature: ~20 ms, paid by each call otherwise)."""
+    import typer.main
+
+    from bankgate.cli import app
+
+    return typer.main.get_command(app)
+
+
 def _run_cli_here(args: tuple[str, ...], env: dict[str, str] | None) -> subprocess.CompletedProcess[str]:
     from click.testing import CliRunner
 
     from bankgate.cli import main
 
+    # `main` hands `token` to the client SDK's command and runs the rest as the Typer app, which is this command
+    run = main if args[:1] == ("token",) else _cli_command()
     argv = ["bankgate", *args]
     # One command at a time: the isolation swaps process-wide sys.stdout/sys.stderr/os.environ/sys.argv.
     with _CLI_LOCK, CliRunner().isolation(env=env) as (stdout, stderr, _):
         saved_argv, sys.argv = sys.argv, argv
         try:
-            main()
+            run()
             code = 0
         except SystemExit as exc:
             if exc.code is None or isinstance(exc.code, int):
@@ -433,7 +510,7 @@ class ProcessServer(Server):
     """A real `bankgate serve` process on a free loopback port: for what lives in the socket or the process."""
 
     def __init__(
-        self, base_url: str, data_dir: Path, env: dict[str, str], process: subprocess.Popen[bytes], log_path: Path
+        self, base_url: str, data_dir: Path, env: dict[str, str], process: ServeProcess, log_path: Path
     ) -> None:
         self.base_url = base_url
         self.data_dir = data_dir
@@ -587,17 +664,12 @@ START_TIMEOUT = 60
 def start_server(
     data_dir: Path, log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
 ) -> ProcessServer:
-    """Start `bankgate serve` (plus `args`, e.g. `--tls`) and wait until `/healthz` answers."""
+    """Start `bankgate serve` (plus `args`, e.g. `--tls`) and wait until `/healthz` answers: a real process, forked
+    from one that has imported bankgate already (`server_process`)."""
     port = free_port()
     scheme = "https" if "--tls" in args else "http"
     full_env = _server_env(data_dir, env)
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bankgate", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=full_env,
-    )
+    process = ServeProcess(["serve", "--host", "127.0.0.1", "--port", str(port), *args], full_env, log_path)
     server = ProcessServer(f"{scheme}://127.0.0.1:{port}", data_dir, full_env, process, log_path)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:

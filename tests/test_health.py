@@ -157,6 +157,7 @@ def _tables(url: str) -> dict[str, Any]:
     return asyncio.run(read())
 
 
+@pytest.mark.real_migrations
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_migrate_check_then_migrate(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fresh.db'}" if kind == "sqlite" else request.getfixturevalue("postgres_url")
@@ -180,6 +181,7 @@ def test_migrate_check_then_migrate(kind: str, request: pytest.FixtureRequest, t
     assert json.loads(run_cli("migrate", "--json", *where).stdout) == {"applied": []}
 
 
+@pytest.mark.real_migrations
 def test_migrate_refuses_a_schema_of_a_newer_version(tmp_path: Path) -> None:
     where = ("--data-dir", str(tmp_path))
     run_cli("migrate", *where)

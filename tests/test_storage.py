@@ -77,6 +77,7 @@ async def test_init_twice_keeps_one_signing_key(settings: Settings) -> None:
     assert second.environment == "sandbox"
 
 
+@pytest.mark.real_migrations
 async def test_migration_creates_every_table_and_records_the_revision(services: Services) -> None:
     def inspect(connection: sa.Connection) -> tuple[set[str], list[tuple[Any, ...]]]:
         names = set(sa.inspect(connection).get_table_names())
@@ -90,6 +91,7 @@ async def test_migration_creates_every_table_and_records_the_revision(services: 
     assert versions == [(HEAD,)]
 
 
+@pytest.mark.real_migrations
 async def test_migrations_build_exactly_the_declared_schema(services: Services) -> None:
     def differences(connection: sa.Connection) -> list[Any]:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
