@@ -5,15 +5,13 @@ before it serves; the suite starts about a hundred servers. Here each test proce
 `multiprocessing` fork server that has imported all of that once (`PRELOAD`), and every server is a fork of it that
 runs `bankgate.cli.main` with the server's own arguments, environment and log file. What a test checks lives in the
 process the same way: its own pid, socket, signal handlers, event loop and exit status (SIGKILL included).
-The installed entry point itself, `bankgate serve --workers N` (whose workers start as new interpreters anyway) and
-everything that must see a new interpreter still start `python -m bankgate` as before.
+The installed entry point itself and everything that must see a new interpreter still start `python -m bankgate`;
+the workers of `serve --workers N` start as new interpreters, as they always do.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
-import importlib
 import multiprocessing
 import os
 import signal
@@ -22,31 +20,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import uvicorn.config
-import uvicorn.lifespan.on
-import uvicorn.main
-
-import bankgate.app
-import bankgate.cli
-import bankgate.server
-
-#: What the fork server imports once: this module, which imports the command and everything `serve` loads before
-#: it listens (above, and uvicorn's optional speed-ups below).
-PRELOAD = ["server_process"]
-_PRELOADED = (bankgate.app, bankgate.server, uvicorn.config, uvicorn.lifespan.on, uvicorn.main)
-
-for _optional in ("uvloop", "uvicorn.loops.uvloop", "uvicorn.protocols.http.httptools_impl",
-                  "uvicorn.protocols.http.h11_impl"):
-    with contextlib.suppress(ImportError):  # not installed: uvicorn will not load it either
-        importlib.import_module(_optional)
+#: What the fork server imports once: the command and everything `serve` loads before it listens. Installed modules
+#: only: the fork server does not get the tests' `sys.path` (each fork does), and skips a module it cannot import,
+#: such as an optional speed-up of uvicorn's that is not installed.
+PRELOAD = ["bankgate.cli", "bankgate.app", "bankgate.server", "uvicorn.main", "uvicorn.config", "uvicorn.lifespan.on",
+           "uvloop", "uvicorn.loops.uvloop", "uvicorn.protocols.http.httptools_impl", "uvicorn.protocols.http.h11_impl"]
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(PRELOAD)
 _LIVE: set[ServeProcess] = set()
 
 
-def _serve(args: Sequence[str], env: dict[str, str], log_path: str) -> None:
-    """The forked server: its output to `log_path`, the environment replaced by `env`, then `bankgate <args>`."""
+def _serve(args: Sequence[str], env: dict[str, str], cwd: str, log_path: str) -> None:
+    """The forked server: its output to `log_path`, the environment and working directory of the test process
+    that asked for it, then `bankgate <args>`."""
+    os.chdir(cwd)
     # stdin on descriptor 0, as a new interpreter has it (`serve --workers N` hands it to its workers)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -61,7 +49,9 @@ def _serve(args: Sequence[str], env: dict[str, str], log_path: str) -> None:
     os.environ.clear()
     os.environ.update(env)
     sys.argv = ["bankgate", *args]
-    bankgate.cli.main()
+    from bankgate.cli import main
+
+    main()
 
 
 class ServeProcess:
@@ -70,7 +60,8 @@ class ServeProcess:
     def __init__(self, args: Sequence[str], env: dict[str, str], log_path: Path) -> None:
         self.args = list(args)
         # not a daemon: `serve --workers N` starts processes of its own
-        self._process = _CONTEXT.Process(target=_serve, args=(self.args, env, str(log_path)), name="bankgate")
+        arguments = (self.args, env, os.getcwd(), str(log_path))
+        self._process = _CONTEXT.Process(target=_serve, args=arguments, name="bankgate")
         self._process.start()
         self.pid = self._process.pid
         _LIVE.add(self)
