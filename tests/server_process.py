@@ -23,8 +23,11 @@ from pathlib import Path
 #: What the fork server imports once: the command and everything `serve` loads before it listens. Installed modules
 #: only: the fork server does not get the tests' `sys.path` (each fork does), and skips a module it cannot import,
 #: such as an optional speed-up of uvicorn's that is not installed.
-PRELOAD = ["bankgate.cli", "bankgate.app", "bankgate.server", "uvicorn.main", "uvicorn.config", "uvicorn.lifespan.on",
-           "uvloop", "uvicorn.loops.uvloop", "uvicorn.protocols.http.httptools_impl", "uvicorn.protocols.http.h11_impl"]
+PRELOAD = ["bankgate.cli", "bankgate.app", "bankgate.server", "bankgate.accesslog", "bankgate.sandbox.api",
+           "bankgate.tokens.keystore", "aiosqlite", "cryptography.hazmat.backends.openssl", "encodings.idna",
+           "rich._emoji_codes", "uvicorn.main", "uvicorn.config", "uvicorn.lifespan.on", "uvicorn.loops.auto",
+           "uvloop", "uvicorn.loops.uvloop", "uvicorn.protocols.http.httptools_impl", "uvicorn.protocols.http.h11_impl",
+           "uvicorn.protocols.websockets.auto", "uvicorn.protocols.websockets.websockets_sansio_impl"]
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(PRELOAD)
