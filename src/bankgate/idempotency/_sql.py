@@ -23,6 +23,7 @@ other setup runs them through SQLAlchemy.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sqlite3
@@ -57,8 +58,10 @@ _PRINCIPAL_LENGTH = 200
 _ATTEMPTS = 5
 
 
+@functools.cache
 def _statements(dialect: str) -> dict[str, Any]:
-    """Every statement the store runs, built once with named parameters (SQLAlchemy caches their compiled form)."""
+    """Every statement the store runs, built once per process with named parameters (SQLAlchemy caches their
+    compiled form). Shared by every store of the dialect: nothing here changes once built."""
     insert: Callable[[Table], postgresql.Insert | sqlite.Insert]
     if dialect == "postgresql":
         insert = postgresql.insert
@@ -189,9 +192,9 @@ class _SqliteFile:
     work run on the event loop's thread and committed with the others of its turn. Responses larger than
     `_INLINE_BODY_BYTES` and purges run in its worker thread, so the loop never waits for a large write."""
 
-    def __init__(self, writer: InlineSqlite, statements: dict[str, Any]) -> None:
+    def __init__(self, writer: InlineSqlite) -> None:
         self._writer = writer
-        self._sql = {name: Compiled(statement) for name, statement in statements.items()}
+        self._sql = _compiled_sqlite()
         # The handlers' statements, compiled on first use (keyed by identity; the statement is kept alive with it).
         # Bounded: a handler that builds its statement on every request pays a compilation each time, but the
         # cache does not grow with it.
@@ -378,10 +381,16 @@ async def _commit_on(
         return False, (await conn.execute(statements["read"], params)).first()
 
 
+@functools.cache
+def _compiled_sqlite() -> dict[str, Compiled]:
+    """The statements compiled to SQLite's own SQL, once per process (a `Compiled` does not change once built)."""
+    return {name: Compiled(statement) for name, statement in _statements("sqlite").items()}
+
+
 def _driver_for(store: Store) -> _Driver:
-    statements = _statements(store.dialect)
     if store.inline is not None:
-        return _SqliteFile(store.inline, statements)
+        return _SqliteFile(store.inline)
+    statements = _statements(store.dialect)
     if store.dialect == "postgresql" and store.engine.dialect.driver == "asyncpg":
         return _Asyncpg(store.engine, statements)
     return _Engine(store.engine, statements)

@@ -7,6 +7,7 @@ The second process waits, then finds the schema at head and has nothing to do.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -35,8 +36,15 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    """The migration scripts this version of bankgate ships, read once per process (they do not change while it
+    runs; every `Services.open` asks what is pending)."""
+    return ScriptDirectory.from_config(alembic_config())
+
+
 def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    return _scripts().get_current_head()
 
 
 def current_revision(connection: Connection) -> str | None:
@@ -47,7 +55,7 @@ def current_revision(connection: Connection) -> str | None:
 def known(revision: str) -> bool:
     """Whether this version of bankgate has the migration `revision`."""
     try:
-        ScriptDirectory.from_config(alembic_config()).get_revision(revision)
+        _scripts().get_revision(revision)
     except Exception:  # alembic's ResolutionError and friends: no such revision here
         return False
     return True
@@ -55,7 +63,7 @@ def known(revision: str) -> bool:
 
 def pending_revisions(connection: Connection) -> list[tuple[str, str]]:
     """The migrations an upgrade would run, oldest first, as (revision, description)."""
-    script = ScriptDirectory.from_config(alembic_config())
+    script = _scripts()
     current = current_revision(connection)
     if current is not None and not known(current):
         raise SchemaTooNewError(
