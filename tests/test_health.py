@@ -68,7 +68,7 @@ def test_readiness_on_postgresql(server_factory: Any, postgres_url: str) -> None
 
 
 def test_database_outage_fails_readiness_not_liveness_and_recovers(
-    server_factory: Any, throwaway_postgres: PostgresCluster  # noqa: F811 - the fixture
+    throwaway_postgres: PostgresCluster, server_factory: Any  # noqa: F811 - the cluster outlives the server
 ) -> None:
     server = server_factory({"BANKGATE_DATABASE_URL": throwaway_postgres.url})
     assert _ready(server).status_code == 200

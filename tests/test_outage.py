@@ -31,7 +31,7 @@ def _until(check: Callable[[], httpx.Response], status: int, deadline: float = 3
 
 
 def test_database_outage_is_503_everywhere_logged_once_and_recovers(
-    server_factory: Any, throwaway_postgres: PostgresCluster, tmp_path: Path  # noqa: F811 - the fixture
+    throwaway_postgres: PostgresCluster, server_factory: Any, tmp_path: Path  # noqa: F811 - outlives the server
 ) -> None:
     env = {"BANKGATE_DATABASE_URL": throwaway_postgres.url, "BANKGATE_REVOCATION_SYNC_INTERVAL": "1"}
     server = server_factory(env, args=("--tls",))
