@@ -667,6 +667,8 @@ def start_server(
     """Start `bankgate serve` (plus `args`, e.g. `--tls`) and wait until `/healthz` answers: a real process, forked
     from one that has imported bankgate already (`server_process`)."""
     port = free_port()
+    while str(port) in args:  # a port the caller took for another listener (--admin-port) may come up again
+        port = free_port()
     scheme = "https" if "--tls" in args else "http"
     full_env = _server_env(data_dir, env)
     process = ServeProcess(["serve", "--host", "127.0.0.1", "--port", str(port), *args], full_env, log_path)
